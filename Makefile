@@ -1,0 +1,74 @@
+# vboxlab: `make demo` and `make test` set up everything on a fresh Debian 12 machine.
+# Both are idempotent: a second run installs nothing and rebuilds nothing.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+REPORTS ?= reports
+PYTEST_ARGS ?=
+
+# Debian packages the tests and the template build need on the host
+APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
+	procps ca-certificates
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help deps venv template setup demo test lint unit bench clean-labs
+
+help:
+	@echo "make demo   - set up, build the tiny template, run examples/ against real VMs"
+	@echo "make test   - set up, then lint and the whole test suite"
+	@echo "make bench  - run benchmarks/ (JSON in $(REPORTS)/)"
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "Debian packages: all present"; fi
+	@[ -n "$$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit)" ] || $(SUDO) apt-get update -q
+
+$(BIN)/activate:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+template: deps venv
+	$(BIN)/vboxlab templates build tiny
+
+setup: deps venv template
+
+demo: setup
+	@mkdir -p $(REPORTS)
+	$(BIN)/pytest examples/ -v --junitxml=$(REPORTS)/demo-junit.xml $(PYTEST_ARGS)
+	@echo "demo report: $(CURDIR)/$(REPORTS)/demo-junit.xml"
+
+lint: venv
+	$(BIN)/ruff check vboxlab tests examples benchmarks conftest.py
+	$(BIN)/mypy
+
+test: setup lint
+	@mkdir -p $(REPORTS)
+	$(BIN)/pytest --junitxml=$(REPORTS)/test-junit.xml $(PYTEST_ARGS)
+	@echo "test report: $(CURDIR)/$(REPORTS)/test-junit.xml"
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	@mkdir -p $(REPORTS)
+	$(BIN)/python benchmarks/boot.py --output $(REPORTS)/bench-boot.json
+
+clean-labs: venv
+	$(BIN)/vboxlab clean

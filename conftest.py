@@ -1,0 +1,63 @@
+"""The repository's own pytest set-up (the vboxlab plugin itself loads through its entry point).
+
+Every run gets a state folder of its own, and at the end the run fails if any
+lab folder or QEMU process of that folder is left: nothing may leak.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and "VBOXLAB_TEST_STATE" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="vbl-", dir="/tmp")
+        os.environ["VBOXLAB_TEST_STATE"] = folder
+        os.environ["VBOXLAB_STATE_DIR"] = folder
+        config.stash[_OWNER] = folder
+
+
+_OWNER = pytest.StashKey[str]()
+
+
+def _leftovers(folder: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "qemu-system" in argv and folder in argv:
+                found.append(f"qemu process {entry.name}")
+    if Path(folder).is_dir():
+        found += [f"lab folder {p}" for p in Path(folder).iterdir() if p.is_dir()]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    folder = session.config.stash.get(_OWNER, None)
+    if folder is None:
+        return
+    deadline = time.monotonic() + 10
+    left = _leftovers(folder)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = _leftovers(folder)
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("!", "vboxlab leak check failed")
+            for item in left:
+                reporter.write_line(f"left behind: {item}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)

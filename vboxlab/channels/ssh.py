@@ -1,0 +1,199 @@
+"""SSH through paramiko: one persistent, pinned connection per VM that reconnects by itself."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+import paramiko
+
+from vboxlab.channels.base import CommandResult
+from vboxlab.errors import BootTimeout, ChannelError, CommandTimeout, WaitTimeout
+from vboxlab.waiting import wait_until
+
+log = logging.getLogger(__name__)
+#: paramiko logs every refused attempt while a guest boots as an ERROR with a
+#: traceback; those go to their own quiet logger, and the last one is reported
+#: in the BootTimeout message instead.
+PARAMIKO_LOG = "vboxlab.ssh.paramiko"
+logging.getLogger(PARAMIKO_LOG).setLevel(logging.CRITICAL)
+
+#: exit status reported when the guest closed a command's channel without one
+NO_EXIT_STATUS = -1
+
+
+class SSHChannel:
+    """Commands over SSH to ``host:port``, with the guest's host key pinned.
+
+    ``endpoint`` is asked for host and port at every (re)connect, since a VM
+    restart may change its forwarded port; ``check_alive`` raises when the VM
+    is gone, so that waits end within a second instead of at their timeout.
+    The host key is pinned through paramiko's RejectPolicy: an unknown or
+    changed key is refused, never learned.
+    """
+
+    def __init__(self, name: str, endpoint: Callable[[], tuple[str, int]], user: str,
+                 user_key: paramiko.PKey, host_key: paramiko.PKey,
+                 check_alive: Callable[[], None]) -> None:
+        self.name = name
+        self._endpoint = endpoint
+        self._user = user
+        self._user_key = user_key
+        self._host_key = host_key
+        self._check_alive = check_alive
+        self._transport: paramiko.Transport | None = None
+        self._lock = threading.Lock()
+        self._last_error = "no attempt yet"
+
+    # -- connection -----------------------------------------------------
+    def _try_connect(self) -> paramiko.Transport | None:
+        host, port = self._endpoint()
+        sock: socket.socket | None = None
+        transport: paramiko.Transport | None = None
+        try:
+            sock = socket.create_connection((host, port), timeout=2)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport = paramiko.Transport(sock)
+            transport.set_log_channel(PARAMIKO_LOG)
+            transport.banner_timeout = 3
+            transport.start_client(timeout=5)
+            offered = transport.get_remote_server_key()
+            if offered != self._host_key:
+                transport.close()
+                raise ChannelError(
+                    f"{self.name}: the SSH host key at {host}:{port} is "
+                    f"{offered.get_name()} {offered.get_base64()[:24]}..., not the key pinned for "
+                    "this VM; refusing to connect (something else answers on that port)")
+            transport.auth_publickey(self._user, self._user_key)
+            transport.set_keepalive(2)
+            return transport
+        except ChannelError:
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if transport is not None:
+                transport.close()
+            elif sock is not None:
+                sock.close()
+            return None
+
+    def connect(self, timeout: float) -> None:
+        """Connect (again), retrying until the guest answers or ``timeout`` passes."""
+        with self._lock:
+            self._drop()
+            try:
+                self._transport = wait_until(
+                    self._try_connect, timeout=timeout, what=f"SSH on {self.name}",
+                    interval=0.05, max_interval=0.25, abort=self._check_alive,
+                    last_seen=lambda: self._last_error)
+            except WaitTimeout as exc:
+                raise BootTimeout(str(exc)) from None
+
+    def _drop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _live_transport(self) -> paramiko.Transport:
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            log.info("%s: SSH connection lost; reconnecting", self.name)
+            self.connect(timeout=30)
+            transport = self._transport
+        assert transport is not None
+        return transport
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    # -- commands -------------------------------------------------------
+    def run(self, command: str, timeout: float) -> CommandResult:
+        """Run ``command`` with ``sh -c`` in the guest; raise CommandTimeout past ``timeout``."""
+        transport = self._live_transport()
+        try:
+            chan = transport.open_session(timeout=10)
+        except (paramiko.SSHException, EOFError, OSError):
+            self._check_alive()
+            transport = self._live_transport()
+            chan = transport.open_session(timeout=10)
+        out: list[bytes] = []
+        err: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        try:
+            chan.settimeout(0.2)
+            chan.exec_command(command)
+            chan.shutdown_write()
+            while True:
+                progressed = False
+                while chan.recv_ready():
+                    out.append(chan.recv(65536))
+                    progressed = True
+                while chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(65536))
+                    progressed = True
+                if chan.exit_status_ready() and not chan.recv_ready() and \
+                        not chan.recv_stderr_ready():
+                    break
+                if chan.closed or not transport.is_active():
+                    break
+                if time.monotonic() > deadline:
+                    raise CommandTimeout(
+                        f"{self.name}: command {command!r} did not finish within {timeout:g} s; "
+                        f"output so far: {b''.join(out).decode(errors='replace')[-500:]!r}")
+                if not progressed:
+                    self._check_alive()
+                    chan.status_event.wait(0.05)
+            rc = chan.recv_exit_status() if chan.exit_status_ready() else NO_EXIT_STATUS
+        finally:
+            chan.close()
+        if rc == NO_EXIT_STATUS:
+            self._check_alive()
+            raise ChannelError(f"{self.name}: the SSH connection ended while {command!r} ran, "
+                               "without an exit status (did the command stop sshd or the VM?)")
+        return CommandResult(command, rc, b"".join(out).decode(errors="replace"),
+                             b"".join(err).decode(errors="replace"))
+
+    # -- files ----------------------------------------------------------
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file or a folder tree into the guest."""
+        sftp = paramiko.SFTPClient.from_transport(self._live_transport())
+        assert sftp is not None
+        with sftp:
+            if local.is_dir():
+                self._put_tree(sftp, local, PurePosixPath(remote))
+            else:
+                sftp.put(str(local), remote)
+                sftp.chmod(remote, local.stat().st_mode & 0o777)
+
+    def _put_tree(self, sftp: paramiko.SFTPClient, local: Path, remote: PurePosixPath) -> None:
+        with contextlib.suppress(OSError):  # it may exist already
+            sftp.mkdir(str(remote))
+        for child in sorted(local.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                self._put_tree(sftp, child, remote / child.name)
+            elif child.is_file():
+                sftp.put(str(child), str(remote / child.name))
+                sftp.chmod(str(remote / child.name), child.stat().st_mode & 0o777)
+
+    def get(self, remote: str, local: Path) -> None:
+        """Copy a file or a folder tree out of the guest."""
+        sftp = paramiko.SFTPClient.from_transport(self._live_transport())
+        assert sftp is not None
+        with sftp:
+            self._get_any(sftp, remote, local)
+
+    def _get_any(self, sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
+        mode = sftp.stat(remote).st_mode or 0
+        if stat.S_ISDIR(mode):
+            local.mkdir(parents=True, exist_ok=True)
+            for entry in sftp.listdir(remote):
+                self._get_any(sftp, f"{remote.rstrip('/')}/{entry}", local / entry)
+        else:
+            sftp.get(remote, str(local))

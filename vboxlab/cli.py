@@ -1,0 +1,170 @@
+"""The ``vboxlab`` command line: parsing and printing over the library's objects."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vboxlab import __version__
+from vboxlab.doctor import run_checks
+from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.lab import clean as clean_labs
+from vboxlab.lab import list_labs, read_lab
+from vboxlab.paths import state_base
+from vboxlab.templates import TemplateRepository
+
+console = Console()
+
+
+def _base(lab_dir: str | None) -> Path:
+    return Path(lab_dir) if lab_dir else state_base()
+
+
+lab_dir_option = click.option("--lab-dir", default=None, envvar="VBOXLAB_STATE_DIR",
+                              help="Folder holding the labs (as pytest's --lab-dir)")
+
+
+@click.group()
+@click.version_option(__version__, prog_name="vboxlab")
+def main() -> None:
+    """vboxlab: labs of real machines for pytest."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON")
+def doctor(as_json: bool) -> None:
+    """Say what this host can do, and how to fix what is missing."""
+    checks = run_checks()
+    if as_json:
+        click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        table = Table("check", "", "detail", "fix", show_lines=False)
+        for check in checks:
+            table.add_row(check.name, "[green]ok[/]" if check.ok else
+                          ("[red]missing[/]" if check.essential else "[yellow]no[/]"),
+                          check.detail, check.fix)
+        console.print(table)
+    if any(c.essential and not c.ok for c in checks):
+        sys.exit(1)
+
+
+@main.group()
+def templates() -> None:
+    """List and build VM templates."""
+
+
+@templates.command("list")
+def templates_list() -> None:
+    """List template definitions and whether each is built."""
+    repo = TemplateRepository()
+    table = Table("name", "version", "status", "description")
+    for name, template in sorted(repo.definitions().items()):
+        table.add_row(name, template.version, repo.status(name), template.definition.description)
+    console.print(table)
+
+
+@templates.command("build")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change")
+def templates_build(names: tuple[str, ...], force: bool) -> None:
+    """Build templates into the user's cache (skipped when their inputs are unchanged)."""
+    repo = TemplateRepository()
+    for name in names:
+        with console.status(f"building {name}") as status:
+            def progress(step: str, name: str = name) -> None:
+                status.update(f"{name}: {step}")
+                if not console.is_terminal:
+                    click.echo(f"{name}: {step}")
+
+            built, ran = repo.build(name, force=force, progress=progress)
+        verb = f"built in {built.manifest.get('build_seconds')} s" if ran else "up to date"
+        click.echo(f"{name} {built.template.version}: {verb} ({built.folder})")
+
+
+@main.command()
+@lab_dir_option
+def labs(lab_dir: str | None) -> None:
+    """List labs that are running or kept."""
+    records = list_labs(_base(lab_dir))
+    if not records:
+        click.echo(f"no labs in {_base(lab_dir)}")
+        return
+    table = Table("lab", "owner", "kept", "machines")
+    for record in records:
+        owner = f"pid {record.owner_pid} " + ("alive" if record.owner_alive else "dead")
+        machines = ", ".join(f"{n} ({'running' if m.get('running') else 'off'})"
+                             for n, m in record.machines.items()) or "-"
+        table.add_row(record.id, owner, "yes" if record.kept else "no", machines)
+    console.print(table)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("lab_id")
+@click.argument("vm_name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@lab_dir_option
+def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None) -> None:
+    """Open a shell (or run COMMAND) in a VM of a kept or running lab."""
+    folder = _base(lab_dir) / lab_id
+    record = read_lab(folder)
+    if record is None:
+        known = ", ".join(r.id for r in list_labs(_base(lab_dir))) or "none"
+        raise click.ClickException(f"no lab {lab_id!r} in {_base(lab_dir)}; labs: {known}")
+    info = record.machines.get(vm_name)
+    if info is None:
+        raise click.ClickException(f"lab {lab_id} has no VM {vm_name!r}; VMs: "
+                                   f"{', '.join(record.machines) or 'none'}")
+    if not info.get("running"):
+        raise click.ClickException(f"VM {vm_name} of lab {lab_id} is not running")
+    ssh_bin = shutil.which("ssh")
+    if ssh_bin is None:
+        raise click.ClickException("ssh not found; install it with: apt-get install "
+                                   "openssh-client")
+    endpoint = info["ssh"]
+    assert isinstance(endpoint, dict)
+    known_hosts = folder / vm_name / "known_hosts"
+    host_key = (folder / vm_name / "known_hosts.pub").read_text().split()[:2]
+    known_hosts.write_text(f"[{endpoint['host']}]:{endpoint['port']} {' '.join(host_key)}\n")
+    argv = [ssh_bin, "-i", str(folder / "id_ed25519"), "-p", str(endpoint["port"]),
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+            f"{endpoint['user']}@{endpoint['host']}", *command]
+    os.execv(ssh_bin, argv)  # noqa: S606 - argv list, no shell
+
+
+@main.command()
+@lab_dir_option
+@click.option("--lab", "lab_id", default=None, help="Remove this lab (also a kept one)")
+@click.option("--kept", is_flag=True, help="Also remove kept labs")
+def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
+    """Remove what dead runs left (processes, files), and only that."""
+    try:
+        removed = clean_labs(_base(lab_dir), include_kept=kept, only=lab_id)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"removed {len(removed)} lab(s)" + (f": {', '.join(removed)}" if removed else ""))
+
+
+def run() -> None:
+    """Entry point that turns vboxlab errors into a one-line message and exit status 2."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except VboxlabError as exc:
+        click.echo(f"vboxlab: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

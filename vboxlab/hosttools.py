@@ -1,0 +1,51 @@
+"""Host tools vboxlab runs, and the Debian package that provides each."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from vboxlab.errors import HostError
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+#: tool -> Debian package that provides it
+DEBIAN_PACKAGES: dict[str, str] = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg-deb": "dpkg",
+    "mke2fs": "e2fsprogs",
+    "setpriv": "util-linux",
+    "ssh": "openssh-client",
+    "tc": "iproute2",
+    "ip": "iproute2",
+}
+
+
+def require(tool: str, purpose: str) -> str:
+    """Return the path of ``tool`` or raise a HostError naming its Debian package."""
+    path = shutil.which(tool)
+    if path is None:
+        package = DEBIAN_PACKAGES.get(tool, tool)
+        raise HostError(
+            f"{tool} not found on this host; it is needed {purpose}. "
+            f"Install it with: apt-get install {package}"
+        )
+    return path
+
+
+def run(argv: Sequence[str], *, what: str, timeout: float = 600,
+        error: type[Exception] = HostError) -> str:
+    """Run a host command, returning stdout; on failure raise ``error`` with its stderr."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"{what}: {argv[0]} did not finish within {timeout:g} s") from exc
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise error(f"{what}: `{' '.join(argv)}` exited with status {proc.returncode}: {detail}")
+    return proc.stdout

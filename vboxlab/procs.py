@@ -1,0 +1,92 @@
+"""Processes: identity that survives pid reuse, and children tied to their owner's life."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def is_alive(pid: int, started: int | None) -> bool:
+    """True if ``pid`` runs and is the same process that started at ``started``."""
+    now = start_time(pid)
+    if now is None:
+        return False
+    if _is_zombie(pid):
+        return False
+    return started is None or now == started
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].split()[0] == "Z"
+
+
+def cmdline(pid: int) -> list[str]:
+    """The process's argv, or [] if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session; when ``tied``, it is SIGKILLed if we die.
+
+    The tie is the kernel's parent-death signal (through util-linux ``setpriv``,
+    so no Python code runs between fork and exec), which fires even when this
+    process is SIGKILLed; atexit handlers alone would not.
+    """
+    command = list(argv)
+    if tied:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            from vboxlab.errors import HostError
+
+            raise HostError("setpriv not found; it ties VMs to the test run's life. "
+                            "Install it with: apt-get install util-linux")
+        command = [setpriv, "--pdeathsig", "KILL", "--", *command]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=stderr, cwd=cwd, start_new_session=True)
+
+
+def kill(pid: int, started: int | None, grace: float = 0.0) -> bool:
+    """Kill ``pid`` if it is still the process that started at ``started``.
+
+    With ``grace``, send SIGTERM first and SIGKILL after that many seconds.
+    Returns True if a process was signalled.
+    """
+    if not is_alive(pid, started):
+        return False
+    try:
+        if grace > 0:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and is_alive(pid, started):
+                time.sleep(0.05)
+        if is_alive(pid, started):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True

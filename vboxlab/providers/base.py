@@ -1,0 +1,71 @@
+"""The provider protocol: what a hypervisor must offer to run lab machines."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from vboxlab.keys import KeyPair
+from vboxlab.ledger import Ledger
+from vboxlab.templates import BuiltTemplate
+
+
+class MachineState(enum.Enum):
+    """Where a provider machine is in its life."""
+
+    CREATED = "created"  # defined, never started
+    RUNNING = "running"
+    STOPPED = "stopped"  # shut down on request
+    CRASHED = "crashed"  # ended without being asked to
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything a provider needs to create one machine."""
+
+    name: str
+    template: BuiltTemplate
+    memory: int
+    cpus: int
+    workdir: Path
+    host_key: KeyPair
+    authorized_key: str
+    tied: bool  # die with the owning process (False for --lab-keep)
+    log: logging.Logger
+
+
+class ProviderMachine(Protocol):
+    """One machine as the provider sees it."""
+
+    name: str
+
+    @property
+    def console_log(self) -> Path: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def state(self) -> MachineState: ...
+
+    def check_alive(self) -> None:
+        """Raise MachineDied (with the console tail) if the machine is not running."""
+
+    def ssh_endpoint(self) -> tuple[str, int]: ...
+
+    def forward_port(self, guest_port: int) -> int: ...
+
+    def destroy(self) -> None: ...
+
+
+class Provider(Protocol):
+    """A hypervisor or other machine factory, found through ``vboxlab.providers``."""
+
+    name: str
+
+    def create(self, spec: MachineSpec, ledger: Ledger) -> ProviderMachine: ...

@@ -1,0 +1,140 @@
+"""Template definitions: data under ``fixtures/templates/<name>/template.toml``.
+
+A definition says what a template is (name, version, resources), how it boots,
+how the guest is reached and how it is built. It is validated on load; an
+error names the file, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vboxlab.errors import ConfigError
+
+DEFINITION_FILE = "template.toml"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """Default resources of a VM made from this template."""
+
+    memory: int = Field(256, ge=64, le=65536, description="MiB of RAM")
+    cpus: int = Field(1, ge=1, le=64)
+
+
+class Boot(_Strict):
+    """How the template boots: the kernel command line of a direct kernel boot."""
+
+    cmdline: str = "console=ttyS0"
+
+
+class Access(_Strict):
+    """How the guest is reached: an SSH user and port."""
+
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+
+
+class Build(_Strict):
+    """The build recipe and what it is based on."""
+
+    recipe: Literal["initramfs"]
+    base: Literal["debian-12"] = "debian-12"
+    kernel_package: str = "linux-image-amd64"
+    packages: tuple[str, ...] = ()
+    binaries: tuple[str, ...] = Field((), description="files taken out of the packages")
+    modules: tuple[str, ...] = ()
+    disk_size_mb: int = Field(64, ge=8, le=1_048_576)
+    files: str = Field("rootfs", description="folder beside template.toml copied into the image")
+
+
+class TemplateDefinition(_Strict):
+    """One template definition, as validated from its TOML file."""
+
+    name: str
+    version: str
+    description: str
+    resources: Resources = Field(default_factory=Resources)
+    boot: Boot = Field(default_factory=Boot)
+    access: Access = Field(default_factory=Access)
+    build: Build
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("must be lower case letters, digits and '-', starting with a letter")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, value: str) -> str:
+        if not _SEMVER_RE.match(value):
+            raise ValueError("must be a semantic version such as 1.0.0")
+        return value
+
+
+class Template:
+    """A definition together with the folder it was loaded from."""
+
+    def __init__(self, definition: TemplateDefinition, folder: Path) -> None:
+        self.definition = definition
+        self.folder = folder
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+    @property
+    def version(self) -> str:
+        return self.definition.version
+
+    def source_digest(self) -> str:
+        """SHA-256 over every file of the definition folder (its build inputs)."""
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(self.folder)).encode() + b"\0")
+            digest.update(path.read_bytes())
+            digest.update(oct(path.stat().st_mode & 0o777).encode())
+        return digest.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Template({self.name!r}, {self.version!r}, {str(self.folder)!r})"
+
+
+def load_template(folder: Path) -> Template:
+    """Load and validate ``folder/template.toml``."""
+    path = folder / DEFINITION_FILE
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file; a template folder needs a "
+                          f"{DEFINITION_FILE}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        definition = TemplateDefinition.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field {'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            f" (got {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+    if definition.name != folder.name:
+        raise ConfigError(
+            f"{path}: field name: {definition.name!r} differs from its folder name "
+            f"{folder.name!r}; rename one so they match"
+        )
+    return Template(definition, folder)
