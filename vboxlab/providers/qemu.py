@@ -10,7 +10,6 @@ socket. SSH reaches the guest through a user-mode network forward bound to
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -21,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
-
 from vboxlab import procs
 from vboxlab.accel import AccelChoice, choose
 from vboxlab.errors import HostError, MachineDied, ProviderError
@@ -30,6 +27,7 @@ from vboxlab.hosttools import QEMU_BINARY, require, run
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
 from vboxlab.providers.base import MachineSpec, MachineState
+from vboxlab.providers.qmp import QmpConnection
 from vboxlab.templates.cpio import CpioWriter
 from vboxlab.waiting import wait_until
 
@@ -73,7 +71,7 @@ class QemuMachine:
         self._log = spec.log
         self._proc: subprocess.Popen[bytes] | None = None
         self._proc_rid: int | None = None
-        self._qmp: QEMUMonitorProtocol | None = None
+        self._qmp: QmpConnection | None = None
         self._state = MachineState.CREATED
         self._ssh_port: int | None = None
         self._forwards: dict[int, int] = {}
@@ -172,16 +170,15 @@ class QemuMachine:
             raise
         self._write_info()
 
-    def _connect_qmp(self) -> QEMUMonitorProtocol | None:
+    def _connect_qmp(self) -> QmpConnection | None:
         if not self.qmp_path.exists():
             return None
-        qmp = QEMUMonitorProtocol(str(self.qmp_path))
+        qmp = QmpConnection(self.qmp_path, f"vboxlab-{self.name}")
         try:
-            qmp.connect()
+            qmp.connect(timeout=5)
         except Exception:
-            _close_quietly(qmp)
+            qmp.close()
             return None
-        qmp.settimeout(15)
         return qmp
 
     def _abort_if_dead(self) -> None:
@@ -216,7 +213,7 @@ class QemuMachine:
             self.check_alive()
             raise ProviderError(f"{self.name}: QMP {command} failed: {exc}") from exc
 
-    def _require_qmp(self) -> QEMUMonitorProtocol:
+    def _require_qmp(self) -> QmpConnection:
         self.check_alive()
         if self._qmp is None:
             raise ProviderError(f"{self.name} is not running")
@@ -313,7 +310,7 @@ class QemuMachine:
 
     def _reap(self) -> None:
         if self._qmp is not None:
-            _close_quietly(self._qmp)
+            self._qmp.close()
             self._qmp = None
         if self._proc is not None:
             try:
@@ -349,7 +346,3 @@ class QemuMachine:
         }
         (self.spec.workdir / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
 
-
-def _close_quietly(qmp: QEMUMonitorProtocol) -> None:
-    with contextlib.suppress(Exception):  # the peer may be gone already
-        qmp.close()

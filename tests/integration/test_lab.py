@@ -1,0 +1,98 @@
+"""Labs with several machines, and bad input that must fail clearly and leave nothing."""
+
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from vboxlab.errors import BootTimeout, HostError, ProviderError, TemplateNotBuilt, TemplateNotFound
+from vboxlab.lab import Lab
+from vboxlab.templates import TemplateRepository
+
+from .helpers import qemu_pids
+
+
+@pytest.fixture
+def base(tmp_path):
+    folder = tmp_path / "labs"
+    yield folder
+    assert qemu_pids(str(folder)) == []
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_two_machines_talk_through_a_forwarded_port(base):
+    with Lab(base=base) as lab:
+        web = lab.vm("web")
+        client = lab.vm("client", memory=192)
+        web.succeed("mkdir -p /tmp/www && echo served-by-web > /tmp/www/index.html")
+        web.succeed("httpd -p 80 -h /tmp/www")
+        web.wait_for_port(80)
+        port = web.forward_port(80)
+        # the guest reaches the host's loopback as 10.0.2.2 through QEMU's user network
+        assert client.succeed(f"wget -q -O - http://10.0.2.2:{port}/") == "served-by-web\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.read() == b"served-by-web\n"
+        assert client.succeed("free -m | awk '/Mem:/ {print $2}'").strip() != ""
+        assert set(lab.machines) == {"web", "client"}
+
+
+def test_unknown_template_lists_the_known_ones(base):
+    with Lab(base=base) as lab, pytest.raises(TemplateNotFound, match="known templates: .*tiny"):
+        lab.vm("x", template="nope")
+
+
+def test_template_not_built_names_the_command(base, tmp_path):
+    repo = TemplateRepository(cache=tmp_path / "empty-cache")
+    with Lab(base=base, repository=repo) as lab, \
+            pytest.raises(TemplateNotBuilt, match="vboxlab templates build tiny"):
+        lab.vm("x")
+
+
+def test_more_memory_than_the_host_has_is_refused(base):
+    with Lab(base=base) as lab, pytest.raises(HostError, match="MiB available"):
+        lab.vm("big", memory=64 * 1024 * 1024)
+
+
+def test_guest_that_never_answers_times_out_with_its_console(base):
+    with Lab(base=base, boot_timeout=1.5) as lab:
+        with pytest.raises(BootTimeout) as info:
+            lab.vm("slow")
+        assert "SSH on slow" in str(info.value)
+        assert "last try" in str(info.value)
+        assert qemu_pids(str(lab.dir)) == []
+
+
+def test_a_lab_folder_too_deep_for_sockets_fails_before_starting(tmp_path):
+    deep = tmp_path / ("d" * 90)
+    with Lab(base=deep) as lab, pytest.raises(ProviderError, match="choose a shorter --lab-dir"):
+        lab.vm("vm")
+    assert qemu_pids(str(deep)) == []
+
+
+def test_private_key_files_are_0600(base):
+    with Lab(base=base) as lab:
+        lab.vm("keys")
+        assert os.stat(lab.dir / "id_ed25519").st_mode & 0o777 == 0o600
+        assert os.stat(lab.dir / "keys" / "initrd.img").st_mode & 0o777 == 0o600
+
+
+def test_qemu_listens_on_loopback_only(base):
+    with Lab(base=base) as lab:
+        vm = lab.vm("net")
+        vm.forward_port(80)
+        pids = qemu_pids(str(lab.dir))
+        inodes = set()
+        for pid in pids:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        listening = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    listening.append(fields[1].split(":")[0])
+        assert listening, "QEMU should listen for the SSH and port forwards"
+        assert set(listening) == {"0100007F"}, listening

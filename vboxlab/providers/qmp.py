@@ -1,0 +1,49 @@
+"""A small synchronous QMP connection over ``qemu.qmp``'s asyncio client.
+
+qemu.qmp's own sync shim (``legacy.QEMUMonitorProtocol``) has no timeout on
+connect and shares one event loop per thread; this one owns its loop, bounds
+every call with a timeout, and closes everything it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import QMPClient
+
+T = TypeVar("T")
+
+
+class QmpConnection:
+    """One QMP session to a QEMU monitor socket."""
+
+    def __init__(self, path: Path, name: str, timeout: float = 15.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(name)
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
+
+    def connect(self, timeout: float = 5.0) -> None:
+        """Connect and negotiate capabilities (raises on refusal or timeout)."""
+        self._run(self._client.connect(str(self.path)), timeout)
+
+    def cmd(self, command: str, **arguments: Any) -> Any:
+        """Execute one command; returns its ``return`` value or raises."""
+        return self._run(self._client.execute(command, arguments or None))
+
+    def close(self) -> None:
+        """Disconnect (quietly if QEMU is gone) and close the event loop."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.disconnect(), 5.0)
+        except Exception:  # noqa: S110 - QEMU may already be gone: nothing left to close
+            pass
+        finally:
+            self._loop.close()
