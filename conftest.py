@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from vboxlab.paths import cache_dir
+
 pytest_plugins = ["pytester"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # pytester gives inner runs a HOME of their own; they must still find the built templates
+    os.environ.setdefault("VBOXLAB_CACHE", str(cache_dir()))
     if not hasattr(config, "workerinput") and "VBOXLAB_TEST_STATE" not in os.environ:
         folder = tempfile.mkdtemp(prefix="vbl-", dir="/tmp")
         os.environ["VBOXLAB_TEST_STATE"] = folder

@@ -38,7 +38,7 @@ def test_two_machines_talk_through_a_forwarded_port(base):
 
 
 def test_unknown_template_lists_the_known_ones(base):
-    with Lab(base=base) as lab, pytest.raises(TemplateNotFound, match="known templates: .*tiny"):
+    with Lab(base=base) as lab, pytest.raises(TemplateNotFound, match=r"known templates: .*tiny"):
         lab.vm("x", template="nope")
 
 

@@ -1,0 +1,111 @@
+"""The pytest plugin end to end, through pytester in subprocesses."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .helpers import qemu_pids
+
+
+@pytest.fixture
+def base(tmp_path):
+    return tmp_path / "labs"
+
+
+def test_options_are_registered(pytester):
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines([
+        "*--lab-provider=LAB_PROVIDER*", "*--lab-template=LAB_TEMPLATE*", "*--lab-dir=LAB_DIR*",
+        "*--lab-keep*", "*--lab-accel=*",
+    ])
+
+
+def test_markers_are_registered(pytester):
+    result = pytester.runpytest_subprocess("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.vm:*", "@pytest.mark.root:*"])
+
+
+def test_vm_marker_is_added_to_tests_that_use_machines(pytester):
+    pytester.makepyfile("""
+        def test_with_vm(vm):
+            pass
+
+        def test_without():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("-m", "not vm", "--strict-markers")
+    result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_a_failing_test_report_carries_console_and_lab_log(pytester, base):
+    pytester.makepyfile("""
+        def test_fails(vm):
+            vm.succeed("echo about to fail; exit 4")
+    """)
+    result = pytester.runpytest_subprocess("--lab-dir", str(base))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*GuestCommandError*exit 4*status 4*",
+        "*vboxlab console of vm1*",
+        "*vboxlab: tiny 1.0.0 ready*",
+        "*vboxlab lab log*",
+        "*answered SSH*",
+    ])
+    assert qemu_pids(str(base)) == []
+
+
+def test_a_template_option_that_does_not_exist_fails_clearly(pytester, base):
+    pytester.makepyfile("""
+        def test_it(vm):
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--lab-dir", str(base), "--lab-template", "nosuch")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*unknown template 'nosuch'; known templates: *tiny*"])
+
+
+def test_lab_fixture_with_several_machines_and_options(pytester, base):
+    pytester.makepyfile("""
+        def test_lab(lab):
+            a = lab.vm("a", memory=160)
+            b = lab.vm("b", cpus=2)
+            assert a.succeed("grep -c ^processor /proc/cpuinfo").strip() == "1"
+            assert b.succeed("grep -c ^processor /proc/cpuinfo").strip() == "2"
+            total = int(a.succeed("awk '/MemTotal/ {print $2}' /proc/meminfo"))
+            assert 100_000 < total < 160 * 1024
+    """)
+    result = pytester.runpytest_subprocess("--lab-dir", str(base), "--lab-accel", "tcg")
+    result.assert_outcomes(passed=1)
+
+
+def test_lab_keep_leaves_machines_reachable_with_vboxlab_ssh(pytester, base):
+    pytester.makepyfile("""
+        def test_keep(vm):
+            vm.succeed("echo kept-state > /tmp/state")
+    """)
+    result = pytester.runpytest_subprocess("--lab-dir", str(base), "--lab-keep")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*vboxlab: kept labs*", "*vm1 (running): vboxlab ssh * vm1*"])
+    lab_id = re.search(r"vboxlab ssh (\S+) vm1", result.stdout.str()).group(1)
+    cli = [sys.executable, "-m", "vboxlab.cli"]
+    try:
+        assert qemu_pids(str(base)), "a kept VM must outlive its run"
+        labs = subprocess.run([*cli, "labs", "--lab-dir", str(base)], capture_output=True,
+                              text=True, check=True).stdout
+        assert lab_id in labs and "vm1 (running)" in labs
+        ssh = subprocess.run([*cli, "ssh", lab_id, "vm1", "--lab-dir", str(base), "cat",
+                              "/tmp/state"], capture_output=True, text=True, timeout=60,
+                             check=False)
+        assert ssh.returncode == 0, ssh.stderr
+        assert ssh.stdout == "kept-state\n"
+        plain_clean = subprocess.run([*cli, "clean", "--lab-dir", str(base)],
+                                     capture_output=True, text=True, check=True).stdout
+        assert "removed 0 lab(s)" in plain_clean
+    finally:
+        removed = subprocess.run([*cli, "clean", "--lab-dir", str(base), "--lab", lab_id],
+                                 capture_output=True, text=True, check=True).stdout
+    assert f"removed 1 lab(s): {lab_id}" in removed
+    assert qemu_pids(str(base)) == []
+    assert list(base.iterdir()) == []
