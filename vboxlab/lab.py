@@ -73,6 +73,8 @@ class Lab:
         self._accel = accel
         self._provider: Provider | None = None
         self.machines: dict[str, Machine] = {}
+        #: keep the state (machines stopped) at close, e.g. for failure snapshots
+        self.keep_stopped = False
         self._closed = False
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.dir.mkdir(mode=0o700)
@@ -105,8 +107,12 @@ class Lab:
         return self._provider
 
     def vm(self, name: str, template: str | None = None, memory: int | None = None,
-           cpus: int | None = None, boot: bool = True) -> Machine:
-        """Create a machine from a template and (by default) boot it until SSH answers."""
+           cpus: int | None = None, boot: bool = True, rollback: bool = False) -> Machine:
+        """Create a machine from a template and (by default) boot it until SSH answers.
+
+        With ``rollback``, the pytest plugin returns the machine after every test
+        to the state it had when the first test using it started.
+        """
         if self._closed:
             raise ConfigError(f"lab {self.id} is closed")
         if not _VM_NAME.match(name):
@@ -139,7 +145,8 @@ class Lab:
         channel = SSHChannel(name, handle.ssh_endpoint, built.template.definition.access.user,
                              self.user_key.paramiko_key(), spec.host_key.public_key(),
                              handle.check_alive)
-        machine = Machine(name, handle, channel, self.log, boot_timeout=self.boot_timeout)
+        machine = Machine(name, handle, channel, self.log, boot_timeout=self.boot_timeout,
+                          state_dir=workdir, rollback=rollback)
         self.machines[name] = machine
         if boot:
             started = time.monotonic()
@@ -166,13 +173,23 @@ class Lab:
         return iter(self.machines.values())
 
     # -- the end --------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def access_text(self) -> str:
         """How to reach a kept lab's machines."""
+        where = f" --lab-dir {self.base}"
         lines = [f"vboxlab kept lab {self.id} in {self.dir}:"]
         for name, machine in self.machines.items():
             state = machine.state.value
-            lines.append(f"  {name} ({state}): vboxlab ssh {self.id} {name}")
-        lines.append(f"  remove it with: vboxlab clean --lab {self.id}")
+            snaps = ", ".join(n.name for n in machine.snapshots) or "none"
+            if state == "running":
+                lines.append(f"  {name} (running): vboxlab ssh {self.id} {name}{where}")
+            else:
+                lines.append(f"  {name} ({state}; snapshots: {snaps}): vboxlab snapshots restore "
+                             f"{self.id} {name} SNAPSHOT{where}")
+        lines.append(f"  remove it with: vboxlab clean --lab {self.id}{where}")
         return "\n".join(lines)
 
     def close(self) -> None:
@@ -182,7 +199,10 @@ class Lab:
         self._closed = True
         for machine in self.machines.values():
             machine.channel.close()
-        if self.keep:
+        if self.keep or self.keep_stopped:
+            if self.keep_stopped and not self.keep:
+                for machine in self.machines.values():
+                    machine.handle.stop(timeout=0.5)  # a clean QEMU exit keeps qcow2 whole
             self._write_lease(kept=True)
             self.log.info("lab kept: %s", self.access_text())
             self._close_log()

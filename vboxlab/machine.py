@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+import threading
 from pathlib import Path
 
 from vboxlab.channels import CommandResult, SSHChannel
-from vboxlab.errors import GuestCommandError, WaitTimeout
+from vboxlab.errors import ConfigError, GuestCommandError, WaitTimeout
 from vboxlab.logs import tail
 from vboxlab.providers.base import MachineState, ProviderMachine
+from vboxlab.snapshots import TREE_FILE, SnapshotNode, SnapshotTree, check_name
 from vboxlab.waiting import wait_until
 
 DEFAULT_TIMEOUT = 120.0
@@ -23,12 +25,22 @@ class Machine:
     """
 
     def __init__(self, name: str, handle: ProviderMachine, channel: SSHChannel,
-                 log: logging.Logger, boot_timeout: float = 60.0) -> None:
+                 log: logging.Logger, boot_timeout: float = 60.0, *,
+                 state_dir: Path, rollback: bool = False) -> None:
         self.name = name
         self.handle = handle
         self.channel = channel
         self.boot_timeout = boot_timeout
+        self.state_dir = state_dir
+        #: restored to ``baseline`` after every test (the plugin does it)
+        self.rollback = rollback
+        self.baseline: str | None = None
+        #: the test running now, recorded with each snapshot it takes
+        self.current_test: str | None = None
         self._log = log
+        self._tree = SnapshotTree(state_dir / TREE_FILE)
+        self._auto = 0
+        self._snapshot_lock = threading.RLock()  # schedules snapshot from another thread
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.state.value}>"
@@ -128,11 +140,78 @@ class Machine:
         """Expose guest TCP ``guest_port`` on 127.0.0.1; returns the host port."""
         return self.handle.forward_port(guest_port)
 
+    # -- snapshots ------------------------------------------------------
+    @property
+    def snapshots(self) -> SnapshotTree:
+        """This machine's snapshot tree (walk it with ``.walk()``, ``.children(name)``)."""
+        return self._tree
+
+    def snapshot(self, name: str | None = None, *, kind: str = "manual") -> SnapshotNode:
+        """Save memory, devices and disk as a snapshot; returns its tree node.
+
+        The new snapshot is a child of the current state (the one last taken or
+        restored). Commands running meanwhile just pause for the save.
+        """
+        with self._snapshot_lock:
+            return self._snapshot(name, kind)
+
+    def _snapshot(self, name: str | None, kind: str) -> SnapshotNode:
+        if name is None:
+            self._auto += 1
+            while f"snap-{self._auto}" in self._tree:
+                self._auto += 1
+            name = f"snap-{self._auto}"
+        check_name(name)
+        if name in self._tree:
+            raise ConfigError(f"{self.name} already has a snapshot {name!r}; pick another name "
+                              "or delete it first")
+        self.handle.snapshot_save(name)
+        sizes = {s["name"]: int(s.get("vm-state-size", 0)) for s in self.handle.snapshot_list()}
+        node = self._tree.add(name, size=sizes.get(name, 0), test=self.current_test, kind=kind)
+        self._log.info("%s: snapshot %s taken (parent %s, %d bytes)", self.name, name,
+                       node.parent, node.size)
+        return node
+
+    def restore(self, name: str) -> None:
+        """Return the machine to snapshot ``name``: memory, processes and disk."""
+        self._tree[name]  # an unknown name raises, listing the snapshots there are
+        with self._snapshot_lock:
+            self._restore(name)
+
+    def _restore(self, name: str) -> None:
+        self.channel.close()
+        if self.handle.state() is MachineState.RUNNING:
+            self.handle.snapshot_load(name)
+        else:
+            self.handle.start(loadvm=name)
+        self._tree.restored(name)
+        self.channel.connect(timeout=self.boot_timeout)
+        self._log.info("%s: restored snapshot %s", self.name, name)
+
+    def delete_snapshot(self, name: str, *, subtree: bool = False) -> list[str]:
+        """Delete a snapshot; one with children only with ``subtree=True`` (all go)."""
+        kids = [c.name for c in self._tree.children(self._tree[name].name)]
+        if kids and not subtree:
+            raise ConfigError(f"snapshot {name!r} of {self.name} has children "
+                              f"({', '.join(kids)}); delete them first or pass subtree=True")
+        order = self._tree.subtree(name)
+        for victim in order:
+            self.handle.snapshot_delete(victim)
+            self._tree.removed(victim)
+        return order
+
+    def sync_snapshots(self) -> None:
+        """Reconcile the tree with the snapshots the disk really holds."""
+        self._tree.reconcile({s["name"]: int(s.get("vm-state-size", 0))
+                              for s in self.handle.snapshot_list()})
+
     # -- power ----------------------------------------------------------
     def boot(self) -> None:
         """Start the VM (if needed) and wait until its channel answers."""
         if self.handle.state() is not MachineState.RUNNING:
             self.handle.start()
+            if len(self._tree):
+                self._tree.left()
         self.channel.connect(timeout=self.boot_timeout)
 
     def start(self) -> None:

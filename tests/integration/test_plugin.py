@@ -48,7 +48,7 @@ def test_a_failing_test_report_carries_console_and_lab_log(pytester, base):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*GuestCommandError*exit 4*status 4*",
-        "*vboxlab console of vm1*",
+        "*vboxlab console of vm*",
         "*vboxlab: tiny 1.0.0 ready*",
         "*vboxlab lab log*",
         "*answered SSH*",
@@ -87,15 +87,15 @@ def test_lab_keep_leaves_machines_reachable_with_vboxlab_ssh(pytester, base):
     """)
     result = pytester.runpytest_subprocess("--lab-dir", str(base), "--lab-keep")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*vboxlab: kept labs*", "*vm1 (running): vboxlab ssh * vm1*"])
-    lab_id = re.search(r"vboxlab ssh (\S+) vm1", result.stdout.str()).group(1)
+    result.stdout.fnmatch_lines(["*vboxlab: kept labs*", "*vm (running): vboxlab ssh * vm *"])
+    lab_id = re.search(r"vboxlab ssh (\S+) vm ", result.stdout.str()).group(1)
     cli = [sys.executable, "-m", "vboxlab.cli"]
     try:
         assert qemu_pids(str(base)), "a kept VM must outlive its run"
         labs = subprocess.run([*cli, "labs", "--lab-dir", str(base)], capture_output=True,
                               text=True, check=True).stdout
-        assert lab_id in labs and "vm1 (running)" in labs
-        ssh = subprocess.run([*cli, "ssh", lab_id, "vm1", "--lab-dir", str(base), "cat",
+        assert lab_id in labs and "vm (running)" in labs
+        ssh = subprocess.run([*cli, "ssh", lab_id, "vm", "--lab-dir", str(base), "cat",
                               "/tmp/state"], capture_output=True, text=True, timeout=60,
                              check=False)
         assert ssh.returncode == 0, ssh.stderr

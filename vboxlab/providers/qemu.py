@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from vboxlab.templates.cpio import CpioWriter
 from vboxlab.waiting import wait_until
 
 MAX_SOCKET_PATH = 107
+DISK_NODE = "disk0"
 _FORWARD_RE = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)")
 
@@ -75,6 +77,8 @@ class QemuMachine:
         self._state = MachineState.CREATED
         self._ssh_port: int | None = None
         self._forwards: dict[int, int] = {}
+        self._job_counter = 0
+        self._life = threading.RLock()  # state changes may come from a watchdog thread
         self._stderr: io.BufferedWriter | None = None
         work = spec.workdir
         self.qmp_path = work / "qmp.sock"
@@ -118,7 +122,7 @@ class QemuMachine:
     def qemu_log(self) -> Path:
         return self.spec.workdir / "qemu.log"
 
-    def _argv(self) -> list[str]:
+    def _argv(self, loadvm: str | None = None) -> list[str]:
         spec = self.spec
         definition = spec.template.template.definition
         work = spec.workdir
@@ -130,7 +134,10 @@ class QemuMachine:
             "-append", definition.boot.cmdline,
             "-chardev", f"file,id=con,path={work / 'console.log'},append=on",
             "-serial", "chardev:con", "-no-reboot",
-            "-drive", f"file={self.overlay},if=virtio,format=qcow2,cache=unsafe",
+            "-blockdev", f"driver=file,filename={self.overlay},node-name=file0,"
+                         "cache.direct=off,cache.no-flush=on",
+            "-blockdev", f"driver=qcow2,file=file0,node-name={DISK_NODE}",
+            "-device", f"virtio-blk-pci,drive={DISK_NODE}",
             "-netdev",
             f"user,id=n0,hostfwd=tcp:127.0.0.1:0-:{definition.access.port}",
             "-device", "virtio-net-pci,netdev=n0",
@@ -139,19 +146,24 @@ class QemuMachine:
         ]
         if self._accel == "kvm":
             argv += ["-cpu", "host"]
+        if loadvm is not None:
+            argv += ["-loadvm", loadvm]
         return argv
 
     # -- life -----------------------------------------------------------
-    def start(self) -> None:
-        """Start QEMU and connect QMP; returns once the VM runs (not yet booted)."""
-        if self._state is MachineState.RUNNING:
+    def start(self, loadvm: str | None = None) -> None:
+        """Start QEMU and connect QMP; returns once the VM runs (not yet booted).
+
+        With ``loadvm``, QEMU resumes from that snapshot instead of booting.
+        """
+        if self.state() is MachineState.RUNNING:
             raise ProviderError(f"{self.name} is already running")
         self.qmp_path.unlink(missing_ok=True)
         self._proc_rid = self._ledger.add("process", f"qemu {self.name}",
                                           marker=f"{self.spec.workdir}/")
         self._ledger.add("socket", f"qmp {self.name}", path=str(self.qmp_path))
         self._stderr = self.qemu_log.open("ab")
-        argv = self._argv()
+        argv = self._argv(loadvm)
         self._log.info("%s: starting %s", self.name, " ".join(argv))
         try:
             self._proc = procs.spawn(argv, tied=self.spec.tied, stderr=self._stderr,
@@ -198,7 +210,7 @@ class QemuMachine:
         """Run a human-monitor command through QMP."""
         qmp = self._require_qmp()
         try:
-            result: Any = qmp.cmd("human-monitor-command", **{"command-line": command})
+            result: Any = qmp.cmd("human-monitor-command", {"command-line": command})
         except Exception as exc:
             self.check_alive()
             raise ProviderError(f"{self.name}: monitor command {command!r} failed: {exc}") from exc
@@ -208,10 +220,65 @@ class QemuMachine:
         """Run one QMP command and return its result."""
         qmp = self._require_qmp()
         try:
-            return qmp.cmd(command, **arguments)
+            return qmp.cmd(command, arguments)
         except Exception as exc:
             self.check_alive()
             raise ProviderError(f"{self.name}: QMP {command} failed: {exc}") from exc
+
+    # -- snapshots ------------------------------------------------------
+    def _run_job(self, command: str, timeout: float, **arguments: Any) -> None:
+        """Run a QMP job to its end; raise ProviderError with QEMU's reason if it failed."""
+        self._job_counter += 1
+        job_id = f"{command}-{self._job_counter}"
+        self.qmp(command, **{"job-id": job_id}, **arguments)
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = {j["id"]: j for j in self.qmp("query-jobs")}
+            job = jobs.get(job_id)
+            if job is None:
+                raise ProviderError(f"{self.name}: QMP job {job_id} vanished")
+            if job["status"] == "concluded":
+                self.qmp("job-dismiss", id=job_id)
+                if job.get("error"):
+                    raise ProviderError(f"{self.name}: {command} failed: {job['error']}")
+                return
+            if time.monotonic() > deadline:
+                raise ProviderError(f"{self.name}: {command} did not finish within {timeout:g} s")
+            time.sleep(0.005)
+
+    def snapshot_save(self, tag: str, timeout: float = 120) -> None:
+        """Save memory, devices and disk as snapshot ``tag`` (replacing none)."""
+        if any(s["name"] == tag for s in self.snapshot_list()):
+            raise ProviderError(f"{self.name}: a snapshot called {tag!r} exists already")
+        self._run_job("snapshot-save", timeout, tag=tag, vmstate=DISK_NODE, devices=[DISK_NODE])
+
+    def snapshot_load(self, tag: str, timeout: float = 120) -> None:
+        """Return the whole machine to snapshot ``tag``; it runs on afterwards."""
+        self._run_job("snapshot-load", timeout, tag=tag, vmstate=DISK_NODE, devices=[DISK_NODE])
+        if self.qmp("query-status")["status"] != "running":
+            self.qmp("cont")
+
+    def snapshot_delete(self, tag: str, timeout: float = 60) -> None:
+        """Delete snapshot ``tag`` from the disk (through qemu-img when QEMU is not running)."""
+        if self.state() is not MachineState.RUNNING:
+            run([require("qemu-img", "to edit snapshots"), "snapshot", "-d", tag,
+                 str(self.overlay)], what=f"deleting snapshot {tag} of {self.name}",
+                error=ProviderError)
+            return
+        self._run_job("snapshot-delete", timeout, tag=tag, devices=[DISK_NODE])
+
+    def snapshot_list(self) -> list[dict[str, Any]]:
+        """Snapshots in the disk, as QEMU lists them: name, vm-state-size, date-sec, ..."""
+        if self.state() is not MachineState.RUNNING:
+            info = json.loads(run([require("qemu-img", "to read snapshots"), "info", "-U",
+                                   "--output=json", str(self.overlay)],
+                                  what=f"reading snapshots of {self.name}", error=ProviderError))
+            return [{"name": s["name"], "vm-state-size": s.get("vm-state-size", 0)}
+                    for s in info.get("snapshots", [])]
+        for node in self.qmp("query-named-block-nodes", flat=True):
+            if node.get("node-name") == DISK_NODE:
+                return list(node.get("image", {}).get("snapshots", []))
+        raise ProviderError(f"{self.name}: QEMU reports no block node {DISK_NODE}")
 
     def _require_qmp(self) -> QmpConnection:
         self.check_alive()
@@ -249,11 +316,12 @@ class QemuMachine:
         return "127.0.0.1", self._ssh_port
 
     def state(self) -> MachineState:
-        if self._state is MachineState.RUNNING and self._proc is not None and \
-                self._proc.poll() is not None:
-            self._state = MachineState.CRASHED
-            self._reap()
-        return self._state
+        with self._life:
+            if self._state is MachineState.RUNNING and self._proc is not None and \
+                    self._proc.poll() is not None:
+                self._state = MachineState.CRASHED
+                self._reap()
+            return self._state
 
     def check_alive(self) -> None:
         state = self.state()
@@ -302,13 +370,18 @@ class QemuMachine:
 
     def kill(self) -> None:
         """End QEMU at once (SIGKILL)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            if self._state is MachineState.RUNNING:
-                self._state = MachineState.STOPPED
-        self._reap()
+        with self._life:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+                if self._state is MachineState.RUNNING:
+                    self._state = MachineState.STOPPED
+            self._reap()
 
     def _reap(self) -> None:
+        with self._life:
+            self._reap_locked()
+
+    def _reap_locked(self) -> None:
         if self._qmp is not None:
             self._qmp.close()
             self._qmp = None
@@ -342,6 +415,8 @@ class QemuMachine:
             "ssh": {"host": "127.0.0.1", "port": self._ssh_port,
                     "user": self.spec.template.template.definition.access.user},
             "forwards": {str(g): h for g, h in self._forwards.items()},
+            "argv": self._argv(),
+            "qmp": str(self.qmp_path),
             "updated": time.time(),
         }
         (self.spec.workdir / "machine.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -8,6 +8,7 @@ every call with a timeout, and closes everything it opened.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,17 +26,24 @@ class QmpConnection:
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient(name)
+        self._lock = threading.Lock()  # one event loop: one caller at a time
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
+        with self._lock:
+            if self._loop.is_closed():
+                coro.close()
+                raise ConnectionError("the QMP connection is closed")
+            return self._loop.run_until_complete(
+                asyncio.wait_for(coro, timeout or self.timeout))
 
     def connect(self, timeout: float = 5.0) -> None:
         """Connect and negotiate capabilities (raises on refusal or timeout)."""
         self._run(self._client.connect(str(self.path)), timeout)
 
-    def cmd(self, command: str, **arguments: Any) -> Any:
+    def cmd(self, command: str, arguments: dict[str, Any] | None = None,
+            timeout: float | None = None) -> Any:
         """Execute one command; returns its ``return`` value or raises."""
-        return self._run(self._client.execute(command, arguments or None))
+        return self._run(self._client.execute(command, arguments or None), timeout)
 
     def close(self) -> None:
         """Disconnect (quietly if QEMU is gone) and close the event loop."""
@@ -46,4 +54,5 @@ class QmpConnection:
         except Exception:  # noqa: S110 - QEMU may already be gone: nothing left to close
             pass
         finally:
-            self._loop.close()
+            with self._lock:
+                self._loop.close()

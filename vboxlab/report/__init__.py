@@ -1,0 +1,1 @@
+"""Reports: pictures and files written next to the test results."""
