@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from rich.table import Table
 from vboxlab import __version__
 from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.kept import KeptMachine
 from vboxlab.lab import clean as clean_labs
 from vboxlab.lab import list_labs, read_lab
 from vboxlab.paths import state_base
@@ -137,6 +139,86 @@ def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None
             "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
             f"{endpoint['user']}@{endpoint['host']}", *command]
     os.execv(ssh_bin, argv)  # noqa: S606 - argv list, no shell
+
+
+@main.group()
+def snapshots() -> None:
+    """Inspect and restore the snapshots of a kept lab's VMs."""
+
+
+def _kept(lab_dir: str | None, lab_id: str, vm_name: str) -> KeptMachine:
+    folder = _base(lab_dir) / lab_id
+    record = read_lab(folder)
+    if record is None:
+        known = ", ".join(r.id for r in list_labs(_base(lab_dir))) or "none"
+        raise click.ClickException(f"no lab {lab_id!r} in {_base(lab_dir)}; labs: {known}")
+    if record.owner_alive:
+        raise click.ClickException(f"lab {lab_id} belongs to the live process "
+                                   f"{record.owner_pid}; change its snapshots from its tests")
+    try:
+        return KeptMachine(folder, vm_name)
+    except VboxlabError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@snapshots.command("list")
+@click.argument("lab_id")
+@click.argument("vm_name")
+@lab_dir_option
+def snapshots_list(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
+    """List a VM's snapshots."""
+    tree = _kept(lab_dir, lab_id, vm_name).sync()
+    table = Table("snapshot", "parent", "taken", "size", "kind", "test", "outcome")
+    for node in tree:
+        table.add_row(node.name + (" *" if node.name == tree.current else ""), node.parent or "-",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.created)),
+                      f"{node.size / 1048576:.1f} MiB", node.kind, node.test or "-",
+                      node.outcome or "-")
+    console.print(table)
+
+
+@snapshots.command("tree")
+@click.argument("lab_id")
+@click.argument("vm_name")
+@lab_dir_option
+def snapshots_tree(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
+    """Print a VM's snapshot tree (* marks the current state)."""
+    click.echo(_kept(lab_dir, lab_id, vm_name).sync().render())
+
+
+@snapshots.command("restore")
+@click.argument("lab_id")
+@click.argument("vm_name")
+@click.argument("snapshot")
+@lab_dir_option
+def snapshots_restore(lab_id: str, vm_name: str, snapshot: str, lab_dir: str | None) -> None:
+    """Bring a VM back to a snapshot (starting it if it is stopped)."""
+    machine = _kept(lab_dir, lab_id, vm_name)
+    machine.sync()
+    try:
+        machine.restore(snapshot)
+    except VboxlabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{vm_name} restored to {snapshot}; reach it with: vboxlab ssh {lab_id} "
+               f"{vm_name}" + (f" --lab-dir {lab_dir}" if lab_dir else ""))
+
+
+@snapshots.command("delete")
+@click.argument("lab_id")
+@click.argument("vm_name")
+@click.argument("snapshot")
+@click.option("--subtree", is_flag=True, help="Also delete the snapshots taken from it")
+@lab_dir_option
+def snapshots_delete(lab_id: str, vm_name: str, snapshot: str, subtree: bool,
+                     lab_dir: str | None) -> None:
+    """Delete a snapshot (one with children only with --subtree)."""
+    machine = _kept(lab_dir, lab_id, vm_name)
+    machine.sync()
+    try:
+        gone = machine.delete(snapshot, subtree=subtree)
+    except VboxlabError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"deleted {', '.join(gone)}")
 
 
 @main.command()

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import threading
 from pathlib import Path
 
 from vboxlab.channels import CommandResult, SSHChannel
-from vboxlab.errors import ConfigError, GuestCommandError, WaitTimeout
+from vboxlab.errors import ConfigError, GuestCommandError, ProviderError, WaitTimeout
 from vboxlab.logs import tail
 from vboxlab.providers.base import MachineState, ProviderMachine
 from vboxlab.snapshots import TREE_FILE, SnapshotNode, SnapshotTree, check_name
 from vboxlab.waiting import wait_until
 
 DEFAULT_TIMEOUT = 120.0
+SNAPSHOT_SPACE_WARNING_MB = 1024
 
 
 class Machine:
@@ -165,12 +167,38 @@ class Machine:
         if name in self._tree:
             raise ConfigError(f"{self.name} already has a snapshot {name!r}; pick another name "
                               "or delete it first")
-        self.handle.snapshot_save(name)
+        try:
+            self.handle.snapshot_save(name)
+        except ProviderError as exc:
+            self._drop_partial(name)
+            raise ProviderError(f"{exc}{self._space_hint()}") from exc
+        except Exception:
+            self._drop_partial(name)
+            raise
         sizes = {s["name"]: int(s.get("vm-state-size", 0)) for s in self.handle.snapshot_list()}
         node = self._tree.add(name, size=sizes.get(name, 0), test=self.current_test, kind=kind)
         self._log.info("%s: snapshot %s taken (parent %s, %d bytes)", self.name, name,
                        node.parent, node.size)
         return node
+
+    def _space_hint(self) -> str:
+        stats = os.statvfs(self.state_dir)
+        free_mb = stats.f_bavail * stats.f_frsize // (1024 * 1024)
+        hint = f" (free space where the VM's disk lives, {self.state_dir}: {free_mb} MiB"
+        if free_mb < SNAPSHOT_SPACE_WARNING_MB:
+            hint += "; the disk is full or nearly: a snapshot needs about the VM's memory size "
+            hint += "in free space, so free some or choose a --lab-dir with room"
+        return hint + ")"
+
+    def _drop_partial(self, name: str) -> None:
+        """After a failed save, make sure no snapshot of that name stays on the disk."""
+        try:
+            if any(s["name"] == name for s in self.handle.snapshot_list()):
+                self.handle.snapshot_delete(name)
+                self._log.info("%s: removed the snapshot %s whose save failed", self.name, name)
+        except Exception as exc:
+            self._log.warning("%s: could not check for a partial snapshot %s: %s", self.name,
+                              name, exc)
 
     def restore(self, name: str) -> None:
         """Return the machine to snapshot ``name``: memory, processes and disk."""

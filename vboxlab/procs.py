@@ -90,3 +90,19 @@ def kill(pid: int, started: int | None, grace: float = 0.0) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def spawn_detached(argv: Sequence[str], log: Path) -> int:
+    """Start ``argv`` in a new session, not tied to us, stderr to ``log``; returns its pid.
+
+    For processes that must outlive a short-lived caller such as the CLI.
+    """
+    null = os.open(os.devnull, os.O_RDWR)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return os.posix_spawnp(argv[0], list(argv), dict(os.environ), setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
+            (os.POSIX_SPAWN_DUP2, out, 2)])
+    finally:
+        os.close(null)
+        os.close(out)

@@ -10,6 +10,7 @@ socket. SSH reaches the guest through a user-mode network forward bound to
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from vboxlab.hosttools import QEMU_BINARY, require, run
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
 from vboxlab.providers.base import MachineSpec, MachineState
-from vboxlab.providers.qmp import QmpConnection
+from vboxlab.providers.qmp import QmpConnection, run_job, snapshot_args
 from vboxlab.templates.cpio import CpioWriter
 from vboxlab.waiting import wait_until
 
@@ -212,7 +213,7 @@ class QemuMachine:
         try:
             result: Any = qmp.cmd("human-monitor-command", {"command-line": command})
         except Exception as exc:
-            self.check_alive()
+            self._check_died()
             raise ProviderError(f"{self.name}: monitor command {command!r} failed: {exc}") from exc
         return str(result)
 
@@ -222,39 +223,29 @@ class QemuMachine:
         try:
             return qmp.cmd(command, arguments)
         except Exception as exc:
-            self.check_alive()
+            self._check_died()
             raise ProviderError(f"{self.name}: QMP {command} failed: {exc}") from exc
 
     # -- snapshots ------------------------------------------------------
     def _run_job(self, command: str, timeout: float, **arguments: Any) -> None:
         """Run a QMP job to its end; raise ProviderError with QEMU's reason if it failed."""
         self._job_counter += 1
-        job_id = f"{command}-{self._job_counter}"
-        self.qmp(command, **{"job-id": job_id}, **arguments)
-        deadline = time.monotonic() + timeout
-        while True:
-            jobs = {j["id"]: j for j in self.qmp("query-jobs")}
-            job = jobs.get(job_id)
-            if job is None:
-                raise ProviderError(f"{self.name}: QMP job {job_id} vanished")
-            if job["status"] == "concluded":
-                self.qmp("job-dismiss", id=job_id)
-                if job.get("error"):
-                    raise ProviderError(f"{self.name}: {command} failed: {job['error']}")
-                return
-            if time.monotonic() > deadline:
-                raise ProviderError(f"{self.name}: {command} did not finish within {timeout:g} s")
-            time.sleep(0.005)
+        try:
+            run_job(self._require_qmp(), command, f"{command}-{self._job_counter}", timeout,
+                    **arguments)
+        except Exception as exc:
+            self._check_died()
+            raise ProviderError(f"{self.name}: {exc}") from exc
 
     def snapshot_save(self, tag: str, timeout: float = 120) -> None:
         """Save memory, devices and disk as snapshot ``tag`` (replacing none)."""
         if any(s["name"] == tag for s in self.snapshot_list()):
             raise ProviderError(f"{self.name}: a snapshot called {tag!r} exists already")
-        self._run_job("snapshot-save", timeout, tag=tag, vmstate=DISK_NODE, devices=[DISK_NODE])
+        self._run_job("snapshot-save", timeout, **snapshot_args(tag, DISK_NODE))
 
     def snapshot_load(self, tag: str, timeout: float = 120) -> None:
         """Return the whole machine to snapshot ``tag``; it runs on afterwards."""
-        self._run_job("snapshot-load", timeout, tag=tag, vmstate=DISK_NODE, devices=[DISK_NODE])
+        self._run_job("snapshot-load", timeout, **snapshot_args(tag, DISK_NODE))
         if self.qmp("query-status")["status"] != "running":
             self.qmp("cont")
 
@@ -265,7 +256,7 @@ class QemuMachine:
                  str(self.overlay)], what=f"deleting snapshot {tag} of {self.name}",
                 error=ProviderError)
             return
-        self._run_job("snapshot-delete", timeout, tag=tag, devices=[DISK_NODE])
+        self._run_job("snapshot-delete", timeout, **snapshot_args(tag, DISK_NODE, False))
 
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Snapshots in the disk, as QEMU lists them: name, vm-state-size, date-sec, ..."""
@@ -322,6 +313,14 @@ class QemuMachine:
                 self._state = MachineState.CRASHED
                 self._reap()
             return self._state
+
+    def _check_died(self, grace: float = 2.0) -> None:
+        """After a QMP failure: if QEMU is ending, wait for it and raise MachineDied."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        self.check_alive()
 
     def check_alive(self) -> None:
         state = self.state()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,3 +57,30 @@ class QmpConnection:
         finally:
             with self._lock:
                 self._loop.close()
+
+
+def run_job(qmp: QmpConnection, command: str, job_id: str, timeout: float,
+            **arguments: Any) -> None:
+    """Start a QMP job and wait for it to conclude; raise RuntimeError with QEMU's reason."""
+    qmp.cmd(command, {"job-id": job_id, **arguments})
+    deadline = time.monotonic() + timeout
+    while True:
+        job = next((j for j in qmp.cmd("query-jobs") if j["id"] == job_id), None)
+        if job is None:
+            raise RuntimeError(f"QMP job {job_id} vanished")
+        if job["status"] == "concluded":
+            qmp.cmd("job-dismiss", {"id": job_id})
+            if job.get("error"):
+                raise RuntimeError(f"{command} failed: {job['error']}")
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{command} did not finish within {timeout:g} s")
+        time.sleep(0.005)
+
+
+def snapshot_args(tag: str, disk: str, with_state: bool = True) -> dict[str, Any]:
+    """Arguments of snapshot-save/-load (with_state) and snapshot-delete for one disk."""
+    args: dict[str, Any] = {"tag": tag, "devices": [disk]}
+    if with_state:
+        args["vmstate"] = disk
+    return args
