@@ -25,6 +25,18 @@ from vboxlab.templates import TemplateRepository
 console = Console()
 
 
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal; tab-separated lines (header first) for pipes and scripts."""
+    if console.is_terminal:
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        for line in [headers, *rows]:
+            click.echo("\t".join(cell.replace("\t", " ") for cell in line))
+
+
 def _base(lab_dir: str | None) -> Path:
     return Path(lab_dir) if lab_dir else state_base()
 
@@ -47,12 +59,9 @@ def doctor(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
-        table = Table("check", "", "detail", "fix", show_lines=False)
-        for check in checks:
-            table.add_row(check.name, "[green]ok[/]" if check.ok else
-                          ("[red]missing[/]" if check.essential else "[yellow]no[/]"),
-                          check.detail, check.fix)
-        console.print(table)
+        print_table(["check", "status", "detail", "fix"],
+                    [[c.name, "ok" if c.ok else ("MISSING" if c.essential else "no"), c.detail,
+                      c.fix] for c in checks])
     if any(c.essential and not c.ok for c in checks):
         sys.exit(1)
 
@@ -66,10 +75,9 @@ def templates() -> None:
 def templates_list() -> None:
     """List template definitions and whether each is built."""
     repo = TemplateRepository()
-    table = Table("name", "version", "status", "description")
-    for name, template in sorted(repo.definitions().items()):
-        table.add_row(name, template.version, repo.status(name), template.definition.description)
-    console.print(table)
+    print_table(["name", "version", "status", "description"],
+                [[name, template.version, repo.status(name), template.definition.description]
+                 for name, template in sorted(repo.definitions().items())])
 
 
 @templates.command("build")
@@ -98,13 +106,13 @@ def labs(lab_dir: str | None) -> None:
     if not records:
         click.echo(f"no labs in {_base(lab_dir)}")
         return
-    table = Table("lab", "owner", "kept", "machines")
+    rows = []
     for record in records:
         owner = f"pid {record.owner_pid} " + ("alive" if record.owner_alive else "dead")
         machines = ", ".join(f"{n} ({'running' if m.get('running') else 'off'})"
                              for n, m in record.machines.items()) or "-"
-        table.add_row(record.id, owner, "yes" if record.kept else "no", machines)
-    console.print(table)
+        rows.append([record.id, owner, "yes" if record.kept else "no", machines])
+    print_table(["lab", "owner", "kept", "machines"], rows)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -168,13 +176,11 @@ def _kept(lab_dir: str | None, lab_id: str, vm_name: str) -> KeptMachine:
 def snapshots_list(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
     """List a VM's snapshots."""
     tree = _kept(lab_dir, lab_id, vm_name).sync()
-    table = Table("snapshot", "parent", "taken", "size", "kind", "test", "outcome")
-    for node in tree:
-        table.add_row(node.name + (" *" if node.name == tree.current else ""), node.parent or "-",
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.created)),
-                      f"{node.size / 1048576:.1f} MiB", node.kind, node.test or "-",
-                      node.outcome or "-")
-    console.print(table)
+    print_table(["snapshot", "parent", "taken", "size", "kind", "test", "outcome"],
+                [[node.name + (" *" if node.name == tree.current else ""), node.parent or "-",
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.created)),
+                  f"{node.size / 1048576:.1f} MiB", node.kind, node.test or "-",
+                  node.outcome or "-"] for node in tree])
 
 
 @snapshots.command("tree")

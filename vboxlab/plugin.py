@@ -254,8 +254,8 @@ class _IntervalSnapshots(threading.Thread):
             for machine in _running(self.lab):
                 try:
                     machine.snapshot(f"{safe_name(self.test, 40)}-t{count}", kind="interval")
-                except VboxlabError as exc:
-                    self.errors.append(f"{machine.name}: {exc}")
+                except Exception as exc:  # reported with the test, never lost in a thread
+                    self.errors.append(f"{machine.name}: {type(exc).__name__}: {exc}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -281,6 +281,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         if worker is not None:
             worker.stopped.set()
             worker.join(timeout=120)
+            if worker.errors:
+                item.add_report_section("call", "vboxlab interval snapshots",
+                                        "\n".join(worker.errors))
 
 
 @pytest.hookimpl(wrapper=True)

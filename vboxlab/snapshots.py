@@ -33,8 +33,8 @@ def check_name(name: str) -> str:
 
 def safe_name(text: str, limit: int = 48) -> str:
     """A snapshot-name-safe version of free text such as a test id."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
-    return cleaned[-limit:].lstrip("-.") or "x"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+    return re.sub(r"^[^A-Za-z0-9]+", "", cleaned[-limit:]).rstrip("-.") or "x"
 
 
 @dataclass

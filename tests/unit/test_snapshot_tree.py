@@ -79,10 +79,14 @@ def test_snapshot_names_are_checked(bad):
         check_name(bad)
 
 
-def test_safe_name_turns_test_ids_into_snapshot_names():
-    name = safe_name("tests/test_x.py::test_y[param 1]")
+@pytest.mark.parametrize("test_id", ["tests/test_x.py::test_y[param 1]",
+                                     "a_very_long_module_name_and_more.py::test_y[param 1]",
+                                     "___::___", "x" * 200])
+def test_safe_name_turns_test_ids_into_snapshot_names(test_id):
+    name = safe_name(test_id, 40)
     check_name(name)
-    assert name.endswith("test_y-param-1")
+    check_name(name + "-t12")
+    assert len(name) <= 40
 
 
 def test_timeline_svg_has_a_node_per_snapshot_and_edges_for_branches(tmp_path):
