@@ -18,7 +18,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -73,6 +73,8 @@ class Lab:
         self._accel = accel
         self._provider: Provider | None = None
         self.machines: dict[str, Machine] = {}
+        #: called with each machine once it first answers (the plugin's hook uses it)
+        self.on_machine_ready: list[Callable[[Machine], None]] = []
         #: keep the state (machines stopped) at close, e.g. for failure snapshots
         self.keep_stopped = False
         self._closed = False
@@ -158,6 +160,8 @@ class Lab:
                 raise
             self.log.info("%s answered SSH %.2f s after start", name,
                           time.monotonic() - started)
+            for callback in self.on_machine_ready:
+                callback(machine)
         return machine
 
     def remove_vm(self, name: str) -> None:

@@ -60,6 +60,12 @@ class RunState:
             Path(xml).resolve().parent if xml else config.rootpath / "reports")
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from vboxlab import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("vboxlab", "vboxlab: labs of real machines")
     group.addoption("--lab-provider", default=None,
@@ -155,6 +161,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                   boot_timeout=boot_timeout)
     config.stash[LAB_KEY] = the_lab
     atexit.register(the_lab.close)
+    hook = config.hook
+    the_lab.on_machine_ready.append(
+        lambda machine: hook.pytest_vboxlab_machine_ready(machine=machine, lab=the_lab))
+    hook.pytest_vboxlab_lab_created(lab=the_lab, config=config)
     state = config.stash[STATE_KEY]
     try:
         yield the_lab

@@ -109,3 +109,26 @@ def test_lab_keep_leaves_machines_reachable_with_vboxlab_ssh(pytester, base):
     assert f"removed 1 lab(s): {lab_id}" in removed
     assert qemu_pids(str(base)) == []
     assert list(base.iterdir()) == []
+
+
+def test_other_plugins_hook_into_the_lab(pytester, base):
+    pytester.makeconftest("""
+        seen = []
+
+        def pytest_vboxlab_lab_created(lab, config):
+            seen.append(("lab", lab.id))
+
+        def pytest_vboxlab_machine_ready(machine, lab):
+            machine.succeed("echo hooked > /tmp/hook")
+            seen.append(("machine", machine.name))
+    """)
+    pytester.makepyfile("""
+        from conftest import seen
+
+        def test_hooks(lab):
+            vm = lab.vm("hooked")
+            assert vm.succeed("cat /tmp/hook") == "hooked\\n"
+            assert [kind for kind, _ in seen] == ["lab", "machine"]
+    """)
+    result = pytester.runpytest_subprocess("--lab-dir", str(base))
+    result.assert_outcomes(passed=1)
