@@ -9,7 +9,13 @@ import threading
 from pathlib import Path
 
 from vboxlab.channels import CommandResult, SSHChannel
-from vboxlab.errors import ConfigError, GuestCommandError, ProviderError, WaitTimeout
+from vboxlab.errors import (
+    ConfigError,
+    GuestCommandError,
+    MachineDied,
+    ProviderError,
+    WaitTimeout,
+)
 from vboxlab.logs import tail
 from vboxlab.providers.base import MachineState, ProviderMachine
 from vboxlab.snapshots import TREE_FILE, SnapshotNode, SnapshotTree, check_name
@@ -169,6 +175,9 @@ class Machine:
                               "or delete it first")
         try:
             self.handle.snapshot_save(name)
+        except MachineDied:
+            self._drop_partial(name)
+            raise
         except ProviderError as exc:
             self._drop_partial(name)
             raise ProviderError(f"{exc}{self._space_hint()}") from exc

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,6 +43,10 @@ def test_clean_releases_the_processes_a_dead_lab_left(tmp_path):
     folder = fake_lab(tmp_path, "dead", dead_pid())
     marker = f"{folder}/vm/"
     sleeper = subprocess.Popen([*SLEEPER, marker])
+    deadline = time.monotonic() + 10
+    while marker not in procs.cmdline(sleeper.pid):  # until exec is done
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     with (folder / "ledger.jsonl").open("a") as ledger:
         ledger.write(json.dumps({"op": "add", "id": 1, "kind": "process", "name": "qemu vm",
                                  "marker": marker}) + "\n")

@@ -78,6 +78,10 @@ def test_process_found_by_marker_before_its_pid_was_written(tmp_path):
     marker = f"{tmp_path}/vm/"
     ledger.add("process", "qemu vm", marker=marker)
     sleeper = subprocess.Popen([*SLEEPER, marker + "console.log"])
+    deadline = time.monotonic() + 10
+    while marker + "console.log" not in procs.cmdline(sleeper.pid):  # until exec is done
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert ledger.release_all() == []
     assert sleeper.wait(timeout=5) == -signal.SIGKILL
     lines = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]

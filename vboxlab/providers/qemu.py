@@ -79,6 +79,7 @@ class QemuMachine:
         self._ssh_port: int | None = None
         self._forwards: dict[int, int] = {}
         self._job_counter = 0
+        self._last_returncode: int | None = None
         self._life = threading.RLock()  # state changes may come from a watchdog thread
         self._stderr: io.BufferedWriter | None = None
         work = spec.workdir
@@ -325,7 +326,7 @@ class QemuMachine:
     def check_alive(self) -> None:
         state = self.state()
         if state is not MachineState.RUNNING:
-            code = self._proc.returncode if self._proc is not None else None
+            code = self._proc.returncode if self._proc is not None else self._last_returncode
             raise MachineDied(
                 f"{self.name} is not running ({state.value}, QEMU exit status {code}). "
                 f"QEMU said: {self._qemu_errors()}\n--- last console lines ---\n"
@@ -390,6 +391,7 @@ class QemuMachine:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            self._last_returncode = self._proc.returncode
             if self._proc_rid is not None:
                 self._ledger.done(self._proc_rid)
                 self._proc_rid = None
