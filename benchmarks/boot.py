@@ -38,6 +38,15 @@ def summary(values: list[float], digits: int = 3) -> dict[str, float]:
             "n": len(values)}
 
 
+def emit(result: dict[str, object], output: Path | None) -> None:
+    """Print the result as JSON and, with ``output``, write it there too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="Boots to time (at least 10)")
@@ -75,11 +84,7 @@ def main() -> int:
         "met": {"boot": boot["p50"] <= TARGET_BOOT_P50_S,
                 "round_trip": trip["p50"] <= TARGET_ROUND_TRIP_P50_MS},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit(result, args.output)
     return 0
 
 

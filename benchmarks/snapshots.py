@@ -10,7 +10,6 @@ Targets on a 2-core machine under TCG: restore-to-first-command <= 1.0 s p50 and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from boot import summary
+from boot import emit, summary
 
 from vboxlab.lab import Lab
 
@@ -102,11 +101,7 @@ def main() -> int:
         "met": {"restore": restore["p50"] <= TARGET_RESTORE_P50_S,
                 "speedup": speedup >= TARGET_SPEEDUP},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit(result, args.output)
     return 0
 
 

@@ -100,17 +100,22 @@ def test_start_from_a_snapshot_after_the_vm_was_killed(machine):
     assert machine.succeed("cat /tmp/mem") == "kept\n"
 
 
-def test_qemu_killed_during_a_save_keeps_tree_and_disk_usable(machine, monkeypatch):
-    machine.snapshot("good")
+def kill_qemu_after(monkeypatch, machine, qmp_command):
+    """SIGKILL the VM's QEMU right after it accepted ``qmp_command`` (a job has started)."""
     real_cmd = qmp_module.QmpConnection.cmd
 
     def killing_cmd(self, command, arguments=None, timeout=None):
         result = real_cmd(self, command, arguments, timeout)
-        if command == "snapshot-save":
+        if command == qmp_command:
             os.kill(machine.handle._proc.pid, 9)
         return result
 
     monkeypatch.setattr(qmp_module.QmpConnection, "cmd", killing_cmd)
+
+
+def test_qemu_killed_during_a_save_keeps_tree_and_disk_usable(machine, monkeypatch):
+    machine.snapshot("good")
+    kill_qemu_after(monkeypatch, machine, "snapshot-save")
     with pytest.raises(MachineDied):
         machine.snapshot("doomed")
     monkeypatch.undo()
@@ -124,15 +129,7 @@ def test_qemu_killed_during_a_save_keeps_tree_and_disk_usable(machine, monkeypat
 def test_qemu_killed_during_a_restore_leaves_the_tree_as_it_was(machine, monkeypatch):
     machine.snapshot("a")
     machine.snapshot("b")
-    real_cmd = qmp_module.QmpConnection.cmd
-
-    def killing_cmd(self, command, arguments=None, timeout=None):
-        result = real_cmd(self, command, arguments, timeout)
-        if command == "snapshot-load":
-            os.kill(machine.handle._proc.pid, 9)
-        return result
-
-    monkeypatch.setattr(qmp_module.QmpConnection, "cmd", killing_cmd)
+    kill_qemu_after(monkeypatch, machine, "snapshot-load")
     with pytest.raises(MachineDied):
         machine.restore("a")
     monkeypatch.undo()
