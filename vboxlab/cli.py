@@ -19,6 +19,7 @@ from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.kept import KeptMachine
 from vboxlab.lab import clean as clean_labs
 from vboxlab.lab import list_labs, read_lab
+from vboxlab.net import load_topology
 from vboxlab.paths import state_base
 from vboxlab.templates import TemplateRepository
 
@@ -225,6 +226,30 @@ def snapshots_delete(lab_id: str, vm_name: str, snapshot: str, subtree: bool,
     except VboxlabError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"deleted {', '.join(gone)}")
+
+
+@main.group()
+def topology() -> None:
+    """Validate and inspect topology files."""
+
+
+@topology.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors")
+def topology_check(files: tuple[Path, ...], quiet: bool) -> None:
+    """Validate topology files; print the nodes, addresses and links each one yields."""
+    failed = False
+    for path in files:
+        try:
+            parsed = load_topology(path)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed = True
+            continue
+        if not quiet:
+            click.echo(parsed.describe())
+    if failed:
+        sys.exit(1)
 
 
 @main.command()
