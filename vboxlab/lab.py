@@ -18,7 +18,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,9 +29,10 @@ from vboxlab.errors import ConfigError, HostError
 from vboxlab.keys import KeyPair, load_or_create
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
+from vboxlab.net.wire import DirectWire
 from vboxlab.paths import state_base
 from vboxlab.providers import Provider, load_provider
-from vboxlab.providers.base import MachineSpec, MachineState
+from vboxlab.providers.base import MachineSpec, MachineState, NicSpec
 from vboxlab.templates import TemplateRepository
 
 LEASE = "lease.json"
@@ -75,6 +76,7 @@ class Lab:
         self.machines: dict[str, Machine] = {}
         #: called with each machine once it first answers (the plugin's hook uses it)
         self.on_machine_ready: list[Callable[[Machine], None]] = []
+        self._wires: list[DirectWire] = []
         #: keep the state (machines stopped) at close, e.g. for failure snapshots
         self.keep_stopped = False
         self._closed = False
@@ -109,7 +111,8 @@ class Lab:
         return self._provider
 
     def vm(self, name: str, template: str | None = None, memory: int | None = None,
-           cpus: int | None = None, boot: bool = True, rollback: bool = False) -> Machine:
+           cpus: int | None = None, boot: bool = True, rollback: bool = False,
+           nics: Sequence[NicSpec] = (), hosts: str = "") -> Machine:
         """Create a machine from a template and (by default) boot it until SSH answers.
 
         With ``rollback``, the pytest plugin returns the machine after every test
@@ -141,7 +144,7 @@ class Lab:
         spec = MachineSpec(name=name, template=built, memory=memory, cpus=cpus, workdir=workdir,
                            host_key=KeyPair.generate(f"{name}@{self.id}"),
                            authorized_key=self.user_key.public_line, tied=not self.keep,
-                           log=self.log)
+                           log=self.log, nics=tuple(nics), hosts=hosts)
         handle = self.provider.create(spec, self.ledger)
         (workdir / "known_hosts.pub").write_text(spec.host_key.public_line + "\n")
         channel = SSHChannel(name, handle.ssh_endpoint, built.template.definition.access.user,
@@ -163,6 +166,16 @@ class Lab:
             for callback in self.on_machine_ready:
                 callback(machine)
         return machine
+
+    def wire(self, a: str, b: str, *, a_address: str | None = None,
+             b_address: str | None = None, interface: str = "eth1") -> DirectWire:
+        """A direct cable between two VMs to be created: pass ``wire.nic(name)`` to ``vm()``."""
+        if self._closed:
+            raise ConfigError(f"lab {self.id} is closed")
+        made = DirectWire(a, b, lab_id=self.id, interface=interface, a_address=a_address,
+                          b_address=b_address)
+        self._wires.append(made)
+        return made
 
     def remove_vm(self, name: str) -> None:
         """Destroy a machine now: kill it and delete its files."""
@@ -218,6 +231,8 @@ class Lab:
             except Exception:
                 self.log.exception("could not kill %s", machine.name)
         errors = self.ledger.release_all()
+        for made in self._wires:
+            made.close()
         self._close_log()
         if errors:
             logging.getLogger(__name__).warning("lab %s: %d resources not released: %s",

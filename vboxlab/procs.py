@@ -51,7 +51,7 @@ def cmdline(pid: int) -> list[str]:
 
 
 def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
-          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+          cwd: Path | None = None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session; when ``tied``, it is SIGKILLed if we die.
 
     The tie is the kernel's parent-death signal (through util-linux ``setpriv``,
@@ -68,7 +68,8 @@ def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
                             "Install it with: apt-get install util-linux")
         command = [setpriv, "--pdeathsig", "KILL", "--", *command]
     return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=stderr, cwd=cwd, start_new_session=True)
+                            stderr=stderr, cwd=cwd, start_new_session=True,
+                            pass_fds=tuple(pass_fds))
 
 
 def kill(pid: int, started: int | None, grace: float = 0.0) -> bool:

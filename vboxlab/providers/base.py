@@ -23,6 +23,21 @@ class MachineState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    """A lab network interface: ``eth1``, ``eth2``, ... of the guest.
+
+    Its frames travel as datagrams over ``fd``, a UDP socket on 127.0.0.1 that
+    the lab keeps open and that is connected to the other end (a peer VM's
+    socket, or the fabric).
+    """
+
+    name: str
+    mac: str
+    fd: int
+    address: str | None = None  # CIDR, configured in the guest at boot
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """Everything a provider needs to create one machine."""
 
@@ -35,6 +50,8 @@ class MachineSpec:
     authorized_key: str
     tied: bool  # die with the owning process (False for --lab-keep)
     log: logging.Logger
+    nics: tuple[NicSpec, ...] = ()
+    hosts: str = ""  # extra /etc/hosts lines
 
 
 class ProviderMachine(Protocol):

@@ -108,6 +108,10 @@ class QemuMachine:
                       self.spec.host_key.public_line.encode() + b"\n")
         cpio.add_file("etc/ssh/authorized_keys", self.spec.authorized_key.encode() + b"\n")
         cpio.add_file("etc/hostname", self.name.encode() + b"\n")
+        cpio.add_file("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n"
+                      f"{self.spec.hosts}".encode())
+        cpio.add_file("etc/vboxlab/interfaces", "".join(
+            f"{nic.name} {nic.address or '-'} {nic.mac}\n" for nic in self.spec.nics).encode())
         cpio.close()
         self._ledger.add("file", f"initrd {self.name}", path=str(self.initrd))
         with self.initrd.open("wb") as out, self.spec.template.initrd.open("rb") as base:
@@ -146,6 +150,9 @@ class QemuMachine:
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
+        for index, nic in enumerate(spec.nics):
+            argv += ["-netdev", f"dgram,id=lab{index},local.type=fd,local.str={nic.fd}",
+                     "-device", f"virtio-net-pci,netdev=lab{index},mac={nic.mac}"]
         if self._accel == "kvm":
             argv += ["-cpu", "host"]
         if loadvm is not None:
@@ -169,7 +176,8 @@ class QemuMachine:
         self._log.info("%s: starting %s", self.name, " ".join(argv))
         try:
             self._proc = procs.spawn(argv, tied=self.spec.tied, stderr=self._stderr,
-                                     cwd=self.spec.workdir)
+                                     cwd=self.spec.workdir,
+                                     pass_fds=[nic.fd for nic in self.spec.nics])
         except OSError as exc:
             raise HostError(f"could not run {self._binary}: {exc}") from exc
         self._ledger.set(self._proc_rid, pid=self._proc.pid,
