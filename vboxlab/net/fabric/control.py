@@ -1,0 +1,178 @@
+"""Building, starting and steering the fabric process (``fabric.c``).
+
+The data path is C because Python cannot keep up: a minimal asyncio forwarder
+here moved frames at a third of a direct QEMU-to-QEMU link. The binary is
+compiled on first use with the host's C compiler into the user cache, keyed by
+the source's hash, so a wheel needs no build step. Sockets: for every port the
+lab makes a connected pair of UDP sockets on 127.0.0.1; one end goes to QEMU's
+``-netdev dgram``, the other is inherited by the fabric.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vboxlab import procs
+from vboxlab.errors import HostError, VboxlabError
+from vboxlab.hosttools import run
+from vboxlab.paths import cache_dir
+from vboxlab.waiting import wait_until
+
+SOURCE = Path(__file__).with_name("fabric.c")
+
+
+class FabricError(VboxlabError):
+    """The fabric refused a command or is gone."""
+
+
+def build_binary() -> Path:
+    """The compiled fabric, built once per source version."""
+    source = SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    target = cache_dir() / "fabric" / digest / "vboxlab-fabric"
+    if target.is_file():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise HostError("no C compiler found; the network fabric is compiled on first use. "
+                        "Install one with: apt-get install gcc libc6-dev")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".build-{os.getpid()}")
+    run([compiler, "-O2", "-Wall", "-o", str(scratch), str(SOURCE)],
+        what="compiling the network fabric", error=HostError)
+    scratch.replace(target)
+    return target
+
+
+class Fabric:
+    """One fabric process: ports (NICs), trunks, and link directions to steer."""
+
+    def __init__(self, workdir: Path, *, tied: bool = True) -> None:
+        self.workdir = workdir
+        self.control_path = workdir / "fabric.sock"
+        self.tied = tied
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._reader: Any = None
+        self._log: Any = None
+
+    def start(self, inherited: Sequence[int]) -> None:
+        """Start the process, handing it the fabric ends of the port sockets."""
+        binary = build_binary()
+        self._log = (self.workdir / "fabric.log").open("ab")
+        self._proc = procs.spawn([str(binary), str(self.control_path)], tied=self.tied,
+                                 stderr=self._log, cwd=self.workdir, pass_fds=list(inherited))
+
+        def connected() -> socket.socket | None:
+            self.check_alive()
+            if not self.control_path.exists():
+                return None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.control_path))
+            except OSError:
+                sock.close()
+                return None
+            return sock
+
+        self._control = wait_until(connected, timeout=10, what="the fabric's control socket",
+                                   interval=0.01)
+        self._control.settimeout(10)
+        self._reader = self._control.makefile("r")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def check_alive(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            code = self._proc.returncode if self._proc is not None else None
+            log = (self.workdir / "fabric.log")
+            said = log.read_text(errors="replace")[-800:] if log.is_file() else ""
+            raise FabricError(f"the network fabric is not running (exit status {code}); the "
+                              f"links of this lab carry no traffic. It said: {said.strip()}")
+
+    def command(self, line: str) -> str:
+        """Send one command; return the text after ``ok`` or raise FabricError."""
+        self.check_alive()
+        assert self._control is not None
+        try:
+            self._control.sendall(line.encode() + b"\n")
+            reply = self._reader.readline()
+        except OSError as exc:
+            self.check_alive()
+            raise FabricError(f"fabric command {line!r} failed: {exc}") from exc
+        if not reply:
+            self.check_alive()
+            raise FabricError(f"the fabric closed its control socket during {line!r}")
+        reply = reply.rstrip("\n")
+        if reply.startswith("error"):
+            raise FabricError(f"the fabric refused {line!r}: {reply[6:]}")
+        return str(reply[3:])
+
+    def add_port(self, port: int, fd: int, segment: int) -> None:
+        self.command(f"port {port} {fd} {segment}")
+
+    def add_trunk(self, trunk: int, segment_a: int, segment_b: int) -> None:
+        self.command(f"trunk {trunk} {segment_a} {segment_b}")
+
+    def set(self, direction: str, **settings: float | int | str) -> None:
+        """Change one direction's impairments (fabric units: ns, fractions, bit/s, bytes)."""
+        pairs = " ".join(f"{key}={value}" for key, value in settings.items())
+        self.command(f"set {direction} {pairs}")
+
+    def capture(self, direction: str, path: Path | None) -> None:
+        self.command(f"capture {direction} {path if path is not None else 'off'}")
+
+    def flush(self) -> None:
+        self.command("flush")
+
+    def seed(self, value: int) -> None:
+        self.command(f"seed {value}")
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = json.loads(self.command("stats"))
+        return result
+
+    def close(self) -> None:
+        """Stop the process and release everything it held."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(FabricError, OSError):
+                self.command("quit")
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        elif self._proc is not None:
+            self._proc.wait()
+        if self._reader is not None:
+            self._reader.close()
+        if self._control is not None:
+            self._control.close()
+        if self._log is not None:
+            self._log.close()
+        self._proc = None
+        self._control = self._reader = self._log = None
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on 127.0.0.1 connected to each other (a NIC end and a fabric end)."""
+    one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    two = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sock in (one, two):
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    one.connect(two.getsockname())
+    two.connect(one.getsockname())
+    return one, two
