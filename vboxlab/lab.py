@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from vboxlab import procs
 from vboxlab.channels import SSHChannel
@@ -29,11 +30,15 @@ from vboxlab.errors import ConfigError, HostError
 from vboxlab.keys import KeyPair, load_or_create
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
+from vboxlab.net.topology import Topology, load_topology
 from vboxlab.net.wire import DirectWire
 from vboxlab.paths import state_base
 from vboxlab.providers import Provider, load_provider
 from vboxlab.providers.base import MachineSpec, MachineState, NicSpec
 from vboxlab.templates import TemplateRepository
+
+if TYPE_CHECKING:
+    from vboxlab.net.network import LinkHandle, Network
 
 LEASE = "lease.json"
 LEDGER = "ledger.jsonl"
@@ -77,6 +82,7 @@ class Lab:
         #: called with each machine once it first answers (the plugin's hook uses it)
         self.on_machine_ready: list[Callable[[Machine], None]] = []
         self._wires: list[DirectWire] = []
+        self._network: Network | None = None
         #: keep the state (machines stopped) at close, e.g. for failure snapshots
         self.keep_stopped = False
         self._closed = False
@@ -177,6 +183,44 @@ class Lab:
         self._wires.append(made)
         return made
 
+    def network(self, topology: Topology | str | Path, *, seed: int | None = None) -> Network:
+        """Build a topology (a file or a Topology) into this lab: fabric, NICs and machines."""
+        from vboxlab.net.network import Network
+
+        if self._closed:
+            raise ConfigError(f"lab {self.id} is closed")
+        if self._network is not None:
+            raise ConfigError(f"lab {self.id} already has a network; one per lab")
+        if not isinstance(topology, Topology):
+            topology = load_topology(topology)
+        clash = set(topology.nodes) & set(self.machines)
+        if clash:
+            raise ConfigError(f"lab {self.id} already has VMs called {', '.join(sorted(clash))}")
+        self._network = Network(self, topology, seed=seed)
+        return self._network
+
+    def remove_network(self) -> None:
+        """Tear the network down: its machines, then the fabric."""
+        if self._network is None:
+            return
+        for name in list(self._network.machines):
+            if name in self.machines:
+                self.remove_vm(name)
+        self._network.close()
+        self._network = None
+
+    def node(self, name: str) -> Machine:
+        """A machine of this lab's network."""
+        if self._network is None:
+            raise ConfigError(f"lab {self.id} has no network; build one with lab.network(...)")
+        return self._network.node(name)
+
+    def link(self, a: str, b: str) -> LinkHandle:
+        """A link of this lab's network, to change while the test runs."""
+        if self._network is None:
+            raise ConfigError(f"lab {self.id} has no network; build one with lab.network(...)")
+        return self._network.link(a, b)
+
     def remove_vm(self, name: str) -> None:
         """Destroy a machine now: kill it and delete its files."""
         machine = self.machines.pop(name)
@@ -230,6 +274,8 @@ class Lab:
                     machine.kill()
             except Exception:
                 self.log.exception("could not kill %s", machine.name)
+        if self._network is not None:
+            self._network.close()
         errors = self.ledger.release_all()
         for made in self._wires:
             made.close()

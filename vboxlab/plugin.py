@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from vboxlab.errors import VboxlabError
+from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.lab import Lab, clean
 from vboxlab.logs import tail
 from vboxlab.machine import Machine
+from vboxlab.net.network import Network
 from vboxlab.providers.base import MachineState
 from vboxlab.report.timeline import render_svg
 from vboxlab.snapshots import safe_name
@@ -30,7 +31,7 @@ from vboxlab.snapshots import safe_name
 LAB_KEY = pytest.StashKey[Lab]()
 KEPT_KEY = pytest.StashKey[list[str]]()
 STATE_KEY = pytest.StashKey["RunState"]()
-_VM_FIXTURES = {"lab", "vm"}
+_VM_FIXTURES = {"lab", "vm", "network"}
 CLEAN = "clean"
 
 
@@ -105,6 +106,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "vm: the test boots virtual machines (added to tests using lab or vm)")
     config.addinivalue_line("markers", "root: the test needs root on the host")
+    config.addinivalue_line(
+        "markers", "lab(topology): the topology file the network fixture builds for the test")
     config.addinivalue_line(
         "markers", "fresh_vm: the vm fixture boots a machine for this test alone instead of "
         "rolling back the shared one")
@@ -236,6 +239,29 @@ def vm(request: pytest.FixtureRequest, lab: Lab) -> Generator[Machine, None, Non
     machine = shared.get()
     machine.current_test = request.node.nodeid
     yield machine
+
+
+@pytest.fixture
+def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None, None]:
+    """The topology of ``@pytest.mark.lab(topology="topologies/x.yaml")``, built and running.
+
+    Its machines are ``network.node(name)`` (or ``lab.node(name)``), its links
+    ``lab.link(a, b)``; everything is torn down after the test.
+    """
+    marker = request.node.get_closest_marker("lab")
+    topology = marker.kwargs.get("topology") if marker is not None else None
+    if topology is None:
+        raise ConfigError("the network fixture needs a topology: mark the test with "
+                          "@pytest.mark.lab(topology='topologies/NAME.yaml')")
+    path = Path(topology)
+    if not path.is_absolute():
+        path = request.config.rootpath / path
+    built = lab.network(path, seed=marker.kwargs.get("seed") if marker is not None else None)
+    try:
+        yield built
+    finally:
+        if not lab.keep:
+            lab.remove_network()
 
 
 # -- the test protocol ---------------------------------------------------------
