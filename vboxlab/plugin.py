@@ -257,6 +257,7 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
     if not path.is_absolute():
         path = request.config.rootpath / path
     built = lab.network(path, seed=marker.kwargs.get("seed") if marker is not None else None)
+    built.capture_all(lab.dir / "captures")  # attached to the report if the test fails
     try:
         yield built
     finally:
@@ -350,6 +351,9 @@ def pytest_runtest_makereport(item: pytest.Item,
                 except VboxlabError as exc:
                     report.sections.append((f"vboxlab failure snapshot of {machine.name}",
                                             f"could not take it: {exc}"))
+        network = the_lab._network
+        if network is not None and "network" in getattr(item, "fixturenames", ()):
+            _attach_captures(network, the_lab, state, item, report)
         for machine in list(the_lab):
             text = tail(machine.console_log, 40)
             report.sections.append((f"vboxlab console of {machine.name}", text or "(empty)"))
@@ -375,6 +379,23 @@ def pytest_runtest_teardown(item: pytest.Item,
         for machine in list(the_lab):
             machine.current_test = None
     return (yield)
+
+
+def _attach_captures(network: Network, the_lab: Lab, state: RunState, item: pytest.Item,
+                     report: pytest.TestReport) -> None:
+    """Copy the network's pcaps next to the test results and name them in the report."""
+    try:
+        network.fabric.flush()
+    except VboxlabError as exc:
+        report.sections.append(("vboxlab packet captures", f"could not flush them: {exc}"))
+        return
+    target = state.timeline_dir / "pcaps" / safe_name(item.nodeid, 60)
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for pcap in sorted((the_lab.dir / "captures").glob("*.pcap")):
+        shutil.copyfile(pcap, target / pcap.name)
+        copied.append(str(target / pcap.name))
+    report.sections.append(("vboxlab packet captures", "\n".join(copied) or "(none)"))
 
 
 def _roll_back(the_lab: Lab, state: RunState) -> None:

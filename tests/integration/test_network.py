@@ -79,3 +79,27 @@ def test_topologies_that_cannot_run_yet_fail_before_anything_starts(lab):
     with pytest.raises(ConfigError, match="netns provider is not implemented yet"):
         lab.network(topology)
     assert qemu_pids(str(lab.dir)) == []
+
+
+def test_a_failing_network_test_gets_its_packet_captures(pytester, tmp_path):
+    pytester.makefile(".yaml", pair="""
+        nodes: {left: {}, right: {}}
+        links:
+          - between: [left, right]
+            delay: 2ms
+    """)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.lab(topology="pair.yaml")
+        def test_fails_after_traffic(network, lab):
+            lab.node("left").succeed("ping -c 2 right")
+            assert False, "deliberate"
+    """)
+    reports = tmp_path / "reports"
+    result = pytester.runpytest_subprocess("--lab-dir", str(tmp_path / "labs"),
+                                           "--lab-timeline-dir", str(reports))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*vboxlab packet captures*", "*left-to-right.pcap*"])
+    pcap = next(reports.glob("pcaps/*/left-to-right.pcap"))
+    assert pcap.stat().st_size > 24 + 2 * (16 + 98)  # header and the two echo requests
