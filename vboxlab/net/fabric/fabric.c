@@ -81,6 +81,8 @@ static char client_buf[MAX_CLIENTS][4096];
 static size_t client_len[MAX_CLIENTS];
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 static int running = 1;
+static long queued_frames = 0; /* frames waiting in any dir: 0 lets the loop skip the scan */
+static int dir_count = 0;      /* dirs in use are 0 .. dir_count-1 */
 
 /* endpoints: a port p is p; the side of trunk t on segment seg_a is MAX_PORTS + 2t, on seg_b +1 */
 #define EP_TRUNK(t, side) (MAX_PORTS + 2 * (t) + (side))
@@ -97,7 +99,7 @@ static double rnd(void) { /* xorshift64*, uniform in [0, 1) */
 }
 
 static int dir_index(const char *name) {
-    for (int i = 0; i < MAX_DIRS; i++)
+    for (int i = 0; i < dir_count; i++)
         if (dirs[i].used && strcmp(dirs[i].name, name) == 0) return i;
     return -1;
 }
@@ -111,6 +113,7 @@ static int new_dir(const char *name) {
             dirs[i].up = 1;
             dirs[i].mtu = 65535;
             dirs[i].to_port = -1;
+            if (i + 1 > dir_count) dir_count = i + 1;
             return i;
         }
     }
@@ -190,6 +193,7 @@ static void dir_input(int di, const uint8_t *data, uint32_t len) {
         if (release < (int64_t)now) release = (int64_t)now;
         f->release = (uint64_t)release;
         d->queued_bytes += len;
+        queued_frames++;
         if (!d->reorder || d->head == NULL) {
             if (!d->reorder && f->release < d->last_release) f->release = d->last_release;
             d->last_release = f->release;
@@ -258,17 +262,18 @@ static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len
 /* release every due frame; return the earliest pending release (0: none) */
 static uint64_t run_queues(void) {
     uint64_t next = 0;
-    for (int pass = 0; pass < 4; pass++) { /* trunks feed switches that feed more dirs */
+    for (int pass = 0; pass < 4 && queued_frames > 0; pass++) { /* trunks feed more dirs */
         uint64_t now = now_ns();
         int moved = 0;
         next = 0;
-        for (int i = 0; i < MAX_DIRS; i++) {
+        for (int i = 0; i < dir_count; i++) {
             dir_t *d = &dirs[i];
             while (d->head && d->head->release <= now) {
                 frame_t *f = d->head;
                 d->head = f->next;
                 if (!d->head) d->tail = NULL;
                 d->queued_bytes -= f->len;
+                queued_frames--;
                 deliver(d, f->data, f->len);
                 free(f);
                 moved = 1;
