@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the tests and the template build need on the host
 APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
-	procps ca-certificates chromium gcc libc6-dev
+	procps ca-certificates chromium gcc libc6-dev tcpdump
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

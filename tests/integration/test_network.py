@@ -1,13 +1,16 @@
 """Topologies built into running labs: names, addresses, links changed mid-test, capture."""
 
 import re
+import shutil
 import struct
+import subprocess
 
 import pytest
 
 from vboxlab.errors import ConfigError
 from vboxlab.lab import Lab
 from vboxlab.net import Topology
+from vboxlab.plugin import in_ci
 
 from .helpers import qemu_pids
 
@@ -20,6 +23,15 @@ TWO_SITES = {
         {"between": ["site-a", "site-b"], "delay": "10ms"},
     ],
 }
+
+
+def tcpdump():
+    path = shutil.which("tcpdump")
+    if path is None:
+        if in_ci():
+            pytest.fail("tcpdump is not installed (apt-get install tcpdump)")
+        pytest.skip("tcpdump is not installed (apt-get install tcpdump)")
+    return path
 
 
 def rtt_min_ms(output):
@@ -59,6 +71,9 @@ def test_a_topology_runs_and_its_links_change_while_the_test_runs(lab, tmp_path)
             icmp += 1
         offset += 16 + incl
     assert icmp == 3  # the three echo requests alpha sent
+    read = subprocess.run([tcpdump(), "-nr", str(pcaps["a_to_b"])], capture_output=True,
+                          text=True, check=True)
+    assert read.stdout.count("ICMP echo request") == 3
 
 
 def test_link_settings_are_checked(lab):
