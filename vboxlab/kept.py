@@ -10,20 +10,22 @@ CLI so it keeps running, and written into the lab's ledger so that
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from vboxlab import procs
 from vboxlab.errors import ConfigError, ProviderError
-from vboxlab.hosttools import require, run
 from vboxlab.ledger import Ledger
+from vboxlab.providers.qemu import (
+    DISK_NODE,
+    block_snapshots,
+    forwards_in,
+    offline_delete,
+    offline_snapshots,
+)
 from vboxlab.providers.qmp import QmpConnection, run_job, snapshot_args
 from vboxlab.snapshots import TREE_FILE, SnapshotTree
 from vboxlab.waiting import wait_until
-
-DISK = "disk0"
-_SSH_FORWARD = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+22\b")
 
 
 class KeptMachine:
@@ -65,14 +67,9 @@ class KeptMachine:
                 nodes = qmp.cmd("query-named-block-nodes", {"flat": True})
             finally:
                 qmp.close()
-            found: dict[str, Any] = next(
-                (n for n in nodes if n.get("node-name") == DISK), {})
-            snaps = found.get("image", {}).get("snapshots", [])
+            snaps = block_snapshots(nodes)
         else:
-            out = run([require("qemu-img", "to read snapshots"), "info", "-U", "--output=json",
-                       str(self.overlay)], what=f"reading snapshots of {self.name}",
-                      error=ProviderError)
-            snaps = json.loads(out).get("snapshots", [])
+            snaps = offline_snapshots(self.overlay)
         return {s["name"]: int(s.get("vm-state-size", 0)) for s in snaps}
 
     def sync(self) -> SnapshotTree:
@@ -86,7 +83,7 @@ class KeptMachine:
         if self.running:
             qmp = self._connect()
             try:
-                run_job(qmp, "snapshot-load", "cli-load", 120, **snapshot_args(snapshot, DISK))
+                run_job(qmp, "snapshot-load", "cli-load", 120, **snapshot_args(snapshot, DISK_NODE))
                 if qmp.cmd("query-status")["status"] != "running":
                     qmp.cmd("cont")
             except RuntimeError as exc:
@@ -122,10 +119,11 @@ class KeptMachine:
             usernet = qmp.cmd("human-monitor-command", {"command-line": "info usernet"})
         finally:
             qmp.close()
-        match = _SSH_FORWARD.search(str(usernet))
         self.info["pid"] = pid
-        if match:
-            self.info["ssh"]["port"] = int(match.group(1))
+        guest_port = int(self.info["ssh"].get("guest_port", 22))
+        ssh = [host for host, guest in forwards_in(str(usernet)) if guest == guest_port]
+        if ssh:
+            self.info["ssh"]["port"] = ssh[0]
         self.info["forwards"] = {}
         (self.dir / "machine.json").write_text(json.dumps(self.info, indent=2) + "\n")
 
@@ -141,13 +139,12 @@ class KeptMachine:
                 qmp = self._connect()
                 try:
                     run_job(qmp, "snapshot-delete", f"cli-del-{victim}", 60,
-                            **snapshot_args(victim, DISK, False))
+                            **snapshot_args(victim, DISK_NODE, False))
                 except RuntimeError as exc:
                     raise ProviderError(f"{self.name}: {exc}") from exc
                 finally:
                     qmp.close()
             else:
-                run([require("qemu-img", "to delete snapshots"), "snapshot", "-d", victim,
-                     str(self.overlay)], what=f"deleting snapshot {victim}", error=ProviderError)
+                offline_delete(self.overlay, victim)
             self.tree.removed(victim)
         return order

@@ -16,6 +16,7 @@ import shutil
 import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -121,11 +122,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.vm)
 
 
-def _missing(reason: str) -> None:
+def _missing(reason: str) -> NoReturn:
     """Skip outside CI; under CI a missing capability is a failure."""
     if in_ci():
         pytest.fail(f"missing capability under CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_tool(tool: str, package: str) -> str:
+    """The path of a host tool a test needs; skips outside CI and fails under CI if missing."""
+    path = shutil.which(tool)
+    if path is None:
+        _missing(f"{tool} is not installed (apt-get install {package})")
+    return path
 
 
 def _option(config: pytest.Config, name: str) -> str:
@@ -269,8 +278,8 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") and os.geteuid() != 0:
         _missing("the test needs root on the host")
-    if item.get_closest_marker("vm") and shutil.which("qemu-system-x86_64") is None:
-        _missing("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    if item.get_closest_marker("vm"):
+        require_tool("qemu-system-x86_64", "qemu-system-x86")
 
 
 class _IntervalSnapshots(threading.Thread):

@@ -1,7 +1,6 @@
 """Topologies built into running labs: names, addresses, links changed mid-test, capture."""
 
 import re
-import shutil
 import struct
 import subprocess
 
@@ -10,7 +9,7 @@ import pytest
 from vboxlab.errors import ConfigError
 from vboxlab.lab import Lab
 from vboxlab.net import Topology
-from vboxlab.plugin import in_ci
+from vboxlab.plugin import require_tool
 
 from .helpers import qemu_pids
 
@@ -23,15 +22,6 @@ TWO_SITES = {
         {"between": ["site-a", "site-b"], "delay": "10ms"},
     ],
 }
-
-
-def tcpdump():
-    path = shutil.which("tcpdump")
-    if path is None:
-        if in_ci():
-            pytest.fail("tcpdump is not installed (apt-get install tcpdump)")
-        pytest.skip("tcpdump is not installed (apt-get install tcpdump)")
-    return path
 
 
 def rtt_min_ms(output):
@@ -52,6 +42,11 @@ def test_a_topology_runs_and_its_links_change_while_the_test_runs(lab, tmp_path)
     alpha, beta = lab.node("alpha"), lab.node("beta")
     assert "10.77.0.2/24" in beta.succeed("ip -4 addr show eth1")
     assert rtt_min_ms(alpha.succeed("ping -c 3 -i 0.3 beta | tail -1")) >= 20.0
+    beta.succeed("mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/f bs=1M count=2 "
+                 "2>/dev/null && httpd -p 80 -h /tmp/www")
+    beta.wait_for_port(80)
+    alpha.succeed("wget -q -O /tmp/f http://beta/f")  # bulk data crosses the fabric intact
+    assert alpha.succeed("md5sum < /tmp/f") == beta.succeed("md5sum < /tmp/www/f")
     trunk = lab.link("site-a", "site-b").set(delay="40ms")
     assert rtt_min_ms(alpha.succeed("ping -c 3 -i 0.3 beta | tail -1")) >= 80.0
     trunk.set(direction="a_to_b", delay="0ms").set(direction="b_to_a", delay="0ms")
@@ -71,8 +66,8 @@ def test_a_topology_runs_and_its_links_change_while_the_test_runs(lab, tmp_path)
             icmp += 1
         offset += 16 + incl
     assert icmp == 3  # the three echo requests alpha sent
-    read = subprocess.run([tcpdump(), "-nr", str(pcaps["a_to_b"])], capture_output=True,
-                          text=True, check=True)
+    read = subprocess.run([require_tool("tcpdump", "tcpdump"), "-nr", str(pcaps["a_to_b"])],
+                          capture_output=True, text=True, check=True)
     assert read.stdout.count("ICMP echo request") == 3
 
 

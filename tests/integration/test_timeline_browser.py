@@ -1,12 +1,11 @@
 """The snapshot timeline, rendered by a real headless Chromium, shows what the tree holds."""
 
-import shutil
 import subprocess
 
 import pytest
 from PIL import Image
 
-from vboxlab.plugin import in_ci
+from vboxlab.plugin import require_tool
 from vboxlab.report.timeline import COLOURS, LANE_Y, render_svg
 from vboxlab.snapshots import SnapshotTree
 
@@ -16,12 +15,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollb
 
 
 def chromium():
-    path = shutil.which("chromium")
-    if path is None:
-        if in_ci():
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
+    return require_tool("chromium", "chromium")
 
 
 def screenshot(svg_path, png_path, width, height, profile):

@@ -106,7 +106,6 @@ class Network:
         self.machines: dict[str, Machine] = {}
         self._sockets: list[socket.socket] = []
         self._links: dict[frozenset[str], LinkHandle] = {}
-        self._capturing: list[str] = []
         segment_ids = {name: index for index, name in enumerate(topology.segments)}
         port_of: dict[tuple[str, str], int] = {}
         nics: dict[str, list[NicSpec]] = {name: [] for name in topology.nodes}
@@ -191,24 +190,16 @@ class Network:
             self.fabric.capture(handle.b_to_a_dir, None)
 
     def capture_all(self, folder: Path) -> list[Path]:
-        """Capture every direction of every link into ``folder`` until stop_captures()."""
+        """Capture every direction of every link into ``folder`` while the fabric runs."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for handle in self._links.values():
-            for which in ("a_to_b", "b_to_a"):
-                source, target = (handle.a, handle.b) if which == "a_to_b" else \
-                    (handle.b, handle.a)
+            for direction, source, target in ((handle.a_to_b_dir, handle.a, handle.b),
+                                              (handle.b_to_a_dir, handle.b, handle.a)):
                 path = folder / f"{source}-to-{target}.pcap"
-                self.fabric.capture(getattr(handle, f"{which}_dir"), path)
+                self.fabric.capture(direction, path)
                 paths.append(path)
-        self._capturing = [getattr(h, f"{w}_dir") for h in self._links.values()
-                           for w in ("a_to_b", "b_to_a")]
         return paths
-
-    def stop_captures(self) -> None:
-        for direction in self._capturing:
-            self.fabric.capture(direction, None)
-        self._capturing = []
 
     def close(self) -> None:
         self.fabric.close()

@@ -39,6 +39,33 @@ _FORWARD_RE = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)")
 
 
+def forwards_in(usernet: str) -> list[tuple[int, int]]:
+    """(host port, guest port) of each TCP forward in HMP ``info usernet`` output."""
+    return [(int(h), int(g)) for h, g in _FORWARD_RE.findall(usernet)]
+
+
+def block_snapshots(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The snapshots of our disk node in a ``query-named-block-nodes`` reply."""
+    for node in nodes:
+        if node.get("node-name") == DISK_NODE:
+            return list(node.get("image", {}).get("snapshots", []))
+    raise ProviderError(f"QEMU reports no block node {DISK_NODE}")
+
+
+def offline_snapshots(overlay: Path) -> list[dict[str, Any]]:
+    """Snapshots in a disk no QEMU is running on (``qemu-img info``)."""
+    out = run([require("qemu-img", "to read snapshots"), "info", "-U", "--output=json",
+               str(overlay)], what=f"reading snapshots of {overlay}", error=ProviderError)
+    return [{"name": s["name"], "vm-state-size": s.get("vm-state-size", 0)}
+            for s in json.loads(out).get("snapshots", [])]
+
+
+def offline_delete(overlay: Path, tag: str) -> None:
+    """Delete a snapshot from a disk no QEMU is running on (``qemu-img snapshot -d``)."""
+    run([require("qemu-img", "to edit snapshots"), "snapshot", "-d", tag, str(overlay)],
+        what=f"deleting snapshot {tag} of {overlay}", error=ProviderError)
+
+
 class QemuProvider:
     """Creates QEMU machines; picks KVM only when the probe shows it works."""
 
@@ -261,24 +288,15 @@ class QemuMachine:
     def snapshot_delete(self, tag: str, timeout: float = 60) -> None:
         """Delete snapshot ``tag`` from the disk (through qemu-img when QEMU is not running)."""
         if self.state() is not MachineState.RUNNING:
-            run([require("qemu-img", "to edit snapshots"), "snapshot", "-d", tag,
-                 str(self.overlay)], what=f"deleting snapshot {tag} of {self.name}",
-                error=ProviderError)
+            offline_delete(self.overlay, tag)
             return
         self._run_job("snapshot-delete", timeout, **snapshot_args(tag, DISK_NODE, False))
 
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Snapshots in the disk, as QEMU lists them: name, vm-state-size, date-sec, ..."""
         if self.state() is not MachineState.RUNNING:
-            info = json.loads(run([require("qemu-img", "to read snapshots"), "info", "-U",
-                                   "--output=json", str(self.overlay)],
-                                  what=f"reading snapshots of {self.name}", error=ProviderError))
-            return [{"name": s["name"], "vm-state-size": s.get("vm-state-size", 0)}
-                    for s in info.get("snapshots", [])]
-        for node in self.qmp("query-named-block-nodes", flat=True):
-            if node.get("node-name") == DISK_NODE:
-                return list(node.get("image", {}).get("snapshots", []))
-        raise ProviderError(f"{self.name}: QEMU reports no block node {DISK_NODE}")
+            return offline_snapshots(self.overlay)
+        return block_snapshots(self.qmp("query-named-block-nodes", flat=True))
 
     def _require_qmp(self) -> QmpConnection:
         self.check_alive()
@@ -287,7 +305,7 @@ class QemuMachine:
         return self._qmp
 
     def _forwards_now(self) -> list[tuple[int, int]]:
-        return [(int(h), int(g)) for h, g in _FORWARD_RE.findall(self.hmp("info usernet"))]
+        return forwards_in(self.hmp("info usernet"))
 
     def _forward_for(self, guest_port: int) -> int:
         for host, guest in self._forwards_now():
@@ -422,6 +440,7 @@ class QemuMachine:
             "version": self.spec.template.template.version,
             "pid": self._proc.pid if self._proc else None,
             "ssh": {"host": "127.0.0.1", "port": self._ssh_port,
+                    "guest_port": self.spec.template.template.definition.access.port,
                     "user": self.spec.template.template.definition.access.user},
             "forwards": {str(g): h for g, h in self._forwards.items()},
             "argv": self._argv(),
