@@ -1,7 +1,8 @@
 """The repository's own pytest set-up (the vboxlab plugin itself loads through its entry point).
 
 Every run gets a state folder of its own, and at the end the run fails if any
-lab folder or QEMU process of that folder is left: nothing may leak.
+lab folder, QEMU process, netns holder or tap device of that folder is left: nothing
+may leak.
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ def _leftovers(folder: str) -> list[str]:
                 continue
             if "qemu-system" in argv and folder in argv:
                 found.append(f"qemu process {entry.name}")
+            try:
+                cwd = str((entry / "cwd").readlink())
+            except OSError:
+                continue
+            if cwd.startswith(folder + "/") and argv.startswith(("unshare", "sleep")):
+                found.append(f"netns holder process {entry.name} in {cwd}")
+    found += [f"tap device {p.name}" for p in Path("/sys/class/net").glob("vl*")]
     if Path(folder).is_dir():
         found += [f"lab folder {p}" for p in Path(folder).iterdir() if p.is_dir()]
     return found

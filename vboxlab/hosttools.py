@@ -19,6 +19,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "dpkg-deb": "dpkg",
     "mke2fs": "e2fsprogs",
     "setpriv": "util-linux",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
     "ssh": "openssh-client",
     "tc": "iproute2",
     "ip": "iproute2",

@@ -39,6 +39,7 @@ from vboxlab.templates import TemplateRepository
 
 if TYPE_CHECKING:
     from vboxlab.net.network import LinkHandle, Network
+    from vboxlab.providers.netns import TapSpec
 
 LEASE = "lease.json"
 LEDGER = "ledger.jsonl"
@@ -118,7 +119,8 @@ class Lab:
 
     def vm(self, name: str, template: str | None = None, memory: int | None = None,
            cpus: int | None = None, boot: bool = True, rollback: bool = False,
-           nics: Sequence[NicSpec] = (), hosts: str = "") -> Machine:
+           nics: Sequence[NicSpec] = (), hosts: str = "",
+           routes: Sequence[tuple[str, str]] = (), forward: bool = False) -> Machine:
         """Create a machine from a template and (by default) boot it until SSH answers.
 
         With ``rollback``, the pytest plugin returns the machine after every test
@@ -150,7 +152,8 @@ class Lab:
         spec = MachineSpec(name=name, template=built, memory=memory, cpus=cpus, workdir=workdir,
                            host_key=KeyPair.generate(f"{name}@{self.id}"),
                            authorized_key=self.user_key.public_line, tied=not self.keep,
-                           log=self.log, nics=tuple(nics), hosts=hosts)
+                           log=self.log, nics=tuple(nics), hosts=hosts, routes=tuple(routes),
+                           forward=forward)
         handle = self.provider.create(spec, self.ledger)
         (workdir / "known_hosts.pub").write_text(spec.host_key.public_line + "\n")
         channel = SSHChannel(name, handle.ssh_endpoint, built.template.definition.access.user,
@@ -171,6 +174,40 @@ class Lab:
                           time.monotonic() - started)
             for callback in self.on_machine_ready:
                 callback(machine)
+        return machine
+
+    def netns_host(self, name: str, taps: Sequence[TapSpec] = (), hosts: str = "",
+                   routes: Sequence[tuple[str, str]] = (), forward: bool = False) -> Machine:
+        """Start a network-namespace host (root only); its ``handle.tap_fds`` go to a fabric.
+
+        Topologies make these for nodes with ``provider: netns``; commands run in
+        the namespaces through nsenter, with the Machine verbs of a VM.
+        """
+        from vboxlab.providers.netns import NetnsHost, NsenterChannel
+
+        if self._closed:
+            raise ConfigError(f"lab {self.id} is closed")
+        if not _VM_NAME.match(name):
+            raise ConfigError(f"invalid host name {name!r}: use 1-20 lower-case letters, "
+                              "digits and '-', starting with a letter")
+        if name in self.machines:
+            raise ConfigError(f"lab {self.id} already has a machine called {name!r}")
+        workdir = self.dir / name
+        workdir.mkdir(mode=0o700)
+        handle = NetnsHost(name, workdir, self.ledger, taps=tuple(taps), hosts=hosts,
+                           routes=tuple(routes), forward=forward, tied=not self.keep,
+                           log=self.log, lab_id=self.id)
+        machine = Machine(name, handle, NsenterChannel(handle), self.log,
+                          boot_timeout=self.boot_timeout, state_dir=workdir)
+        self.machines[name] = machine
+        try:
+            machine.boot()
+        except Exception:
+            self.log.exception("netns host %s did not start", name)
+            self.remove_vm(name)
+            raise
+        for callback in self.on_machine_ready:
+            callback(machine)
         return machine
 
     def wire(self, a: str, b: str, *, a_address: str | None = None,

@@ -8,7 +8,7 @@ import shlex
 import threading
 from pathlib import Path
 
-from vboxlab.channels import CommandResult, SSHChannel
+from vboxlab.channels import Channel, CommandResult
 from vboxlab.errors import (
     ConfigError,
     GuestCommandError,
@@ -32,7 +32,7 @@ class Machine:
     'hello\\n'
     """
 
-    def __init__(self, name: str, handle: ProviderMachine, channel: SSHChannel,
+    def __init__(self, name: str, handle: ProviderMachine, channel: Channel,
                  log: logging.Logger, boot_timeout: float = 60.0, *,
                  state_dir: Path, rollback: bool = False) -> None:
         self.name = name
@@ -259,11 +259,12 @@ class Machine:
         """Shut the guest down cleanly (``poweroff``), forcing it after ``timeout``."""
         if self.handle.state() is not MachineState.RUNNING:
             return
-        try:
-            self.channel.run("(sleep 0.2; poweroff) >/dev/null 2>&1 &", timeout=5)
-        except Exception as exc:
-            self._log.info("%s: poweroff over SSH failed (%s); stopping through QEMU",
-                           self.name, exc)
+        if self.handle.powers_off_by_command:
+            try:
+                self.channel.run("(sleep 0.2; poweroff) >/dev/null 2>&1 &", timeout=5)
+            except Exception as exc:
+                self._log.info("%s: poweroff over SSH failed (%s); stopping through the "
+                               "provider", self.name, exc)
         self.channel.close()
         self.handle.stop(timeout=timeout)
 

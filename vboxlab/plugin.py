@@ -24,7 +24,9 @@ from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.lab import Lab, clean
 from vboxlab.logs import tail
 from vboxlab.machine import Machine
+from vboxlab.net.fabric.control import FabricError
 from vboxlab.net.network import Network
+from vboxlab.net.topology import load_topology
 from vboxlab.providers.base import MachineState
 from vboxlab.report.timeline import render_svg
 from vboxlab.snapshots import safe_name
@@ -155,7 +157,9 @@ def _lab_of(item: pytest.Item) -> Lab | None:
 
 
 def _running(the_lab: Lab) -> list[Machine]:
-    return [m for m in list(the_lab) if m.state is MachineState.RUNNING]
+    """The lab's running machines that can be snapshotted (schedules skip netns hosts)."""
+    return [m for m in list(the_lab)
+            if m.handle.can_snapshot and m.state is MachineState.RUNNING]
 
 
 # -- fixtures ------------------------------------------------------------------
@@ -265,7 +269,10 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
     path = Path(topology)
     if not path.is_absolute():
         path = request.config.rootpath / path
-    built = lab.network(path, seed=marker.kwargs.get("seed") if marker is not None else None)
+    model = load_topology(path)
+    if model.needs_root and os.geteuid() != 0:
+        _missing(f"topology {path.name} has netns nodes, which need root")
+    built = lab.network(model, seed=marker.kwargs.get("seed") if marker is not None else None)
     built.capture_all(lab.dir / "captures")  # attached to the report if the test fails
     try:
         yield built
@@ -322,7 +329,13 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
             worker = _IntervalSnapshots(the_lab, item.nodeid, interval)
             worker.start()
     try:
-        return (yield)
+        result = yield
+    except BaseException as exc:
+        _check_fabric(item, the_lab, exc)
+        raise
+    else:
+        _check_fabric(item, the_lab, None)
+        return result
     finally:
         if worker is not None:
             worker.stopped.set()
@@ -388,6 +401,18 @@ def pytest_runtest_teardown(item: pytest.Item,
         for machine in list(the_lab):
             machine.current_test = None
     return (yield)
+
+
+def _check_fabric(item: pytest.Item, the_lab: Lab | None, cause: BaseException | None) -> None:
+    """Fail a test whose network fabric died while it ran, saying so (not just "ping failed")."""
+    network = the_lab._network if the_lab is not None else None
+    if network is None or "network" not in getattr(item, "fixturenames", ()):
+        return
+    try:
+        network.fabric.check_alive()
+    except VboxlabError as exc:
+        raise FabricError(f"{exc} (it died while {item.nodeid} ran; every link of topology "
+                          f"{network.topology.name} was cut from then on)") from cause
 
 
 def _attach_captures(network: Network, the_lab: Lab, state: RunState, item: pytest.Item,

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 from vboxlab.errors import ConfigError
 from vboxlab.net.fabric import Fabric
 from vboxlab.net.fabric.control import socket_pair
+from vboxlab.net.routing import NodeRoutes, static_routes
 from vboxlab.net.topology import Impairment, Topology
 from vboxlab.net.wire import mac_for
 from vboxlab.providers.base import NicSpec
+from vboxlab.providers.netns import NetnsHost, TapSpec, require_root
 
 if TYPE_CHECKING:
     from vboxlab.lab import Lab
@@ -98,52 +100,84 @@ class Network:
 
     def __init__(self, lab: Lab, topology: Topology, *, seed: int | None = None) -> None:
         if topology.needs_root:
-            raise ConfigError(
-                f"topology {topology.name} has netns nodes; the netns provider is not "
-                "implemented yet: use provider qemu for every node")
+            netns_nodes = [n.name for n in topology.nodes.values() if n.provider == "netns"]
+            require_root(f"topology {topology.name} (netns nodes {', '.join(netns_nodes)})")
         self.lab = lab
         self.topology = topology
         self.machines: dict[str, Machine] = {}
+        self.fabric = Fabric(lab.dir, tied=not lab.keep)
         self._sockets: list[socket.socket] = []
         self._links: dict[frozenset[str], LinkHandle] = {}
+        try:
+            self._build(seed)
+        except BaseException:
+            for name in list(self.machines):
+                if name in lab.machines:
+                    lab.remove_vm(name)
+            self.close()
+            raise
+
+    def _build(self, seed: int | None) -> None:
+        lab, topology = self.lab, self.topology
         segment_ids = {name: index for index, name in enumerate(topology.segments)}
         port_of: dict[tuple[str, str], int] = {}
         nics: dict[str, list[NicSpec]] = {name: [] for name in topology.nodes}
-        far_ends: list[socket.socket] = []
+        taps: dict[str, list[TapSpec]] = {name: [] for name in topology.nodes}
+        port_fds: dict[int, int] = {}
         for port, iface in enumerate(topology.interfaces):
+            port_of[(iface.node, iface.segment)] = port
+            mac = mac_for(lab.id, iface.node, iface.name)
+            cidr = f"{iface.address}/{iface.network.prefixlen}"
+            if topology.nodes[iface.node].provider == "netns":
+                taps[iface.node].append(TapSpec(iface.name, mac, cidr))
+                continue
             near, far = socket_pair()
             self._sockets += [near, far]
-            far_ends.append(far)
-            port_of[(iface.node, iface.segment)] = port
-            nics[iface.node].append(NicSpec(iface.name, mac_for(lab.id, iface.node, iface.name),
-                                            near.fileno(),
-                                            f"{iface.address}/{iface.network.prefixlen}"))
-        self.fabric = Fabric(lab.dir, tied=not lab.keep)
+            port_fds[port] = far.fileno()
+            nics[iface.node].append(NicSpec(iface.name, mac, near.fileno(), cidr))
+        hosts = topology.hosts_file()
+        routing = static_routes(topology) if topology.spec.routing == "static" else {}
+        none = NodeRoutes()
+
+        def routes_of(name: str) -> tuple[list[tuple[str, str]], bool]:
+            found = routing.get(name, none)
+            return [(str(net), str(via)) for net, via in found.routes], found.forward
+
+        # namespace hosts first: their tap descriptors are fabric ports
+        for name, node in topology.nodes.items():
+            if node.provider == "netns":
+                routes, forward = routes_of(name)
+                host = lab.netns_host(name, taps[name], hosts=hosts, routes=routes,
+                                      forward=forward)
+                self.machines[name] = host
+                assert isinstance(host.handle, NetnsHost)
+                tap_fds = iter(host.handle.tap_fds)
+                for port, iface in enumerate(topology.interfaces):
+                    if iface.node == name:
+                        port_fds[port] = next(tap_fds)
         lab.ledger.add("process", "fabric", marker=str(lab.dir / "fabric.sock"))
         lab.ledger.add("socket", "fabric control", path=str(lab.dir / "fabric.sock"))
-        self.fabric.start([s.fileno() for s in far_ends])
-        try:
-            if seed is not None:
-                self.fabric.seed(seed)
-            for port, iface in enumerate(topology.interfaces):
-                self.fabric.add_port(port, far_ends[port].fileno(), segment_ids[iface.segment])
-            trunk = 0
-            for link in topology.links:
-                directions = self._directions(link.a, link.b, port_of, trunk, segment_ids)
-                if link.a in topology.segments and link.b in topology.segments:
-                    trunk += 1
-                handle = LinkHandle(self, link.a, link.b, directions[0], directions[1],
-                                    link.a_to_b, link.b_to_a)
-                self.fabric.set(directions[0], **fabric_settings(link.a_to_b))
-                self.fabric.set(directions[1], **fabric_settings(link.b_to_a))
-                self._links[frozenset((link.a, link.b))] = handle
-            hosts = topology.hosts_file()
-            for name, node in topology.nodes.items():
+        self.fabric.start(list(port_fds.values()))
+        if seed is not None:
+            self.fabric.seed(seed)
+        for port, iface in enumerate(topology.interfaces):
+            self.fabric.add_port(port, port_fds[port], segment_ids[iface.segment])
+        trunk = 0
+        for link in topology.links:
+            directions = self._directions(link.a, link.b, port_of, trunk, segment_ids)
+            if link.a in topology.segments and link.b in topology.segments:
+                trunk += 1
+            handle = LinkHandle(self, link.a, link.b, directions[0], directions[1],
+                                link.a_to_b, link.b_to_a)
+            self.fabric.set(directions[0], **fabric_settings(link.a_to_b))
+            self.fabric.set(directions[1], **fabric_settings(link.b_to_a))
+            self._links[frozenset((link.a, link.b))] = handle
+        for name, node in topology.nodes.items():
+            if node.provider != "netns":
+                routes, forward = routes_of(name)
                 self.machines[name] = lab.vm(name, template=node.template, memory=node.memory,
-                                             cpus=node.cpus, nics=nics[name], hosts=hosts)
-        except BaseException:
-            self.close()
-            raise
+                                             cpus=node.cpus, nics=nics[name], hosts=hosts,
+                                             routes=routes, forward=forward)
 
     def _directions(self, a: str, b: str, port_of: dict[tuple[str, str], int], trunk: int,
                     segment_ids: dict[str, int]) -> tuple[str, str]:

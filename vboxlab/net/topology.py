@@ -165,6 +165,8 @@ class TopologyFile(_Strict):
     nodes: dict[str, NodeSpec | None]
     segments: dict[str, SegmentSpec | None] = Field(default_factory=dict)
     links: list[LinkSpec] = Field(default_factory=list)
+    #: static: routes over the fewest hops to every subnet (see net/routing.py); none: no routes
+    routing: Literal["static", "none"] = "static"
 
     @field_validator("nodes", "segments")
     @classmethod
@@ -375,12 +377,23 @@ class Topology:
     def describe(self) -> str:
         """A text summary: nodes with interfaces and addresses, then links."""
         out = [f"topology {self.name}"]
+        from vboxlab.net.routing import static_routes
+
+        routing = static_routes(self) if self.spec.routing == "static" else {}
         for node in self.nodes.values():
-            out.append(f"  node {node.name} ({node.provider}, {node.template}, "
-                       f"{node.memory} MiB, {node.cpus} cpu)")
+            if node.provider == "netns":
+                out.append(f"  node {node.name} (netns)")
+            else:
+                out.append(f"  node {node.name} ({node.provider}, {node.template}, "
+                           f"{node.memory} MiB, {node.cpus} cpu)")
             for iface in (i for i in self.interfaces if i.node == node.name):
                 out.append(f"    {iface.name} {iface.address}/{iface.network.prefixlen} "
                            f"on {iface.segment}")
+            if node.name in routing:
+                for network, via in routing[node.name].routes:
+                    out.append(f"    route {network} via {via}")
+                if routing[node.name].forward:
+                    out.append("    forwards IPv4 (a router)")
         for link in self.links:
             out.append(f"  link {link.a} <-> {link.b}: {_props(link.a_to_b)} / "
                        f"{_props(link.b_to_a)}")

@@ -52,12 +52,18 @@ class MachineSpec:
     log: logging.Logger
     nics: tuple[NicSpec, ...] = ()
     hosts: str = ""  # extra /etc/hosts lines
+    routes: tuple[tuple[str, str], ...] = ()  # (subnet CIDR, gateway) set at boot
+    forward: bool = False  # the guest forwards IPv4 (a router of its topology)
 
 
 class ProviderMachine(Protocol):
     """One machine as the provider sees it."""
 
     name: str
+    #: memory and disk can be saved and restored
+    can_snapshot: bool
+    #: the guest can be asked to power itself off with a command
+    powers_off_by_command: bool
 
     @property
     def console_log(self) -> Path: ...

@@ -92,6 +92,9 @@ class QemuProvider:
 class QemuMachine:
     """One QEMU VM: its files, its process and its QMP connection."""
 
+    can_snapshot = True
+    powers_off_by_command = True
+
     def __init__(self, binary: str, accel: str, spec: MachineSpec, ledger: Ledger) -> None:
         self.name = spec.name
         self.spec = spec
@@ -139,6 +142,10 @@ class QemuMachine:
                       f"{self.spec.hosts}".encode())
         cpio.add_file("etc/vboxlab/interfaces", "".join(
             f"{nic.name} {nic.address or '-'} {nic.mac}\n" for nic in self.spec.nics).encode())
+        cpio.add_file("etc/vboxlab/routes", "".join(
+            f"{network} {via}\n" for network, via in self.spec.routes).encode())
+        if self.spec.forward:
+            cpio.add_file("etc/vboxlab/forward", b"1\n")
         cpio.close()
         self._ledger.add("file", f"initrd {self.name}", path=str(self.initrd))
         with self.initrd.open("wb") as out, self.spec.template.initrd.open("rb") as base:

@@ -2,7 +2,8 @@
  * vboxlab fabric: the userspace data path between lab NICs.
  *
  * QEMU NICs (-netdev dgram) exchange Ethernet frames as UDP datagrams with this
- * process over connected sockets it inherits. Each segment is a learning switch;
+ * process over connected sockets it inherits; network-namespace hosts hand it the
+ * file descriptor of their tap device instead (one frame per read and write). Each segment is a learning switch;
  * trunks join segments. Every direction of every link (a NIC into its switch,
  * the switch out to the NIC, each way of a trunk) is a "dir" with its own
  * impairments: delay, jitter (with or without reordering), random and
@@ -66,7 +67,7 @@ typedef struct {
     int to_seg, from_ep;  /* else: enter switch to_seg as coming from endpoint from_ep */
 } dir_t;
 
-typedef struct { int used, fd, seg, in, out; } port_t;      /* in: NIC->switch, out: switch->NIC */
+typedef struct { int used, fd, seg, in, out, tap; } port_t; /* in: NIC->switch, out: switch->NIC; tap: fd is a tap device */
 typedef struct { int used, seg_a, seg_b, ab, ba; } trunk_t;
 typedef struct { uint8_t mac[6]; int ep; int used; } mac_entry_t;
 typedef struct { int used; mac_entry_t table[MAC_SLOTS]; } seg_t;
@@ -137,9 +138,15 @@ static void deliver(dir_t *d, const uint8_t *data, uint32_t len) {
     d->tx_bytes += len;
     pcap_write(d, data, len);
     if (d->to_port >= 0) {
-        if (send(ports[d->to_port].fd, data, len, MSG_DONTWAIT) < 0 && errno != EAGAIN &&
-            errno != ECONNREFUSED)
+        port_t *p = &ports[d->to_port];
+        if (p->tap) {
+            /* EIO: the interface is down (its namespace may be going away) */
+            if (write(p->fd, data, len) < 0 && errno != EAGAIN && errno != EIO && errno != EBADFD)
+                perror("fabric: write to tap");
+        } else if (send(p->fd, data, len, MSG_DONTWAIT) < 0 && errno != EAGAIN &&
+                   errno != ECONNREFUSED) {
             perror("fabric: send");
+        }
     } else {
         switch_input(d->to_seg, d->from_ep, data, len);
     }
@@ -350,7 +357,10 @@ static void handle_command(char *line, FILE *out) {
         if (in < 0 || o < 0) { fputs("error too many links", out); return; }
         dirs[in].to_seg = s; dirs[in].from_ep = p;
         dirs[o].to_port = p;
-        ports[p] = (port_t){1, fd, s, in, o};
+        int sock_type, tap = 0;
+        socklen_t optlen = sizeof sock_type;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &sock_type, &optlen) < 0) tap = errno == ENOTSOCK;
+        ports[p] = (port_t){1, fd, s, in, o, tap};
         segs[s].used = 1;
         fcntl(fd, F_SETFL, O_NONBLOCK);
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)p};
@@ -465,6 +475,19 @@ int main(int argc, char **argv) {
                 for (int k = 0; k < BATCH; k++) {
                     iovs[k] = (struct iovec){bufs[k], MAX_FRAME};
                     msgs[k].msg_hdr = (struct msghdr){.msg_iov = &iovs[k], .msg_iovlen = 1};
+                }
+                if (ports[tag].tap) {
+                    for (int k = 0; k < BATCH; k++) {
+                        ssize_t got = read(ports[tag].fd, bufs[0], MAX_FRAME);
+                        if (got <= 0) {
+                            /* the tap's namespace is gone: stop listening to it */
+                            if (got == 0 || (errno != EAGAIN && errno != EINTR))
+                                epoll_ctl(epfd, EPOLL_CTL_DEL, ports[tag].fd, NULL);
+                            break;
+                        }
+                        dir_input(ports[tag].in, bufs[0], (uint32_t)got);
+                    }
+                    continue;
                 }
                 int got = recvmmsg(ports[tag].fd, msgs, BATCH, MSG_DONTWAIT, NULL);
                 for (int k = 0; k < got; k++) dir_input(ports[tag].in, bufs[k], msgs[k].msg_len);

@@ -1,0 +1,326 @@
+"""The netns provider: Linux network namespaces as lightweight lab hosts.
+
+A namespace host is a holder process (``unshare`` with new network, mount, UTS,
+IPC and PID namespaces running ``sleep`` as its PID 1) plus one tap device per
+lab interface. The tap's file descriptor goes to the fabric like a QEMU NIC's
+socket, so namespace hosts and VMs share segments and links. Everything started
+in the host lives in its PID namespace and dies with the holder, and the holder
+dies with the test run (parent-death signal), so a killed run leaves neither
+processes, namespaces nor tap devices behind. Commands run through ``nsenter``;
+the host shares the machine's filesystem except ``/etc/hosts`` and ``/proc``.
+Needs root.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vboxlab import procs
+from vboxlab.channels.base import CommandResult
+from vboxlab.errors import CommandTimeout, HostError, MachineDied, ProviderError
+from vboxlab.hosttools import require
+from vboxlab.ledger import Ledger
+from vboxlab.providers.base import MachineState
+from vboxlab.waiting import wait_until
+
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+#: commands see this environment, not the test run's
+COMMAND_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOME": "/root", "LANG": "C.UTF-8", "TERM": "dumb"}
+NAMESPACES = ("--net", "--mount", "--uts", "--ipc", "--pid")
+
+
+def require_root(what: str) -> None:
+    """Raise HostError unless this process may create namespaces and tap devices."""
+    if os.geteuid() != 0:
+        raise HostError(f"{what} needs root (network namespaces and tap devices); run the "
+                        "tests as root, or give these nodes provider: qemu")
+    if not Path("/dev/net/tun").exists():
+        raise HostError(f"{what} needs /dev/net/tun (the tun module): modprobe tun")
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """One interface of a namespace host: name inside, MAC, address (CIDR)."""
+
+    name: str
+    mac: str
+    address: str | None = None
+
+
+def open_tap(name: str) -> int:
+    """Create a tap device ``name`` (no packet-info header); returns its descriptor.
+
+    The device lives as long as the descriptor (it is not persistent).
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+    except OSError as exc:
+        os.close(fd)
+        raise HostError(f"could not create tap device {name}: {exc}") from exc
+    return fd
+
+
+class NetnsHost:
+    """A namespace host as the lab sees it (the ProviderMachine protocol)."""
+
+    can_snapshot = False
+    #: never: ``poweroff`` in a namespace would reach the real host's init over its sockets
+    powers_off_by_command = False
+
+    def __init__(self, name: str, workdir: Path, ledger: Ledger, *, taps: tuple[TapSpec, ...],
+                 hosts: str, tied: bool, log: logging.Logger, lab_id: str,
+                 routes: tuple[tuple[str, str], ...] = (), forward: bool = False) -> None:
+        require_root(f"netns host {name!r}")
+        require("unshare", "for netns hosts")
+        require("nsenter", "to run commands in netns hosts")
+        self.name = name
+        self.workdir = workdir
+        self.taps = taps
+        self.routes = routes
+        self.forward = forward
+        self.tied = tied
+        self._ledger = ledger
+        self._log = log
+        self._lab_id = lab_id
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None
+        self._rid: int | None = None
+        self._ns_pid: int | None = None
+        self._started = False
+        self._stopped_on_request = False
+        #: tap descriptors, in the order of ``taps``, for the fabric (closed by ``destroy``)
+        self.tap_fds: list[int] = []
+        (workdir / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{hosts}")
+
+    # -- life -------------------------------------------------------------
+    @property
+    def console_log(self) -> Path:
+        """The host's log: the holder's messages and every command with its exit status."""
+        return self.workdir / "netns.log"
+
+    def start(self, loadvm: str | None = None) -> None:
+        """Create the namespaces, the taps inside them, and configure addresses."""
+        if loadvm is not None:
+            raise ProviderError(f"netns host {self.name} has no snapshots to start from")
+        if self._started:
+            raise ProviderError(
+                f"netns host {self.name} was stopped and cannot start again: its namespaces "
+                "and tap devices are gone with it. Use a qemu node to test restarts")
+        self._started = True
+        self._stderr = self.console_log.open("ab")
+        argv = ["unshare", *NAMESPACES, "--fork", "--kill-child", "--mount-proc",
+                "--propagation", "private", "--", "sleep", "infinity"]
+        self._rid = self._ledger.add("process", f"netns {self.name}")
+        self._proc = procs.spawn(argv, tied=self.tied, stderr=self._stderr, cwd=self.workdir)
+        self._ledger.set(self._rid, pid=self._proc.pid, start=procs.start_time(self._proc.pid))
+        self._ns_pid = wait_until(self._namespace_ready, timeout=10, interval=0.005,
+                                  what=f"the namespaces of netns host {self.name}")
+        self._run_setup(["mount", "--bind", str(self.workdir / "hosts"), "/etc/hosts"])
+        self._run_setup(["hostname", self.name])
+        self._make_taps()
+        self._log.info("%s: netns host up (holder pid %d, namespace pid %d, %d interfaces)",
+                       self.name, self._proc.pid, self._ns_pid, len(self.taps))
+
+    def _namespace_ready(self) -> int | None:
+        """The pid of the holder's child once it runs ``sleep`` in the new namespaces."""
+        self.check_alive()
+        assert self._proc is not None
+        try:
+            children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children").read_text()
+        except OSError:
+            return None
+        own_namespace = Path("/proc/self/ns/net").stat().st_ino
+        for pid in (int(p) for p in children.split()):
+            if procs.cmdline(pid)[:1] == ["sleep"] and \
+                    Path(f"/proc/{pid}/ns/net").stat().st_ino != own_namespace:
+                return pid
+        return None
+
+    def _make_taps(self) -> None:
+        from pyroute2 import IPRoute
+
+        assert self._ns_pid is not None
+        ns_path = f"/proc/{self._ns_pid}/ns/net"
+        with IPRoute() as host:
+            for index, tap in enumerate(self.taps):
+                # a host-side name unique to this lab, host and interface (15 characters at most)
+                digest = hashlib.sha256(f"{self._lab_id}/{self.name}/{tap.name}".encode())
+                temporary = f"vl{digest.hexdigest()[:10]}{index}"
+                fd = open_tap(temporary)
+                self.tap_fds.append(fd)
+                (link,) = host.link_lookup(ifname=temporary)
+                host.link("set", index=link, net_ns_pid=self._ns_pid)
+        with IPRoute(netns=ns_path) as inside:
+            (loopback,) = inside.link_lookup(ifname="lo")
+            inside.link("set", index=loopback, state="up")
+            for index, tap in enumerate(self.taps):
+                digest = hashlib.sha256(f"{self._lab_id}/{self.name}/{tap.name}".encode())
+                (link,) = inside.link_lookup(ifname=f"vl{digest.hexdigest()[:10]}{index}")
+                inside.link("set", index=link, ifname=tap.name, address=tap.mac)
+                if tap.address:
+                    address, _, prefix = tap.address.partition("/")
+                    inside.addr("add", index=link, address=address, prefixlen=int(prefix))
+                inside.link("set", index=link, state="up")
+            for network, via in self.routes:
+                inside.route("add", dst=network, gateway=via)
+        if self.forward:
+            self._run_setup(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+
+    def _run_setup(self, argv: list[str]) -> None:
+        result = self._nsenter(argv, timeout=10)
+        if result.returncode != 0:
+            raise ProviderError(f"netns host {self.name}: {' '.join(argv)} failed: "
+                                f"{result.stderr.decode(errors='replace').strip()}")
+
+    def _nsenter(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*self.enter_argv(), *argv], capture_output=True, timeout=timeout,
+                              env=COMMAND_ENV, check=False)
+
+    def enter_argv(self) -> list[str]:
+        """The command prefix that runs a program inside this host."""
+        if self._ns_pid is None:
+            raise ProviderError(f"netns host {self.name} is not running")
+        return ["nsenter", "--target", str(self._ns_pid), *NAMESPACES, "--"]
+
+    def state(self) -> MachineState:
+        if self._proc is None:
+            return MachineState.CREATED
+        if self._proc.poll() is None:
+            return MachineState.RUNNING
+        return MachineState.STOPPED if self._stopped_on_request else MachineState.CRASHED
+
+    def check_alive(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise MachineDied(f"netns host {self.name} is not running (its holder process is "
+                              f"gone); log: {self.console_log}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the host: every process in it and its namespaces (its taps go too)."""
+        self._stopped_on_request = True
+        self._end(grace=min(timeout, 2.0))
+
+    def kill(self) -> None:
+        self._stopped_on_request = False
+        self._end(grace=0.0)
+
+    def _end(self, grace: float) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            procs.kill(self._proc.pid, procs.start_time(self._proc.pid), grace=grace)
+            self._proc.wait()
+        if self._rid is not None:
+            self._ledger.done(self._rid)
+            self._rid = None
+        self._ns_pid = None
+        for fd in self.tap_fds:  # the fabric holds its own copies
+            os.close(fd)
+        self.tap_fds.clear()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def destroy(self) -> None:
+        """Stop the host (its processes, namespaces and tap devices go) and delete its files."""
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- what namespace hosts do not have -----------------------------------
+    def ssh_endpoint(self) -> tuple[str, int]:
+        raise ProviderError(f"netns host {self.name} has no SSH; run commands with "
+                            f"nsenter: {' '.join(self.enter_argv())} COMMAND")
+
+    def forward_port(self, guest_port: int) -> int:
+        raise ProviderError(
+            f"netns host {self.name}: forward_port is for VMs; a namespace host's services are "
+            "reached from the other nodes of its topology (or from the host with "
+            f"{' '.join(self.enter_argv())} ...)")
+
+    def _no_snapshots(self) -> ProviderError:
+        return ProviderError(f"netns host {self.name} cannot be snapshotted: a namespace holds "
+                             "no memory image. Give the node provider: qemu to use snapshots")
+
+    def snapshot_save(self, tag: str) -> None:
+        raise self._no_snapshots()
+
+    def snapshot_load(self, tag: str) -> None:
+        raise self._no_snapshots()
+
+    def snapshot_delete(self, tag: str) -> None:
+        raise self._no_snapshots()
+
+    def snapshot_list(self) -> list[dict[str, Any]]:
+        return []
+
+
+class NsenterChannel:
+    """Runs commands in a namespace host (the Channel protocol)."""
+
+    def __init__(self, host: NetnsHost) -> None:
+        self.host = host
+
+    def connect(self, timeout: float) -> None:
+        self.host.check_alive()
+
+    def run(self, command: str, timeout: float) -> CommandResult:
+        """Run ``command`` with ``sh -c`` in the host; raise CommandTimeout past ``timeout``.
+
+        Output goes to files, not pipes, so a command that leaves a background
+        process holding its stdout returns when the command itself exits (as over SSH).
+        """
+        self.host.check_alive()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen([*self.host.enter_argv(), "sh", "-c", command],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    env=COMMAND_ENV, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                out.seek(0)
+                raise CommandTimeout(
+                    f"{self.host.name}: command {command!r} did not finish within {timeout:g} s; "
+                    f"output so far: {out.read().decode(errors='replace')[-500:]!r}") from None
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(
+                errors="replace")
+        if self.host.state() is not MachineState.RUNNING:
+            self.host.check_alive()
+        with self.host.console_log.open("a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} $ {command} -> exit {rc}\n")
+        return CommandResult(command, rc, stdout, stderr)
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file or folder (the host shares the machine's filesystem)."""
+        if local.is_dir():
+            shutil.copytree(local, remote, dirs_exist_ok=True)
+        else:
+            shutil.copy2(local, remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        source = Path(remote)
+        if not source.exists():
+            raise FileNotFoundError(f"copy_from: {remote} does not exist on {self.host.name}")
+        if source.is_dir():
+            shutil.copytree(source, local, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, local)
+
+    def close(self) -> None:
+        """Nothing to close: every command is its own process."""
