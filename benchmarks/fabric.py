@@ -6,18 +6,21 @@ Fidelity is measured with UDP sockets standing in for NICs (no VM noise): delay
 error (mean, p99) against the configured delay, random loss against its binomial
 99 % interval, achieved vs configured rate for 1, 10 and 100 Mbit/s. Speed is
 30 MB over HTTP between two tiny guests: a direct QEMU-to-QEMU socket link, the
-fabric with no impairment, and the fabric with delay + loss. Targets: delay error
+fabric (``lab.network``) with no impairment, and the fabric with delay + loss. Targets: delay error
 <= max(1 ms, 5 %), loss inside the interval, rate within +-10 %, throughput
 >= 0.8x direct with no impairment and >= 0.5x with delay + loss.
-Not measured yet: vde_switch and vde_switch + wirefilter between the same guests.
+The same guests also run over vde_switch, and over two vde_switches joined by
+wirefilter (clean, and with the same delay + loss), for comparison (Debian vde2).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from boot import emit, percentile
 
 from vboxlab.lab import Lab
+from vboxlab.net import Topology
 from vboxlab.net.fabric import Fabric
 from vboxlab.net.fabric.control import socket_pair
 from vboxlab.net.wire import mac_for
@@ -157,55 +161,114 @@ def rate_fidelity(bench: Bench) -> dict[str, object]:
     return results
 
 
-def transfer_seconds(client, runs: int) -> list[float]:
+def transfer_seconds(client, runs: int, server: str = "10.250.9.2") -> list[float]:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        client.succeed("wget -q -O /dev/null http://10.250.9.2/blob")
+        client.succeed(f"wget -q -O /dev/null http://{server}/blob")
         times.append(round(time.perf_counter() - started, 3))
     return times
 
 
+SERVE = ("mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/blob bs=1M count=30 2>/dev/null"
+         " && httpd -p 80 -h /tmp/www")
+PAIR = {"nodes": {"fl": None, "fr": None}, "links": [{"between": ["fl", "fr"]}]}
+
+
+def measure_pair(lab: Lab, left_nic, right_nic, runs: int) -> list[float]:
+    """Boot two guests on the given NICs, serve 30 MB from the right one, time the transfers."""
+    left, right = lab.vm("bl", nics=[left_nic]), lab.vm("br", nics=[right_nic])
+    right.succeed(SERVE)
+    right.wait_for_port(80)
+    try:
+        return transfer_seconds(left, runs)
+    finally:
+        lab.remove_vm("bl")
+        lab.remove_vm("br")
+
+
+def spawn_tool(argv: list[str], log: Path) -> subprocess.Popen:
+    """A VDE tool tied to this process; its console reads our pipe (EOF would stop it)."""
+    with log.open("ab") as err:
+        return subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *argv],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def wait_socket(folder: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not (folder / "ctl").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"vde_switch did not create {folder}/ctl")
+        time.sleep(0.05)
+
+
+def vde_pairs(lab: Lab, runs: int, delay_ms: float, loss: float) -> dict[str, list[float]]:
+    """vde_switch alone, then two switches joined by wirefilter (clean, then impaired)."""
+    for tool in ("vde_switch", "wirefilter"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install vde2")
+    log = lab.dir / "vde.log"
+    nic = {side: (lambda sock, side=side: NicSpec(
+        "eth1", mac_for(lab.id, f"b{side}", "eth1"), -1, f"10.250.9.{1 if side == 'l' else 2}/24",
+        vde=str(sock))) for side in "lr"}
+    procs_: list[subprocess.Popen] = []
+    try:
+        one = lab.dir / "vde1"
+        procs_.append(spawn_tool(["vde_switch", "-s", str(one)], log))
+        wait_socket(one)
+        results = {"vde_switch_s": measure_pair(lab, nic["l"](one), nic["r"](one), runs)}
+        two = lab.dir / "vde2"
+        procs_.append(spawn_tool(["vde_switch", "-s", str(two)], log))
+        wait_socket(two)
+        wire = spawn_tool(["wirefilter", "-N", "-v", f"{one}:{two}"], log)
+        procs_.append(wire)
+        time.sleep(0.5)
+        results["vde_wirefilter_clean_s"] = measure_pair(lab, nic["l"](one), nic["r"](two), runs)
+        procs_.remove(wire)
+        wire.kill()
+        wire.wait()
+        wire = spawn_tool(["wirefilter", "-N", "-v", f"{one}:{two}", "-d", f"{delay_ms:g}",
+                           "-l", f"{loss * 100:g}"], log)
+        procs_.append(wire)
+        time.sleep(0.5)
+        results["vde_wirefilter_impaired_s"] = measure_pair(lab, nic["l"](one), nic["r"](two),
+                                                            runs)
+        return results
+    finally:
+        for proc in procs_:
+            proc.kill()
+            proc.wait()
+            proc.stdin.close()
+
+
 def vm_throughput(runs: int, delay_ms: float, loss: float) -> dict[str, object]:
-    serve = ("mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/blob bs=1M count=30 2>/dev/null"
-             " && httpd -p 80 -h /tmp/www")
     with tempfile.TemporaryDirectory(prefix="vbl-") as folder, Lab(base=Path(folder)) as lab:
-        wire = lab.wire("dl", "dr", a_address="10.250.9.1/24", b_address="10.250.9.2/24")
-        left, right = lab.vm("dl", nics=[wire.nic("dl")]), lab.vm("dr", nics=[wire.nic("dr")])
-        right.succeed(serve)
-        right.wait_for_port(80)
-        direct = transfer_seconds(left, runs)
-        lab.remove_vm("dl")
-        lab.remove_vm("dr")
-        pairs = [socket_pair() for _ in range(2)]
-        fabric = Fabric(lab.dir)
-        fabric.start([far.fileno() for _, far in pairs])
-        for port, (_, far) in enumerate(pairs):
-            fabric.add_port(port, far.fileno(), 0)
-        left = lab.vm("fl", nics=[NicSpec("eth1", mac_for("fl"), pairs[0][0].fileno(),
-                                          "10.250.9.1/24")])
-        right = lab.vm("fr", nics=[NicSpec("eth1", mac_for("fr"), pairs[1][0].fileno(),
-                                           "10.250.9.2/24")])
-        right.succeed(serve)
-        right.wait_for_port(80)
-        clean = transfer_seconds(left, runs)
-        for direction in ("p0.in", "p1.in"):
-            fabric.set(direction, delay_ns=int(delay_ms * 1e6), loss=loss)
-        impaired = transfer_seconds(left, runs)
-        fabric.close()
-        for near, far in pairs:
-            near.close()
-            far.close()
-    best = {"direct": min(direct), "fabric": min(clean), "impaired": min(impaired)}
+        wire = lab.wire("bl", "br", a_address="10.250.9.1/24", b_address="10.250.9.2/24")
+        direct = measure_pair(lab, wire.nic("bl"), wire.nic("br"), runs)
+        network = lab.network(Topology.from_dict(PAIR))
+        network.node("fr").succeed(SERVE)
+        network.node("fr").wait_for_port(80)
+        clean = transfer_seconds(network.node("fl"), runs, "fr")
+        network.link("fl", "fr").set(delay=f"{delay_ms}ms", loss=f"{loss * 100}%")
+        impaired = transfer_seconds(network.node("fl"), runs, "fr")
+        lab.remove_network()
+        vde = vde_pairs(lab, runs, delay_ms, loss)
+    best = {"direct": min(direct), "fabric": min(clean), "impaired": min(impaired),
+            **{key: min(values) for key, values in vde.items()}}
+
+    def ratio(key: str) -> float:
+        return round(best["direct"] / best[key], 2)
+
     return {
         "bytes": 30 * 1024 * 1024, "runs": runs,
-        "direct_s": direct, "fabric_clean_s": clean,
-        "fabric_impaired_s": impaired,
+        "direct_s": direct, "fabric_clean_s": clean, "fabric_impaired_s": impaired, **vde,
         "impairment": {"delay_each_way_ms": delay_ms, "loss_each_way": loss},
-        "ratio_clean_vs_direct": round(best["direct"] / best["fabric"], 2),
-        "ratio_impaired_vs_direct": round(best["direct"] / best["impaired"], 2),
-        "met": {"clean": best["direct"] / best["fabric"] >= 0.8,
-                "impaired": best["direct"] / best["impaired"] >= 0.5},
+        "ratio_clean_vs_direct": ratio("fabric"),
+        "ratio_impaired_vs_direct": ratio("impaired"),
+        "ratio_vde_switch_vs_direct": ratio("vde_switch_s"),
+        "ratio_vde_wirefilter_clean_vs_direct": ratio("vde_wirefilter_clean_s"),
+        "ratio_vde_wirefilter_impaired_vs_direct": ratio("vde_wirefilter_impaired_s"),
+        "met": {"clean": ratio("fabric") >= 0.8, "impaired": ratio("impaired") >= 0.5},
     }
 
 

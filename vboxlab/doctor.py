@@ -50,11 +50,31 @@ def _netem() -> Check:
         ["unshare", "--net", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
         capture_output=True, text=True, timeout=10, check=False)
     if probe.returncode == 0:
-        return Check("kernel netem", True, "tc netem works (kernel impairment path available)")
+        return Check("kernel netem", True, "tc netem works here; vboxlab's links still run in "
+                     "its userspace fabric (the same on every host)")
     return Check("kernel netem", False,
-                 f"not in this kernel ({probe.stderr.strip()[:80]}); impairments run in "
-                 "vboxlab's userspace fabric instead",
+                 f"not in this kernel ({probe.stderr.strip()[:80]}); not needed: link "
+                 "impairments run in vboxlab's userspace fabric",
                  "optional: a kernel with CONFIG_NET_SCH_NETEM")
+
+
+def _fabric() -> Check:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return Check("network fabric", False, "no C compiler: the fabric is compiled on first use",
+                     "apt-get install gcc libc6-dev")
+    return Check("network fabric", True, f"userspace fabric (compiled with {compiler}): every "
+                 "impairment, any user, VMs and netns hosts")
+
+
+def _netns() -> Check:
+    if os.geteuid() != 0:
+        return Check("netns hosts", False, "need root", "run as root to use provider: netns")
+    missing = [t for t in ("unshare", "nsenter") if shutil.which(t) is None]
+    if missing or not Path("/dev/net/tun").exists():
+        return Check("netns hosts", False, f"missing: {', '.join(missing) or '/dev/net/tun'}",
+                     "apt-get install util-linux; modprobe tun")
+    return Check("netns hosts", True, "namespaces and tap devices available")
 
 
 def run_checks(repository: TemplateRepository | None = None, probe: bool = True) -> list[Check]:
@@ -94,7 +114,7 @@ def run_checks(repository: TemplateRepository | None = None, probe: bool = True)
                         "running as root" if os.geteuid() == 0 else "not root",
                         "" if os.geteuid() == 0 else
                         "only network namespaces and USB writing need root"))
-    checks.append(_netem())
+    checks += [_fabric(), _netns(), _netem()]
     try:
         definitions = repository.definitions()
     except VboxlabError as exc:

@@ -69,6 +69,11 @@ def test_a_topology_runs_and_its_links_change_while_the_test_runs(lab, tmp_path)
     read = subprocess.run([require_tool("tcpdump", "tcpdump"), "-nr", str(pcaps["a_to_b"])],
                           capture_output=True, text=True, check=True)
     assert read.stdout.count("ICMP echo request") == 3
+    fields = subprocess.run(
+        [require_tool("tshark", "tshark"), "-r", str(pcaps["a_to_b"]), "-Y", "icmp.type == 8",
+         "-T", "fields", "-e", "ip.src", "-e", "ip.dst"],
+        capture_output=True, text=True, check=True)
+    assert fields.stdout.splitlines() == ["10.77.0.1\t10.77.0.2"] * 3
 
 
 def test_link_settings_are_checked(lab):

@@ -28,13 +28,16 @@ class NicSpec:
 
     Its frames travel as datagrams over ``fd``, a UDP socket on 127.0.0.1 that
     the lab keeps open and that is connected to the other end (a peer VM's
-    socket, or the fabric).
+    socket, or the fabric). With ``vde`` (a vde_switch socket folder) the NIC
+    plugs into that switch instead and ``fd`` is unused (-1): for comparisons
+    with VDE, as in benchmarks/fabric.py.
     """
 
     name: str
     mac: str
     fd: int
     address: str | None = None  # CIDR, configured in the guest at boot
+    vde: str | None = None
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,9 @@ class QemuMachine:
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]
         for index, nic in enumerate(spec.nics):
-            argv += ["-netdev", f"dgram,id=lab{index},local.type=fd,local.str={nic.fd}",
+            backend = (f"vde,id=lab{index},sock={nic.vde}" if nic.vde is not None else
+                       f"dgram,id=lab{index},local.type=fd,local.str={nic.fd}")
+            argv += ["-netdev", backend,
                      "-device", f"virtio-net-pci,netdev=lab{index},mac={nic.mac}"]
         if self._accel == "kvm":
             argv += ["-cpu", "host"]
@@ -211,7 +213,7 @@ class QemuMachine:
         try:
             self._proc = procs.spawn(argv, tied=self.spec.tied, stderr=self._stderr,
                                      cwd=self.spec.workdir,
-                                     pass_fds=[nic.fd for nic in self.spec.nics])
+                                     pass_fds=[nic.fd for nic in self.spec.nics if nic.vde is None])
         except OSError as exc:
             raise HostError(f"could not run {self._binary}: {exc}") from exc
         self._ledger.set(self._proc_rid, pid=self._proc.pid,
