@@ -34,7 +34,7 @@ from vboxlab.net.topology import Topology, load_topology
 from vboxlab.net.wire import DirectWire
 from vboxlab.paths import state_base
 from vboxlab.providers import Provider, load_provider
-from vboxlab.providers.base import MachineSpec, MachineState, NicSpec
+from vboxlab.providers.base import BootMedia, MachineSpec, MachineState, NicSpec
 from vboxlab.templates import TemplateRepository
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ class Lab:
     def vm(self, name: str, template: str | None = None, memory: int | None = None,
            cpus: int | None = None, boot: bool = True, rollback: bool = False,
            nics: Sequence[NicSpec] = (), hosts: str = "",
-           routes: Sequence[tuple[str, str]] = (), forward: bool = False) -> Machine:
+           routes: Sequence[tuple[str, str]] = (), forward: bool = False,
+           media: BootMedia | None = None) -> Machine:
         """Create a machine from a template and (by default) boot it until SSH answers.
 
         With ``rollback``, the pytest plugin returns the machine after every test
@@ -153,7 +154,7 @@ class Lab:
                            host_key=KeyPair.generate(f"{name}@{self.id}"),
                            authorized_key=self.user_key.public_line, tied=not self.keep,
                            log=self.log, nics=tuple(nics), hosts=hosts, routes=tuple(routes),
-                           forward=forward)
+                           forward=forward, media=media)
         handle = self.provider.create(spec, self.ledger)
         (workdir / "known_hosts.pub").write_text(spec.host_key.public_line + "\n")
         channel = SSHChannel(name, handle.ssh_endpoint, built.template.definition.access.user,

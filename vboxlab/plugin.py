@@ -34,7 +34,7 @@ from vboxlab.snapshots import safe_name
 LAB_KEY = pytest.StashKey[Lab]()
 KEPT_KEY = pytest.StashKey[list[str]]()
 STATE_KEY = pytest.StashKey["RunState"]()
-_VM_FIXTURES = {"lab", "vm", "network"}
+_VM_FIXTURES = {"lab", "vm", "network", "boot_media"}
 CLEAN = "clean"
 
 
@@ -252,6 +252,52 @@ def vm(request: pytest.FixtureRequest, lab: Lab) -> Generator[Machine, None, Non
     machine = shared.get()
     machine.current_test = request.node.nodeid
     yield machine
+
+
+class BootMedia:
+    """The ``boot_media`` fixture: ``boot_media(tree, append=..., way=...)`` -> a booted Machine."""
+
+    def __init__(self, the_lab: Lab) -> None:
+        self.lab = the_lab
+        self.names: list[str] = []
+
+    def __call__(self, tree: str | Path | None = None, *, append: str = "",
+                 way: str = "bios-cdrom", device: str | Path | None = None,
+                 allow_fixed: bool = False, name: str | None = None,
+                 memory: int | None = None, template: str | None = None) -> Machine:
+        from vboxlab.media.boot import boot_from_media
+        from vboxlab.media.usb import Overrides
+
+        name = name or f"media{next(_media_numbers)}"
+        machine = boot_from_media(
+            self.lab, name, Path(tree) if tree is not None else None, append=append, way=way,
+            device=Path(device) if device is not None else None,
+            overrides=Overrides(allow_fixed=allow_fixed), memory=memory, template=template)
+        self.names.append(name)
+        return machine
+
+    def close(self) -> None:
+        for name in self.names:
+            if name in self.lab.machines and not self.lab.keep:
+                self.lab.remove_vm(name)
+
+
+_media_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def boot_media(lab: Lab) -> Iterator[BootMedia]:
+    """Build a folder into a bootable ISO with the template's kernel, boot it, get the Machine.
+
+    ``boot_media(tree, append="lab.role=x", way="uefi-cdrom")``; ways: bios-cdrom,
+    bios-usb, uefi-cdrom, uefi-usb (a USB way with ``device=`` writes the image to
+    that block device first). The machines go away after the test.
+    """
+    media = BootMedia(lab)
+    try:
+        yield media
+    finally:
+        media.close()
 
 
 @pytest.fixture

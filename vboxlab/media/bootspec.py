@@ -118,18 +118,18 @@ class BootSpec(BaseModel):
             raise MediaError(f"{path}: {field}: {err['msg']} (got {err.get('input')!r})") from None
 
 
-def isolinux_config(spec: BootSpec, iso_name: dict[str, str]) -> str:
-    """isolinux.cfg; ``iso_name`` maps tree paths to the ISO 9660 paths ISOLINUX reads."""
-    lines = ["PROMPT 0"]
+def isolinux_config(spec: BootSpec) -> str:
+    """isolinux.cfg (ISOLINUX 6 reads Rock Ridge names, so the tree's own paths)."""
+    lines = ["SERIAL 0 115200", "PROMPT 0"]
     if spec.timeout > 0:
         lines += ["UI menu.c32", "MENU TITLE vboxlab boot menu",
                   f"TIMEOUT {max(1, round(spec.timeout * 10))}"]
     lines.append(f"DEFAULT {spec.default_entry.name}")
     for entry in spec.entries:
         lines += ["", f"LABEL {entry.name}", f"  MENU LABEL {entry.title or entry.name}",
-                  f"  KERNEL {iso_name[entry.kernel]}"]
+                  f"  KERNEL /{entry.kernel}"]
         if entry.initrd:
-            lines.append(f"  INITRD {iso_name[entry.initrd]}")
+            lines.append(f"  INITRD /{entry.initrd}")
         if entry.append:
             lines.append(f"  APPEND {entry.append}")
     return "\n".join(lines) + "\n"

@@ -42,9 +42,9 @@ class IsoResult:
 def check_label(label: str) -> str:
     """A volume label: 1-32 letters, digits or '_' (ISO 9660 d-characters, any case)."""
     if not _LABEL.match(label):
+        bad = sorted(set(re.sub("[A-Za-z0-9_]", "", label)))
         why = ("is longer than 32 characters" if len(label) > 32 else
-               "is empty" if not label else
-               f"has characters ISO 9660 does not allow ({sorted(set(re.sub('[A-Za-z0-9_]', '', label)))})")
+               "is empty" if not label else f"has characters ISO 9660 does not allow ({bad})")
         raise MediaError(f"volume label {label!r} {why}; use 1-32 letters, digits and '_'")
     return label
 
@@ -59,17 +59,22 @@ def check_identifier(field: str, value: str, limit: int) -> str:
     return value
 
 
-def build_iso(source: Path, output: Path, *, label: str = "VBOXLAB",
-              boot: BootSpec | None = None, joliet: bool = True, publisher: str = "",
+def build_iso(source: Path | None, output: Path, *, label: str = "VBOXLAB",
+              boot: BootSpec | None = None, extra: dict[str, Path] | None = None,
+              joliet: bool = True, publisher: str = "",
               preparer: str = "vboxlab", application: str = "vboxlab", system: str = "LINUX",
               progress: Progress | None = None) -> IsoResult:
-    """Build ``output`` from the folder ``source``; bootable when ``boot`` is given."""
+    """Build ``output`` from the folder ``source``; bootable when ``boot`` is given.
+
+    ``extra`` adds host files at paths of the image (for instance a kernel and
+    initrd next to a user's tree) without copying them into ``source``.
+    """
     check_label(label)
     check_identifier("publisher", publisher, 128)
     check_identifier("preparer", preparer, 128)
     check_identifier("application", application, 128)
     check_identifier("system identifier", system, 32)
-    tree = scan(source)
+    tree = scan(source, extra)
     entries = walk(tree)
     if boot is not None:
         clash = [e for e in tree.children if e.rel.name.lower() == BOOT_DIR]
@@ -77,11 +82,12 @@ def build_iso(source: Path, output: Path, *, label: str = "VBOXLAB",
             raise MediaError(f"{clash[0].source}: the image keeps its boot files in /{BOOT_DIR}; "
                              "rename that folder in the source tree")
         by_rel = {str(e.rel): e for e in entries}
-        for entry in boot.entries:
-            for field, wanted in (("kernel", entry.kernel), ("initrd", entry.initrd)):
+        for menu in boot.entries:
+            for field, wanted in (("kernel", menu.kernel), ("initrd", menu.initrd)):
                 if wanted is not None and (wanted not in by_rel or by_rel[wanted].kind != "file"):
-                    raise MediaError(f"boot entry {entry.name!r}: {field} {wanted!r} is not a "
-                                     f"file in {source}")
+                    raise MediaError(f"boot entry {menu.name!r}: {field} {wanted!r} is not a "
+                                     f"file of the image (source {source}, extra files "
+                                     f"{sorted(extra or {})})")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
@@ -104,8 +110,7 @@ def build_iso(source: Path, output: Path, *, label: str = "VBOXLAB",
                     iso.add_symlink(symlink_path=entry.iso_path, rr_symlink_name=rr_name,
                                     rr_path=entry.target)
             if boot is not None:
-                iso_names = {str(e.rel): e.iso_path.removesuffix(";1") for e in entries}
-                _add_boot(iso, boot, iso_names, Path(scratch), joliet)
+                _add_boot(iso, boot, Path(scratch), joliet)
             size = _write(iso, partial, progress)
         partial.replace(output)
     except pycdlib.pycdlibexception.PyCdlibException as exc:
@@ -120,8 +125,7 @@ def build_iso(source: Path, output: Path, *, label: str = "VBOXLAB",
     return IsoResult(output, size, files, bool(boot and boot.bios), bool(boot and boot.uefi))
 
 
-def _add_boot(iso: pycdlib.PyCdlib, boot: BootSpec, iso_names: dict[str, str],
-              scratch: Path, joliet: bool) -> None:
+def _add_boot(iso: pycdlib.PyCdlib, boot: BootSpec, scratch: Path, joliet: bool) -> None:
     top = f"/{BOOT_DIR.upper()}"
 
     def add(data_path: Path, name: str) -> str:
@@ -137,21 +141,22 @@ def _add_boot(iso: pycdlib.PyCdlib, boot: BootSpec, iso_names: dict[str, str],
     (scratch / marker).write_text("vboxlab boot medium\n")
     add(scratch / marker, marker)
     catalog = f"{top}/BOOT.CAT;1"
-    catalog_names = {"bootcatfile": catalog, "rr_bootcatname": "boot.cat",
-                     "joliet_bootcatfile": f"/{BOOT_DIR}/boot.cat" if joliet else None}
+    joliet_catalog = f"/{BOOT_DIR}/boot.cat" if joliet else None
     if boot.bios:
         for name in BIOS_FILES:
             add(bios_file(name), name)
         cfg = scratch / "isolinux.cfg"
-        cfg.write_text(isolinux_config(boot, iso_names))
+        cfg.write_text(isolinux_config(boot))
         add(cfg, "isolinux.cfg")
-        iso.add_eltorito(f"{top}/ISOLINUX.BIN;1", boot_load_size=4, boot_info_table=True,
-                         media_name="noemul", **catalog_names)
+        iso.add_eltorito(f"{top}/ISOLINUX.BIN;1", bootcatfile=catalog, rr_bootcatname="boot.cat",
+                         joliet_bootcatfile=joliet_catalog, boot_load_size=4,
+                         boot_info_table=True, media_name="noemul")
     if boot.uefi:
         efi = build_efi_image(grub_config(boot, f"{BOOT_DIR}/{marker}"), scratch)
         add(efi.path, "efiboot.img")
-        iso.add_eltorito(f"{top}/EFIBOOT.IMG;1", efi=True, platform_id=0xEF,
-                         media_name="noemul", **catalog_names)
+        iso.add_eltorito(f"{top}/EFIBOOT.IMG;1", bootcatfile=catalog, rr_bootcatname="boot.cat",
+                         joliet_bootcatfile=joliet_catalog, efi=True, platform_id=0xEF,
+                         media_name="noemul")
     if boot.bios:
         iso.add_isohybrid(efi=boot.uefi)
 

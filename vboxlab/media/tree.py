@@ -42,6 +42,8 @@ class Entry:
     iso_path: str = ""  # /NAME/FILE.EXT;1
     joliet_path: str = ""
     children: list[Entry] = field(default_factory=list)
+    iso_taken: set[str] = field(default_factory=set)  # ISO names used by the children
+    joliet_taken: dict[str, str] = field(default_factory=dict)  # folded Joliet name -> name
 
 
 def _iso_component(name: str, is_dir: bool) -> tuple[str, str]:
@@ -70,19 +72,66 @@ def _unique(stem: str, ext: str, taken: set[str], limit: int) -> str:
     return candidate
 
 
-def scan(root: Path) -> Entry:
-    """The whole tree under ``root`` with every name worked out; raises MediaError on bad input."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MediaError(f"{root}: not a directory; give the folder whose contents go on the image")
-    top = Entry(root, PurePosixPath("."), "dir", mode=0o755, iso_path="/", joliet_path="/")
-    _fill(top, root.resolve())
+def scan(root: Path | None, extra: dict[str, Path] | None = None) -> Entry:
+    """The whole tree under ``root`` with every name worked out; raises MediaError on bad input.
+
+    ``extra`` adds host files at tree paths (``{"boot/vmlinuz": Path(...)}``) without
+    copying them into the folder; ``root`` may then be None (an image of extras only).
+    """
+    top = Entry(Path(root) if root else Path(), PurePosixPath("."), "dir", mode=0o755,
+                iso_path="/", joliet_path="/")
+    if root is not None:
+        root = Path(root)
+        if not root.is_dir():
+            raise MediaError(f"{root}: not a directory; give the folder whose contents go on "
+                             "the image")
+        _fill(top, root.resolve())
+    for rel, host in sorted((extra or {}).items()):
+        _add_extra(top, PurePosixPath(rel), Path(host))
     return top
 
 
+def _add_extra(top: Entry, rel: PurePosixPath, host: Path) -> None:
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise MediaError(f"extra file path {str(rel)!r}: give a relative path inside the image")
+    if not host.is_file():
+        raise MediaError(f"extra file {host} (for {rel}) is not a file")
+    parent = top
+    for depth, part in enumerate(rel.parts[:-1]):
+        found = next((c for c in parent.children if c.rel.name == part), None)
+        if found is None:
+            found = _attach(parent, Entry(host, PurePosixPath(*rel.parts[:depth + 1]), "dir",
+                                          mode=0o755))
+        elif found.kind != "dir":
+            raise MediaError(f"extra file {rel}: {found.rel} is a file in the source tree")
+        parent = found
+    if any(c.rel.name == rel.name for c in parent.children):
+        raise MediaError(f"extra file {rel} is already in the source tree; rename one")
+    _attach(parent, Entry(host, rel, "file", size=host.stat().st_size, mode=0o644))
+
+
+def _attach(parent: Entry, entry: Entry) -> Entry:
+    """Give ``entry`` its ISO 9660 and Joliet names inside ``parent`` and add it."""
+    name = entry.rel.name
+    stem, ext = _iso_component(name, entry.kind == "dir")
+    iso_name = _unique(stem, ext, parent.iso_taken, ISO_DIR_MAX if entry.kind == "dir"
+                       else ISO_FILE_MAX + (1 if ext else 0))
+    entry.iso_path = f"{parent.iso_path.rstrip('/')}/{iso_name}" + \
+        ("" if entry.kind == "dir" else ";1")
+    joliet = name[:JOLIET_MAX]
+    if joliet.lower() in parent.joliet_taken:
+        raise MediaError(
+            f"{entry.source} and {parent.source / parent.joliet_taken[joliet.lower()]} collide "
+            f"in the Joliet names Windows reads ({joliet!r}: Joliet names are cut to "
+            f"{JOLIET_MAX} characters and compared without case); rename one, or build with "
+            "joliet=False")
+    parent.joliet_taken[joliet.lower()] = name
+    entry.joliet_path = f"{parent.joliet_path.rstrip('/')}/{joliet}"
+    parent.children.append(entry)
+    return entry
+
+
 def _fill(parent: Entry, real_root: Path) -> None:
-    iso_taken: set[str] = set()
-    joliet_taken: dict[str, str] = {}
     with os.scandir(parent.source) as listing:
         items = sorted(listing, key=lambda e: e.name)
     for item in items:
@@ -92,7 +141,7 @@ def _fill(parent: Entry, real_root: Path) -> None:
         info = item.stat(follow_symlinks=False)
         mode = stat.S_IMODE(info.st_mode)
         if stat.S_ISLNK(info.st_mode):
-            target = os.readlink(path)
+            target = str(path.readlink())
             _check_link(path, target, real_root)
             entry = Entry(path, rel, "symlink", mode=0o777, target=target)
         elif stat.S_ISDIR(info.st_mode):
@@ -104,20 +153,7 @@ def _fill(parent: Entry, real_root: Path) -> None:
                     "a socket" if stat.S_ISSOCK(info.st_mode) else "a device file")
             raise MediaError(f"{path} is {kind}; images hold files, folders and symlinks only: "
                              "remove it from the source tree")
-        stem, ext = _iso_component(item.name, entry.kind == "dir")
-        iso_name = _unique(stem, ext, iso_taken, ISO_DIR_MAX if entry.kind == "dir"
-                           else ISO_FILE_MAX + (1 if ext else 0))
-        parent_iso = parent.iso_path.rstrip("/")
-        entry.iso_path = f"{parent_iso}/{iso_name}" + ("" if entry.kind == "dir" else ";1")
-        joliet = item.name[:JOLIET_MAX]
-        if joliet.lower() in joliet_taken:
-            raise MediaError(
-                f"{path} and {parent.source / joliet_taken[joliet.lower()]} collide in the Joliet "
-                f"names Windows reads ({joliet!r}: Joliet names are cut to {JOLIET_MAX} "
-                "characters and compared without case); rename one, or build with joliet=False")
-        joliet_taken[joliet.lower()] = item.name
-        entry.joliet_path = f"{parent.joliet_path.rstrip('/')}/{joliet}"
-        parent.children.append(entry)
+        _attach(parent, entry)
         if entry.kind == "dir":
             _fill(entry, real_root)
 

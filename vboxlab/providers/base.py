@@ -41,6 +41,26 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class BootMedia:
+    """Boot from an image instead of the template's kernel: a CD or a USB stick.
+
+    ``path`` is an ISO file, or a block device (a USB stick, a loop device) the
+    image was written to; it is attached read-only. ``firmware`` is ``bios``
+    (SeaBIOS) or ``uefi`` (OVMF, which wants at least 512 MiB of guest memory).
+    """
+
+    path: Path
+    kind: str = "cdrom"  # "cdrom" or "usb"
+    firmware: str = "bios"  # "bios" or "uefi"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cdrom", "usb"):
+            raise ValueError(f"boot media kind {self.kind!r}: use 'cdrom' or 'usb'")
+        if self.firmware not in ("bios", "uefi"):
+            raise ValueError(f"firmware {self.firmware!r}: use 'bios' or 'uefi'")
+
+
+@dataclass(frozen=True)
 class MachineSpec:
     """Everything a provider needs to create one machine."""
 
@@ -57,6 +77,7 @@ class MachineSpec:
     hosts: str = ""  # extra /etc/hosts lines
     routes: tuple[tuple[str, str], ...] = ()  # (subnet CIDR, gateway) set at boot
     forward: bool = False  # the guest forwards IPv4 (a router of its topology)
+    media: BootMedia | None = None  # boot from this instead of -kernel/-initrd
 
 
 class ProviderMachine(Protocol):

@@ -162,6 +162,23 @@ class QemuMachine:
     def qemu_log(self) -> Path:
         return self.spec.workdir / "qemu.log"
 
+    def _boot_argv(self) -> list[str]:
+        """The template's kernel and initrd, or boot media (CD or USB stick, BIOS or UEFI)."""
+        spec = self.spec
+        media = spec.media
+        if media is None:
+            return ["-kernel", str(spec.template.kernel), "-initrd", str(self.initrd),
+                    "-append", spec.template.template.definition.boot.cmdline]
+        from vboxlab.media.bootloaders import ovmf_firmware
+
+        argv = ["-bios", str(ovmf_firmware())] if media.firmware == "uefi" else []
+        drive = f"if=none,id=media0,format=raw,readonly=on,file={media.path}"
+        if media.kind == "cdrom":
+            return [*argv, "-drive", f"{drive},media=cdrom",
+                    "-device", "ide-cd,drive=media0,bootindex=0"]
+        return [*argv, "-device", "qemu-xhci,id=usb", "-drive", drive,
+                "-device", "usb-storage,bus=usb.0,drive=media0,bootindex=0,removable=on"]
+
     def _argv(self, loadvm: str | None = None) -> list[str]:
         spec = self.spec
         definition = spec.template.template.definition
@@ -170,8 +187,7 @@ class QemuMachine:
             self._binary, "-name", f"{spec.name},process=vboxlab-{spec.name}"[:64],
             "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", self._accel,
             "-m", str(spec.memory), "-smp", str(spec.cpus), "-display", "none",
-            "-kernel", str(spec.template.kernel), "-initrd", str(self.initrd),
-            "-append", definition.boot.cmdline,
+            *self._boot_argv(),
             "-chardev", f"file,id=con,path={work / 'console.log'},append=on",
             "-serial", "chardev:con", "-no-reboot",
             "-blockdev", f"driver=file,filename={self.overlay},node-name=file0,"
