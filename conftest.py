@@ -1,7 +1,7 @@
 """The repository's own pytest set-up (the vboxlab plugin itself loads through its entry point).
 
 Every run gets a state folder of its own, and at the end the run fails if any
-lab folder, QEMU process, netns holder or tap device of that folder is left: nothing
+lab folder, QEMU process, netns holder, tap device or test loop device is left: nothing
 may leak.
 """
 
@@ -50,6 +50,10 @@ def _leftovers(folder: str) -> list[str]:
             if cwd.startswith(folder + "/") and argv.startswith(("unshare", "sleep")):
                 found.append(f"netns holder process {entry.name} in {cwd}")
     found += [f"tap device {p.name}" for p in Path("/sys/class/net").glob("vl*")]
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        text = backing.read_text().strip()
+        if "/pytest-of-" in text or text.startswith(folder):
+            found.append(f"loop device /dev/{backing.parent.parent.name} over {text}")
     if Path(folder).is_dir():
         found += [f"lab folder {p}" for p in Path(folder).iterdir() if p.is_dir()]
     return found

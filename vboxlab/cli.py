@@ -265,6 +265,16 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
     click.echo(f"removed {len(removed)} lab(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
+def _add_media_commands() -> None:
+    from vboxlab.media.cli import iso, usb
+
+    main.add_command(iso)
+    main.add_command(usb)
+
+
+_add_media_commands()
+
+
 def run() -> None:
     """Entry point that turns vboxlab errors into a one-line message and exit status 2."""
     try:

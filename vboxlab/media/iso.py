@@ -24,6 +24,7 @@ from vboxlab.media.tree import MediaError, scan, walk
 #: (bytes written, bytes in all) during the write
 Progress = Callable[[int, int], None]
 BOOT_DIR = "isolinux"
+RR_MOVED = ".rr_moved"
 _LABEL = re.compile(r"^[A-Za-z0-9_]{1,32}$")
 _A_CHARS = re.compile(r"^[A-Za-z0-9_ !\"%&'()*+,\-./:;<=>?]*$")
 
@@ -74,8 +75,11 @@ def build_iso(source: Path | None, output: Path, *, label: str = "VBOXLAB",
     check_identifier("preparer", preparer, 128)
     check_identifier("application", application, 128)
     check_identifier("system identifier", system, 32)
-    tree = scan(source, extra)
+    tree = scan(source, extra, joliet=joliet)
     entries = walk(tree)
+    if any(e.rel.name.lower() in (RR_MOVED, "rr_moved") for e in tree.children):
+        raise MediaError(f"{source}: a top-level {RR_MOVED} or rr_moved folder would clash "
+                         "with where Rock Ridge relocates deep folders; rename it")
     if boot is not None:
         clash = [e for e in tree.children if e.rel.name.lower() == BOOT_DIR]
         if clash:
@@ -95,6 +99,10 @@ def build_iso(source: Path | None, output: Path, *, label: str = "VBOXLAB",
     iso.new(interchange_level=3, vol_ident=label, sys_ident=system, pub_ident_str=publisher,
             preparer_ident_str=preparer, app_ident_str=application,
             joliet=3 if joliet else None, rock_ridge="1.09")
+    if hasattr(iso, "_rr_moved_rr_name"):
+        # folders deeper than ISO 9660's 8 levels are relocated; hide their parking place
+        # as mkisofs -hide-rr-moved does (Rock Ridge readers put them back where they were)
+        iso._rr_moved_rr_name = RR_MOVED.encode()
     try:
         with tempfile.TemporaryDirectory(dir=output.parent, prefix=".vboxlab-iso-") as scratch:
             for entry in entries:

@@ -2,7 +2,7 @@
 
 Every entry gets three names: its real name (Rock Ridge, exact), a Joliet name
 (at most 64 characters) and an ISO 9660 name (upper-case d-characters, made
-unique inside its directory with ``~N`` like mkisofs). Refused, naming the path:
+unique inside its directory with a ``_N`` suffix). Refused, naming the path:
 FIFOs, sockets and device files; symlinks that are absolute or lead outside the
 tree (links inside it are stored as Rock Ridge symlinks, never followed); Joliet
 names that collide once cut to 64 characters.
@@ -66,13 +66,14 @@ def _unique(stem: str, ext: str, taken: set[str], limit: int) -> str:
     number = 0
     while candidate in taken:
         number += 1
-        suffix = f"~{number}"
+        suffix = f"_{number}"
         candidate = joined(stem[:limit - len(ext) - len(suffix)] + suffix)
     taken.add(candidate)
     return candidate
 
 
-def scan(root: Path | None, extra: dict[str, Path] | None = None) -> Entry:
+def scan(root: Path | None, extra: dict[str, Path] | None = None, *,
+         joliet: bool = True) -> Entry:
     """The whole tree under ``root`` with every name worked out; raises MediaError on bad input.
 
     ``extra`` adds host files at tree paths (``{"boot/vmlinuz": Path(...)}``) without
@@ -85,13 +86,13 @@ def scan(root: Path | None, extra: dict[str, Path] | None = None) -> Entry:
         if not root.is_dir():
             raise MediaError(f"{root}: not a directory; give the folder whose contents go on "
                              "the image")
-        _fill(top, root.resolve())
+        _fill(top, root.resolve(), joliet)
     for rel, host in sorted((extra or {}).items()):
-        _add_extra(top, PurePosixPath(rel), Path(host))
+        _add_extra(top, PurePosixPath(rel), Path(host), joliet)
     return top
 
 
-def _add_extra(top: Entry, rel: PurePosixPath, host: Path) -> None:
+def _add_extra(top: Entry, rel: PurePosixPath, host: Path, joliet: bool) -> None:
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise MediaError(f"extra file path {str(rel)!r}: give a relative path inside the image")
     if not host.is_file():
@@ -101,16 +102,16 @@ def _add_extra(top: Entry, rel: PurePosixPath, host: Path) -> None:
         found = next((c for c in parent.children if c.rel.name == part), None)
         if found is None:
             found = _attach(parent, Entry(host, PurePosixPath(*rel.parts[:depth + 1]), "dir",
-                                          mode=0o755))
+                                          mode=0o755), joliet)
         elif found.kind != "dir":
             raise MediaError(f"extra file {rel}: {found.rel} is a file in the source tree")
         parent = found
     if any(c.rel.name == rel.name for c in parent.children):
         raise MediaError(f"extra file {rel} is already in the source tree; rename one")
-    _attach(parent, Entry(host, rel, "file", size=host.stat().st_size, mode=0o644))
+    _attach(parent, Entry(host, rel, "file", size=host.stat().st_size, mode=0o644), joliet)
 
 
-def _attach(parent: Entry, entry: Entry) -> Entry:
+def _attach(parent: Entry, entry: Entry, check_joliet: bool) -> Entry:
     """Give ``entry`` its ISO 9660 and Joliet names inside ``parent`` and add it."""
     name = entry.rel.name
     stem, ext = _iso_component(name, entry.kind == "dir")
@@ -119,7 +120,7 @@ def _attach(parent: Entry, entry: Entry) -> Entry:
     entry.iso_path = f"{parent.iso_path.rstrip('/')}/{iso_name}" + \
         ("" if entry.kind == "dir" else ";1")
     joliet = name[:JOLIET_MAX]
-    if joliet.lower() in parent.joliet_taken:
+    if check_joliet and joliet.lower() in parent.joliet_taken:
         raise MediaError(
             f"{entry.source} and {parent.source / parent.joliet_taken[joliet.lower()]} collide "
             f"in the Joliet names Windows reads ({joliet!r}: Joliet names are cut to "
@@ -131,7 +132,7 @@ def _attach(parent: Entry, entry: Entry) -> Entry:
     return entry
 
 
-def _fill(parent: Entry, real_root: Path) -> None:
+def _fill(parent: Entry, real_root: Path, joliet: bool) -> None:
     with os.scandir(parent.source) as listing:
         items = sorted(listing, key=lambda e: e.name)
     for item in items:
@@ -153,9 +154,9 @@ def _fill(parent: Entry, real_root: Path) -> None:
                     "a socket" if stat.S_ISSOCK(info.st_mode) else "a device file")
             raise MediaError(f"{path} is {kind}; images hold files, folders and symlinks only: "
                              "remove it from the source tree")
-        _attach(parent, entry)
+        _attach(parent, entry, joliet)
         if entry.kind == "dir":
-            _fill(entry, real_root)
+            _fill(entry, real_root, joliet)
 
 
 def _check_link(path: Path, target: str, real_root: Path) -> None:

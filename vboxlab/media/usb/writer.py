@@ -29,6 +29,7 @@ from vboxlab.media.usb.devices import BlockDevice, DeviceSource, device_source
 from vboxlab.media.usb.safety import Overrides, check
 
 BLOCK = 4 << 20
+ZERO_GRAIN = 1 << 20  # zero runs shorter than this are written like data
 SECTOR = 512
 BLKZEROOUT = 0x127F  # _IO(0x12, 127)
 #: (bytes done, bytes in all) while writing, then again while verifying
@@ -133,7 +134,7 @@ def _extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
 
 def _copy(image: Path, out: int, size: int, target: BlockDevice,
           progress: Progress | None) -> tuple[int, int]:
-    zero_block = bytes(BLOCK)
+    zero_block = bytes(ZERO_GRAIN)
     data = zeros = 0
     pending_zero: list[int] = []  # [start, length] of the zero run not yet zeroed
 
@@ -161,12 +162,15 @@ def _copy(image: Path, out: int, size: int, target: BlockDevice,
                 chunk = os.pread(src.fileno(), min(BLOCK, start + length - position), position)
                 if not chunk:
                     raise UsbWriteError(f"{image} ended early at byte {position}")
-                if chunk == zero_block[:len(chunk)] and len(chunk) % SECTOR == 0:
-                    zero_run(position, len(chunk))
-                else:
-                    flush_zero()
-                    _pwrite_all(out, chunk, position)
-                    data += len(chunk)
+                view = memoryview(chunk)
+                for offset in range(0, len(chunk), ZERO_GRAIN):  # zero runs, 1 MiB grain
+                    piece = view[offset:offset + ZERO_GRAIN]
+                    if piece == zero_block[:len(piece)] and len(piece) % SECTOR == 0:
+                        zero_run(position + offset, len(piece))
+                    else:
+                        flush_zero()
+                        _pwrite_all(out, piece, position + offset)
+                        data += len(piece)
                 position += len(chunk)
                 if progress is not None:
                     progress(position, size)
@@ -176,7 +180,7 @@ def _copy(image: Path, out: int, size: int, target: BlockDevice,
     return data, zeros
 
 
-def _pwrite_all(fd: int, chunk: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, chunk: bytes | memoryview, offset: int) -> None:
     view = memoryview(chunk)
     while view:
         written = os.pwrite(fd, view, offset)
