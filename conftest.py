@@ -50,6 +50,10 @@ def _leftovers(folder: str) -> list[str]:
             if cwd.startswith(folder + "/") and argv.startswith(("unshare", "sleep")):
                 found.append(f"netns holder process {entry.name} in {cwd}")
     found += [f"tap device {p.name}" for p in Path("/sys/class/net").glob("vl*")]
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if "/pytest-of-" in point or point.startswith(folder):
+            found.append(f"mount {point}")
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         text = backing.read_text().strip()
         if "/pytest-of-" in text or text.startswith(folder):

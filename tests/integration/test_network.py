@@ -88,14 +88,6 @@ def test_link_settings_are_checked(lab):
         lab.network(Topology.from_dict(TWO_SITES))
 
 
-def test_topologies_that_cannot_run_yet_fail_before_anything_starts(lab):
-    topology = Topology.from_dict({"nodes": {"ns1": {"provider": "netns"}, "vm1": None},
-                                   "links": [{"between": ["ns1", "vm1"]}]})
-    with pytest.raises(ConfigError, match="netns provider is not implemented yet"):
-        lab.network(topology)
-    assert qemu_pids(str(lab.dir)) == []
-
-
 def test_a_failing_network_test_gets_its_packet_captures(pytester, tmp_path):
     pytester.makefile(".yaml", pair="""
         nodes: {left: {}, right: {}}

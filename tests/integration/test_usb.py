@@ -28,7 +28,7 @@ def run(*argv):
 
 
 @pytest.fixture
-def make_loop(tmp_path):
+def make_loop(tmp_path, mounts):  # after mounts: loops are detached before filesystems unmount
     """make_loop(size, backing_dir=None) -> /dev/loopN over a sparse file; all detached after."""
     require_tool("losetup", "mount")
     made = []
@@ -59,7 +59,8 @@ def mounts(tmp_path):
 
     yield mount
     for folder in reversed(done):
-        subprocess.run(["umount", str(folder)], check=False)
+        if subprocess.run(["umount", str(folder)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=False)
 
 
 def image_with_holes(path, data_mib=6, zero_mib=10, hole_mib=8):

@@ -221,3 +221,11 @@ def test_a_cloud_init_seed_has_the_cidata_label_and_its_three_files(tmp_path):
 def test_bad_seed_input_is_refused(tmp_path, kwargs, expected):
     with pytest.raises(MediaError, match=expected):
         build_seed(tmp_path / "seed.iso", **kwargs)
+
+
+def test_device_detection_elsewhere_than_linux_says_it_is_not_supported(monkeypatch):
+    from vboxlab.media.usb import UnsupportedPlatform, device_source
+
+    monkeypatch.setattr("sys.platform", "darwin")
+    with pytest.raises(UnsupportedPlatform, match=r"Linux .* only; on darwin"):
+        device_source()

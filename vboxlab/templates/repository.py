@@ -18,8 +18,15 @@ from typing import Any
 from vboxlab import __version__
 from vboxlab.errors import BuildError, TemplateNotBuilt, TemplateNotFound
 from vboxlab.paths import cache_dir, repo_root
-from vboxlab.templates.definition import DEFINITION_FILE, Template, load_template
+from vboxlab.templates.definition import (
+    DEFINITION_FILE,
+    Template,
+    TemplateDefinition,
+    load_template,
+)
 from vboxlab.templates.initramfs import Progress, build_image, inputs_digest, resolve_inputs
+from vboxlab.templates.pins import read_pins
+from vboxlab.templates.versions import TemplateRequest, newest, parse_version
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -107,21 +114,90 @@ class TemplateRepository:
     def image_dir(self, template: Template) -> Path:
         return self.images / template.name / template.version
 
-    def built(self, name: str) -> BuiltTemplate:
-        """The built image of ``name``; raises TemplateNotBuilt with the command to build it."""
-        template = self.definition(name)
-        folder = self.image_dir(template)
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            raise TemplateNotBuilt(
-                f"template {name!r} ({template.version}) is not built yet; build it with "
-                f"`vboxlab templates build {name}` (or `make template`)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("source_digest") != template.source_digest():
-            raise TemplateNotBuilt(
-                f"template {name!r}: its definition in {template.folder} changed since it was "
-                f"built; rebuild it with `vboxlab templates build {name}`")
+    def installed(self, name: str | None = None) -> list[BuiltTemplate]:
+        """Every usable built image (of ``name``), oldest version first.
+
+        A half-built or interrupted build never counts: only folders whose
+        manifest was written last, by a finished build or a verified import.
+        """
+        found = []
+        names = [name] if name is not None else sorted(
+            p.name for p in self.images.iterdir() if p.is_dir()) if self.images.is_dir() else []
+        for each in names:
+            folder = self.images / each
+            if not folder.is_dir():
+                continue
+            for version_dir in folder.iterdir():
+                if version_dir.name.startswith(".") or not (version_dir / MANIFEST).is_file():
+                    continue
+                built = self._from_manifest(version_dir)
+                if built is not None:
+                    found.append(built)
+        return sorted(found, key=lambda b: (b.template.name, parse_version(b.template.version)))
+
+    def _from_manifest(self, folder: Path) -> BuiltTemplate | None:
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("ignoring %s: unreadable manifest (%s)", folder, exc)
+            return None
+        if "definition" in manifest:
+            definition = TemplateDefinition.model_validate(manifest["definition"])
+            return BuiltTemplate(Template(definition, folder), folder, manifest)
+        try:  # built before manifests carried their definition
+            template = self.definition(manifest["name"])
+        except (TemplateNotFound, KeyError):
+            return None
+        if template.version != manifest.get("version"):
+            return None
         return BuiltTemplate(template, folder, manifest)
+
+    def built(self, request: str) -> BuiltTemplate:
+        """The image for ``request`` (``tiny``, ``tiny@1.0.0``, ``debian-12>=1.1,<2``).
+
+        A bare name means the version pinned for it (see :mod:`pins`), else the
+        version its definition says, else (no definition here, say an imported
+        template) the newest installed. The error lists what there is.
+        """
+        wanted = TemplateRequest.parse(request)
+        pinned = read_pins().get(wanted.name)
+        if wanted.spec is None and pinned is not None:
+            wanted = TemplateRequest.parse(f"{wanted.name}=={pinned}")
+        definitions = self.definitions()
+        template = definitions.get(wanted.name)
+        installed = self.installed(wanted.name)
+        have = ", ".join(b.template.version for b in installed) or "none"
+        if template is None and not installed:
+            listed = ", ".join(sorted(set(definitions) | {b.template.name
+                                                          for b in self.installed()})) or "none"
+            where = ", ".join(str(p) for p in self.search) or "no template folders"
+            raise TemplateNotFound(f"unknown template {wanted.name!r}; known templates: "
+                                   f"{listed} (searched {where})")
+        if wanted.spec is None and template is not None:
+            chosen = [b for b in installed if b.template.version == template.version]
+            if not chosen:
+                raise TemplateNotBuilt(
+                    f"template {wanted.name!r} ({template.version}) is not built yet; build it "
+                    f"with `vboxlab templates build {wanted.name}` (or `make template`); "
+                    f"installed versions: {have}")
+        else:
+            chosen = [b for b in installed if wanted.matches(b.template.version)]
+            if not chosen:
+                buildable = (f"; its definition ({template.version}) "
+                             + ("matches: build it with `vboxlab templates build "
+                                f"{wanted.name}`" if wanted.matches(template.version)
+                                else "does not match either")) if template else ""
+                raise TemplateNotBuilt(f"no installed version of {wanted.name!r} matches "
+                                       f"{wanted}; installed: {have}{buildable}")
+        built = chosen[-1]
+        if template is not None and built.template.version == template.version and \
+                built.manifest.get("source_digest") not in (None, template.source_digest()) \
+                and built.manifest.get("imported") is None:
+            raise TemplateNotBuilt(
+                f"template {wanted.name!r}: its definition in {template.folder} changed since "
+                f"version {template.version} was built; rebuild it with `vboxlab templates "
+                f"build {wanted.name}` (or give it a new version to keep the old one)")
+        return built
 
     def status(self, name: str) -> str:
         """``built``, ``stale`` or ``not built`` (without asking apt)."""
@@ -131,8 +207,59 @@ class TemplateRepository:
             return "stale" if "changed" in str(exc) else "not built"
         return "built"
 
+    def remove(self, name: str, version: str) -> Path:
+        """Delete one installed version; the folder it was in."""
+        with self.lock(name):
+            match = [b for b in self.installed(name) if b.template.version == version]
+            if not match:
+                have = ", ".join(b.template.version for b in self.installed(name)) or "none"
+                raise TemplateNotBuilt(f"{name} {version} is not installed; installed: {have}")
+            folder = match[0].folder
+            trash = folder.with_name(f".removing-{version}-{os.getpid()}")
+            folder.rename(trash)  # gone from listings at once, even if the delete is cut short
+            shutil.rmtree(trash)
+            return folder
+
+    def prune(self, *, dry_run: bool = False) -> list[BuiltTemplate]:
+        """Remove installed versions that are neither pinned, the newest, nor the definition's."""
+        pins = read_pins()
+        definitions = self.definitions()
+        doomed = []
+        by_name: dict[str, list[BuiltTemplate]] = {}
+        for built in self.installed():
+            by_name.setdefault(built.template.name, []).append(built)
+        for name, versions in by_name.items():
+            keep = {versions[-1].template.version, pins.get(name)}
+            if name in definitions:
+                keep.add(definitions[name].version)
+            doomed += [b for b in versions if b.template.version not in keep]
+        if not dry_run:
+            for built in doomed:
+                self.remove(built.template.name, built.template.version)
+        return doomed
+
+    def outdated(self) -> list[tuple[str, str, str, str]]:
+        """(name, pinned or in use, newest known, where the newest is) for each behind one."""
+        rows = []
+        pins = read_pins()
+        definitions = self.definitions()
+        names = sorted(set(pins) | set(definitions))
+        for name in names:
+            installed = [b.template.version for b in self.installed(name)]
+            defined = definitions[name].version if name in definitions else None
+            current = pins.get(name) or defined
+            if current is None:
+                continue
+            candidates = installed + ([defined] if defined else [])
+            best = newest(candidates)
+            if best is not None and parse_version(best) > parse_version(current):
+                where = "installed" if best in installed else "definition (not built)"
+                rows.append((name, current + (" (pinned)" if name in pins else ""), best,
+                             where))
+        return rows
+
     @contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
+    def lock(self, name: str) -> Iterator[None]:
         folder = self.images / name
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / ".lock").open("w") as handle:
@@ -159,7 +286,7 @@ class TemplateRepository:
         report("resolving Debian packages")
         packages = resolve_inputs(template)
         digest = inputs_digest(template, packages)
-        with self._lock(name):
+        with self.lock(name):
             target = self.image_dir(template)
             manifest_path = target / MANIFEST
             if not force and manifest_path.is_file():
@@ -184,6 +311,7 @@ class TemplateRepository:
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_seconds": round(time.monotonic() - started, 1),
                     "builder": f"vboxlab {__version__}",
+                    "definition": template.definition.model_dump(mode="json"),
                     **extra,
                 }
                 (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

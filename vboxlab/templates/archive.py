@@ -1,0 +1,190 @@
+"""Template archives: one compressed file (tar + gzip) that carries a built template.
+
+Layout: ``vboxlab-template/manifest.json`` first, then ``vboxlab-template/<file>``
+for every file the manifest lists with its SHA-256. Import trusts nothing: it
+refuses absolute paths, ``..``, links of any kind, devices, duplicate entries,
+files the manifest does not list and files it lists that are missing; every
+checksum is verified while the file is written into a scratch folder, and only a
+complete, verified template is renamed into the repository.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateRepository
+from vboxlab.templates.versions import parse_version
+
+TOP = "vboxlab-template"
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+
+
+class ArchiveError(VboxlabError):
+    """An archive that cannot be imported (bad, tampered or incomplete)."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    name: str
+    version: str
+    folder: Path
+    already_present: bool
+
+
+def export_template(built: BuiltTemplate, output: Path, *, level: int = 6) -> Path:
+    """Write ``built`` (manifest + files) to ``output`` as one .tar.gz; returns it."""
+    output = Path(output)
+    partial = output.with_name(f".{output.name}.partial")
+    files = built.manifest.get("files", {})
+    try:
+        with gzip.open(partial, "wb", compresslevel=level) as zipped, \
+                tarfile.open(fileobj=zipped, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for name in [MANIFEST, *sorted(files)]:
+                source = built.folder / name
+                info = tarfile.TarInfo(f"{TOP}/{name}")
+                info.size = source.stat().st_size
+                info.mtime = int(source.stat().st_mtime)
+                info.mode = 0o644
+                with source.open("rb") as handle:
+                    tar.addfile(info, handle)
+        partial.replace(output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return output
+
+
+def _check_manifest(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ArchiveError("manifest.json is not a JSON object")
+    name, version, files = data.get("name"), data.get("version"), data.get("files")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ArchiveError(f"manifest.json: name {name!r} is not a template name")
+    if not isinstance(version, str):
+        raise ArchiveError("manifest.json: version missing")
+    try:
+        parse_version(version)
+    except ConfigError as exc:
+        raise ArchiveError(f"manifest.json: {exc}") from None
+    if not isinstance(files, dict) or not files:
+        raise ArchiveError("manifest.json: no files listed")
+    for file, digest in files.items():
+        if not isinstance(file, str) or not _FILE.match(file) or file == MANIFEST:
+            raise ArchiveError(f"manifest.json lists a bad file name {file!r}")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ArchiveError(f"manifest.json: {file}: {digest!r} is not a SHA-256")
+    return data
+
+
+def _member_name(member: tarfile.TarInfo, seen: set[str]) -> str:
+    """The file name inside TOP, after refusing everything an archive must not hold."""
+    raw = member.name
+    path = PurePosixPath(raw)
+    if raw.startswith("/") or path.is_absolute():
+        raise ArchiveError(f"entry {raw!r} has an absolute path")
+    if ".." in path.parts:
+        raise ArchiveError(f"entry {raw!r} climbs out with '..'")
+    if member.issym() or member.islnk():
+        raise ArchiveError(f"entry {raw!r} is a link (to {member.linkname!r}); template archives "
+                           "hold plain files only")
+    if not member.isfile():
+        raise ArchiveError(f"entry {raw!r} is not a regular file")
+    if len(path.parts) != 2 or path.parts[0] != TOP:
+        raise ArchiveError(f"entry {raw!r} is outside {TOP}/")
+    if raw in seen:
+        raise ArchiveError(f"entry {raw!r} appears twice")
+    seen.add(raw)
+    return path.parts[1]
+
+
+def import_template(archive: Path, repository: TemplateRepository, *,
+                    force: bool = False) -> ImportResult:
+    """Verify and install an archive; raises ArchiveError naming what is wrong."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise ConfigError(f"{archive}: no such archive")
+    scratch = repository.images / f".import-{os.getpid()}-{time.monotonic_ns()}"
+    scratch.mkdir(parents=True)
+    try:
+        manifest, files = _unpack(archive, scratch)
+        name, version = manifest["name"], manifest["version"]
+        manifest["imported"] = {"from": archive.name, "at": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        with repository.lock(name):
+            target = repository.images / name / version
+            if (target / MANIFEST).is_file():
+                present = json.loads((target / MANIFEST).read_text()).get("files")
+                if present == files:
+                    return ImportResult(name, version, target, True)
+                if not force:
+                    raise ArchiveError(f"{name} {version} is already installed with different "
+                                       "files; remove it first (vboxlab templates remove "
+                                       f"{name}@{version}) or import with --force")
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            scratch.rename(target)
+        return ImportResult(name, version, target, False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    seen: set[str] = set()
+    manifest: dict[str, Any] | None = None
+    written: set[str] = set()
+    try:
+        with tarfile.open(archive, mode="r|gz") as tar:
+            for member in tar:
+                name = _member_name(member, seen)
+                stream = tar.extractfile(member)
+                if stream is None:
+                    raise ArchiveError(f"entry {member.name!r} has no data")
+                if manifest is None:
+                    if name != MANIFEST:
+                        raise ArchiveError(f"the first entry must be {TOP}/{MANIFEST}, "
+                                           f"not {member.name!r}")
+                    try:
+                        manifest = _check_manifest(json.loads(stream.read(1 << 20)))
+                    except json.JSONDecodeError as exc:
+                        raise ArchiveError(f"manifest.json is not valid JSON: {exc}") from None
+                    continue
+                files: dict[str, str] = manifest["files"]
+                if name not in files:
+                    raise ArchiveError(f"entry {member.name!r} is not listed in the manifest")
+                digest = _copy_hashing(stream, scratch / name)
+                if digest != files[name]:
+                    raise ArchiveError(f"{name}: SHA-256 {digest} does not match the manifest's "
+                                       f"{files[name]}: the archive is corrupted or was "
+                                       "tampered with")
+                written.add(name)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+        raise ArchiveError(f"{archive}: not a readable template archive ({exc})") from None
+    if manifest is None:
+        raise ArchiveError(f"{archive}: empty archive (no {TOP}/{MANIFEST})")
+    missing = sorted(set(manifest["files"]) - written)
+    if missing:
+        raise ArchiveError(f"{archive}: files listed in the manifest are missing: "
+                           f"{', '.join(missing)}")
+    return manifest, dict(manifest["files"])
+
+
+def _copy_hashing(stream: IO[bytes], target: Path) -> str:
+    digest = hashlib.sha256()
+    with target.open("xb") as out:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
