@@ -21,7 +21,6 @@ from vboxlab.lab import clean as clean_labs
 from vboxlab.lab import list_labs, read_lab
 from vboxlab.net import load_topology
 from vboxlab.paths import state_base
-from vboxlab.templates import TemplateRepository
 
 console = Console()
 
@@ -65,38 +64,6 @@ def doctor(as_json: bool) -> None:
                       c.fix] for c in checks])
     if any(c.essential and not c.ok for c in checks):
         sys.exit(1)
-
-
-@main.group()
-def templates() -> None:
-    """List and build VM templates."""
-
-
-@templates.command("list")
-def templates_list() -> None:
-    """List template definitions and whether each is built."""
-    repo = TemplateRepository()
-    print_table(["name", "version", "status", "description"],
-                [[name, template.version, repo.status(name), template.definition.description]
-                 for name, template in sorted(repo.definitions().items())])
-
-
-@templates.command("build")
-@click.argument("names", nargs=-1, required=True)
-@click.option("--force", is_flag=True, help="Rebuild even if the inputs did not change")
-def templates_build(names: tuple[str, ...], force: bool) -> None:
-    """Build templates into the user's cache (skipped when their inputs are unchanged)."""
-    repo = TemplateRepository()
-    for name in names:
-        with console.status(f"building {name}") as status:
-            def progress(step: str, name: str = name) -> None:
-                status.update(f"{name}: {step}")
-                if not console.is_terminal:
-                    click.echo(f"{name}: {step}")
-
-            built, ran = repo.build(name, force=force, progress=progress)
-        verb = f"built in {built.manifest.get('build_seconds')} s" if ran else "up to date"
-        click.echo(f"{name} {built.template.version}: {verb} ({built.folder})")
 
 
 @main.command()
@@ -265,14 +232,16 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
     click.echo(f"removed {len(removed)} lab(s)" + (f": {', '.join(removed)}" if removed else ""))
 
 
-def _add_media_commands() -> None:
+def _add_commands() -> None:
     from vboxlab.media.cli import iso, usb
+    from vboxlab.templates.cli import templates
 
+    main.add_command(templates)
     main.add_command(iso)
     main.add_command(usb)
 
 
-_add_media_commands()
+_add_commands()
 
 
 def run() -> None:

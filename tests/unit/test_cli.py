@@ -36,4 +36,38 @@ def test_doctor_reports_json(monkeypatch):
 def test_build_of_an_unknown_template_fails_with_the_known_ones():
     result = CliRunner().invoke(main, ["templates", "build", "nope"])
     assert result.exit_code != 0
-    assert "known templates: tiny" in str(result.exception)
+    assert "known templates: debian-12, netlab, tiny" in str(result.exception)
+
+
+def test_the_template_repository_commands(tmp_path, monkeypatch):
+    from vboxlab.templates import TemplateRepository
+
+    from .test_repository import install
+
+    monkeypatch.setenv("VBOXLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VBOXLAB_PINS", str(tmp_path / "pins.lock"))
+    repo = TemplateRepository()
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        install(repo, "shared", version)
+    runner = CliRunner()
+
+    def ok(*argv):
+        result = runner.invoke(main, list(argv))
+        assert result.exit_code == 0, (argv, result.output, result.exception)
+        return result.output
+
+    listed = ok("templates", "list")
+    assert "shared\t1.0.0\tbuilt" in listed and "shared\t2.0.0" in listed
+    assert "tiny\t1.0.0" in listed  # the definitions are listed too
+    assert "sha256" in ok("templates", "inspect", "shared>=1.1,<2")
+    assert json.loads(ok("templates", "inspect", "shared@1.0.0", "--json"))["version"] == "1.0.0"
+    assert "pinned shared to 1.1.0" in ok("templates", "pin", "shared>=1.1,<2")
+    assert "shared\t1.1.0 (pinned)\t2.0.0" in ok("templates", "outdated")
+    assert "would remove shared 1.0.0" in ok("templates", "prune", "--dry-run")
+    assert "removed shared 1.0.0" in ok("templates", "prune")
+    archive = tmp_path / "shared.tar.gz"
+    assert "shared 2.0.0" in ok("templates", "export", "shared@2.0.0", "-o", str(archive))
+    assert "removed shared 2.0.0" in ok("templates", "remove", "shared@2.0.0")
+    assert "shared 2.0.0: installed" in ok("templates", "import", str(archive))
+    bad = runner.invoke(main, ["templates", "remove", "shared"])
+    assert bad.exit_code != 0 and "give NAME@VERSION" in str(bad.exception)

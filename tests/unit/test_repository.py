@@ -1,10 +1,14 @@
+"""The template repository: definitions, installed versions, constraints, pins, prune, outdated."""
+
+import hashlib
 import json
 import shutil
 
 import pytest
 
-from vboxlab.errors import TemplateNotBuilt, TemplateNotFound
+from vboxlab.errors import ConfigError, TemplateNotBuilt, TemplateNotFound
 from vboxlab.templates import TemplateRepository
+from vboxlab.templates.pins import read_pins, write_pin
 
 DEFINITION = """
 name = "mini"
@@ -16,16 +20,34 @@ recipe = "initramfs"
 
 
 @pytest.fixture
-def repo(tmp_path):
+def repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("VBOXLAB_PINS", str(tmp_path / "pins.lock"))
     defs = tmp_path / "defs"
     (defs / "mini").mkdir(parents=True)
     (defs / "mini" / "template.toml").write_text(DEFINITION)
     return TemplateRepository(cache=tmp_path / "cache", search=[defs])
 
 
+def install(repo, name, version, *, digest=None):
+    """An installed image as a build leaves it: files, then the manifest."""
+    folder = repo.images / name / version
+    folder.mkdir(parents=True)
+    files = {}
+    for file in ("vmlinuz", "initrd.cpio", "disk.qcow2"):
+        data = f"{name} {version} {file}".encode()
+        (folder / file).write_bytes(data)
+        files[file] = hashlib.sha256(data).hexdigest()
+    definition = {"name": name, "version": version, "description": f"{name} {version}",
+                  "build": {"recipe": "initramfs"}}
+    manifest = {"name": name, "version": version, "files": files, "definition": definition,
+                "source_digest": digest, "built_at": "2026-11-27T00:00:00Z"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
 def test_unknown_template_lists_the_known_ones(repo):
     with pytest.raises(TemplateNotFound, match=r"unknown template 'nope'; known templates: mini"):
-        repo.definition("nope")
+        repo.built("nope")
 
 
 def test_template_not_built_says_the_command_that_builds_it(repo):
@@ -34,23 +56,87 @@ def test_template_not_built_says_the_command_that_builds_it(repo):
     assert repo.status("mini") == "not built"
 
 
-def fake_build(repo):
-    template = repo.definition("mini")
-    folder = repo.image_dir(template)
-    folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps(
-        {"source_digest": template.source_digest()}))
-    return template
-
-
 def test_built_template_is_found_and_goes_stale_when_its_definition_changes(repo):
-    template = fake_build(repo)
-    assert repo.built("mini").folder == repo.image_dir(template)
+    template = repo.definition("mini")
+    folder = install(repo, "mini", "0.1.0", digest=template.source_digest())
+    assert repo.built("mini").folder == folder
     assert repo.status("mini") == "built"
     (template.folder / "extra").write_text("changed")
-    with pytest.raises(TemplateNotBuilt, match="changed since it was built"):
+    with pytest.raises(TemplateNotBuilt, match=r"changed since version 0\.1\.0 was built"):
         repo.built("mini")
     assert repo.status("mini") == "stale"
+
+
+def test_constraints_pick_the_newest_matching_installed_version(repo):
+    for version in ("0.1.0", "1.0.0", "1.2.0", "2.0.0"):
+        install(repo, "mini", version)
+    assert repo.built("mini>=1.0,<2").template.version == "1.2.0"
+    assert repo.built("mini@1.0.0").template.version == "1.0.0"
+    assert repo.built("mini==2.0.0").template.version == "2.0.0"
+    assert repo.built("mini~=1.0").template.version == "1.2.0"
+    with pytest.raises(TemplateNotBuilt) as missing:
+        repo.built("mini>=3")
+    assert "installed: 0.1.0, 1.0.0, 1.2.0, 2.0.0" in str(missing.value)
+    assert "definition (0.1.0) does not match" in str(missing.value)
+    with pytest.raises(ConfigError, match="is not a version constraint"):
+        repo.built("mini>=banana")
+    with pytest.raises(ConfigError, match="write NAME, NAME@VERSION"):
+        repo.built("Mini!")
+
+
+def test_a_bare_name_means_the_pin_else_the_definition_else_the_newest(repo, tmp_path):
+    for version in ("0.1.0", "1.0.0", "2.0.0"):
+        install(repo, "mini", version)
+    assert repo.built("mini").template.version == "0.1.0"  # what the definition says
+    write_pin("mini", "1.0.0")
+    assert read_pins() == {"mini": "1.0.0"}
+    assert repo.built("mini").template.version == "1.0.0"
+    assert "mini = \"1.0.0\"" in (tmp_path / "pins.lock").read_text()
+    install(repo, "shared", "3.1.0")  # imported: no definition here
+    install(repo, "shared", "3.0.0")
+    assert repo.built("shared").template.version == "3.1.0"
+
+
+def test_unfinished_images_are_never_listed(repo):
+    install(repo, "mini", "1.0.0")
+    (repo.images / "mini" / ".build-1.1.0-123").mkdir()
+    (repo.images / "mini" / "1.1.0").mkdir()  # a folder without its manifest
+    assert [b.template.version for b in repo.installed("mini")] == ["1.0.0"]
+
+
+def test_prune_keeps_the_newest_the_defined_and_the_pinned(repo):
+    for version in ("0.1.0", "0.5.0", "1.0.0", "1.5.0", "2.0.0"):
+        install(repo, "mini", version)
+    write_pin("mini", "1.0.0")
+    planned = [b.template.version for b in repo.prune(dry_run=True)]
+    assert planned == ["0.5.0", "1.5.0"]
+    assert len(repo.installed("mini")) == 5
+    repo.prune()
+    assert [b.template.version for b in repo.installed("mini")] == ["0.1.0", "1.0.0", "2.0.0"]
+
+
+def test_outdated_names_pinned_versions_with_newer_ones(repo):
+    install(repo, "mini", "1.0.0")
+    install(repo, "mini", "1.1.0")
+    write_pin("mini", "1.0.0")
+    assert repo.outdated() == [("mini", "1.0.0 (pinned)", "1.1.0", "installed")]
+    write_pin("mini", None)
+    assert repo.outdated() == [("mini", "0.1.0", "1.1.0", "installed")]
+
+
+def test_remove_deletes_one_version_and_says_what_there_is(repo):
+    install(repo, "mini", "1.0.0")
+    install(repo, "mini", "2.0.0")
+    repo.remove("mini", "1.0.0")
+    assert [b.template.version for b in repo.installed("mini")] == ["2.0.0"]
+    with pytest.raises(TemplateNotBuilt, match=r"installed: 2\.0\.0"):
+        repo.remove("mini", "1.0.0")
+
+
+def test_a_broken_pins_file_is_named(repo, tmp_path):
+    (tmp_path / "pins.lock").write_text("[pins]\nmini = 1\n")
+    with pytest.raises(ConfigError, match=r"pins.lock: pins.mini: give the version as a string"):
+        read_pins()
 
 
 def test_a_users_own_templates_come_first(tmp_path, monkeypatch):

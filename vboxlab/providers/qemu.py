@@ -133,26 +133,47 @@ class QemuMachine:
             what=f"creating the overlay of {self.name}", error=ProviderError)
         extra = io.BytesIO()
         cpio = CpioWriter(extra)
-        cpio.add_file("etc/ssh/ssh_host_ed25519_key", self.spec.host_key.private_openssh, 0o600)
-        cpio.add_file("etc/ssh/ssh_host_ed25519_key.pub",
-                      self.spec.host_key.public_line.encode() + b"\n")
-        cpio.add_file("etc/ssh/authorized_keys", self.spec.authorized_key.encode() + b"\n")
-        cpio.add_file("etc/hostname", self.name.encode() + b"\n")
-        cpio.add_file("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n"
-                      f"{self.spec.hosts}".encode())
-        cpio.add_file("etc/vboxlab/interfaces", "".join(
-            f"{nic.name} {nic.address or '-'} {nic.mac}\n" for nic in self.spec.nics).encode())
-        cpio.add_file("etc/vboxlab/routes", "".join(
-            f"{network} {via}\n" for network, via in self.spec.routes).encode())
-        if self.spec.forward:
-            cpio.add_file("etc/vboxlab/forward", b"1\n")
+        for name, data, mode in self._vm_files():
+            if self._files_prefix:
+                cpio.add_tree_dirs(str(Path(self._files_prefix + name).parent))
+            cpio.add_file(self._files_prefix + name, data, mode)
         cpio.close()
         self._ledger.add("file", f"initrd {self.name}", path=str(self.initrd))
         with self.initrd.open("wb") as out, self.spec.template.initrd.open("rb") as base:
             shutil.copyfileobj(base, out, 1 << 20)
+            # the kernel reads a following cpio only at a 4-byte boundary (zeros are skipped):
+            # a compressed base (Debian's zstd initrd) ends anywhere
+            out.write(b"\0" * (-out.tell() % 512))
             out.write(extra.getvalue())
         self.initrd.chmod(0o600)  # it holds the VM's private host key
         (work / "console.log").touch()
+
+    @property
+    def _files_prefix(self) -> str:
+        """Where the per-VM files go in the appended cpio: the initramfs is the root
+        (initramfs templates), or a hook copies ``vboxlab/root/`` into the root disk."""
+        into = self.spec.template.template.definition.boot.files_into
+        return "vboxlab/root/" if into == "rootfs" else ""
+
+    def _vm_files(self) -> list[tuple[str, bytes, int]]:
+        """This VM's own files: host key, authorized key, names, lab interfaces and routes."""
+        spec = self.spec
+        files = [
+            ("etc/ssh/ssh_host_ed25519_key", spec.host_key.private_openssh, 0o600),
+            ("etc/ssh/ssh_host_ed25519_key.pub", spec.host_key.public_line.encode() + b"\n",
+             0o644),
+            ("etc/ssh/authorized_keys", spec.authorized_key.encode() + b"\n", 0o644),
+            ("etc/hostname", self.name.encode() + b"\n", 0o644),
+            ("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n{spec.hosts}".encode(),
+             0o644),
+            ("etc/vboxlab/interfaces", "".join(f"{nic.name} {nic.address or '-'} {nic.mac}\n"
+                                               for nic in spec.nics).encode(), 0o644),
+            ("etc/vboxlab/routes", "".join(f"{network} {via}\n"
+                                           for network, via in spec.routes).encode(), 0o644),
+        ]
+        if spec.forward:
+            files.append(("etc/vboxlab/forward", b"1\n", 0o644))
+        return files
 
     @property
     def console_log(self) -> Path:

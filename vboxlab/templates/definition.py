@@ -34,9 +34,12 @@ class Resources(_Strict):
 
 
 class Boot(_Strict):
-    """How the template boots: the kernel command line of a direct kernel boot."""
+    """How the template boots: the kernel command line of a direct kernel boot, and where
+    each VM's own files (host key, hostname, lab interfaces) go."""
 
     cmdline: str = "console=ttyS0"
+    files_into: Literal["initramfs", "rootfs"] = Field(
+        "initramfs", description="initramfs: it is the root; rootfs: a hook copies them to disk")
 
 
 class Access(_Strict):
@@ -49,8 +52,11 @@ class Access(_Strict):
 class Build(_Strict):
     """The build recipe and what it is based on."""
 
-    recipe: Literal["initramfs"]
+    recipe: Literal["initramfs", "debootstrap"]
     base: Literal["debian-12"] = "debian-12"
+    suite: str = Field("bookworm", pattern=r"^[a-z]+$", description="debootstrap: the suite")
+    mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://[^\s]+$",
+                        description="debootstrap: the Debian mirror")
     kernel_package: str = "linux-image-amd64"
     packages: tuple[str, ...] = ()
     binaries: tuple[str, ...] = Field((), description="files taken out of the packages")

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vboxlab import __version__
+from vboxlab import __version__, procs
 from vboxlab.errors import BuildError, TemplateNotBuilt, TemplateNotFound
 from vboxlab.paths import cache_dir, repo_root
+from vboxlab.templates import rootfs
+from vboxlab.templates.debs import Package
 from vboxlab.templates.definition import (
     DEFINITION_FILE,
     Template,
@@ -273,6 +275,14 @@ class TemplateRepository:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _drop_dead_builds(self, name: str) -> None:
+        """Remove scratch folders of builds whose process died (killed, power cut)."""
+        for scratch in (self.images / name).glob(".build-*"):
+            pid = scratch.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not procs.is_alive(int(pid), None):
+                log.info("removing %s, left by a build that did not finish", scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
+
     def build(self, name: str, *, force: bool = False,
               progress: Progress | None = None) -> tuple[BuiltTemplate, bool]:
         """Build ``name`` unless an image with the same inputs exists.
@@ -283,9 +293,14 @@ class TemplateRepository:
         """
         report = progress or (lambda step: log.info("%s: %s", name, step))
         template = self.definition(name)
-        report("resolving Debian packages")
-        packages = resolve_inputs(template)
-        digest = inputs_digest(template, packages)
+        recipe = template.definition.build.recipe
+        packages: list[Package] = []
+        if recipe == "initramfs":
+            report("resolving Debian packages")
+            packages = resolve_inputs(template)
+            digest = inputs_digest(template, packages)
+        else:
+            digest = rootfs.inputs_digest(template)
         with self.lock(name):
             target = self.image_dir(template)
             manifest_path = target / MANIFEST
@@ -293,12 +308,16 @@ class TemplateRepository:
                 manifest = json.loads(manifest_path.read_text())
                 if manifest.get("inputs_digest") == digest:
                     return BuiltTemplate(template, target, manifest), False
+            self._drop_dead_builds(name)
             scratch = self.images / name / f".build-{template.version}-{os.getpid()}"
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
             started = time.monotonic()
             try:
-                extra = build_image(template, packages, scratch, self.cache / "debs", report)
+                if recipe == "initramfs":
+                    extra = build_image(template, packages, scratch, self.cache / "debs", report)
+                else:
+                    extra = rootfs.build_image(template, scratch, self.cache, report)
                 manifest = {
                     "name": template.name,
                     "version": template.version,
