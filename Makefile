@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 # Debian packages the tests and the template build need on the host
 APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
-	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso
+	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
+	debootstrap
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps venv template setup demo test lint unit bench clean-labs
+.PHONY: help deps venv template templates setup demo test lint unit bench clean-labs
 
 help:
 	@echo "make demo   - set up, build the tiny template, run examples/ against real VMs"
@@ -48,6 +49,11 @@ venv: $(VENV)/.installed
 template: deps venv
 	$(BIN)/vboxlab templates build tiny
 
+# the Debian templates (debootstrap, about 1.5 min each the first time; cached after)
+templates: deps venv template
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/vboxlab templates build debian-12 netlab; \
+	else echo "not building debian-12 and netlab: debootstrap needs root (their tests will skip)"; fi
+
 setup: deps venv template
 
 demo: setup
@@ -59,7 +65,7 @@ lint: venv
 	$(BIN)/ruff check vboxlab tests examples benchmarks conftest.py
 	$(BIN)/mypy
 
-test: setup lint
+test: setup templates lint
 	@mkdir -p $(REPORTS)
 	$(BIN)/pytest --junitxml=$(REPORTS)/test-junit.xml $(PYTEST_ARGS)
 	@echo "test report: $(CURDIR)/$(REPORTS)/test-junit.xml"
@@ -67,9 +73,13 @@ test: setup lint
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-bench: setup
+bench: setup templates
 	@mkdir -p $(REPORTS)
 	$(BIN)/python benchmarks/boot.py --output $(REPORTS)/bench-boot.json
+	$(BIN)/python benchmarks/snapshots.py --output $(REPORTS)/bench-snapshots.json
+	$(BIN)/python benchmarks/fabric.py --output $(REPORTS)/bench-fabric.json
+	$(BIN)/python benchmarks/media.py --output $(REPORTS)/bench-media.json
+	$(BIN)/python benchmarks/templates.py --output $(REPORTS)/bench-templates.json
 
 clean-labs: venv
 	$(BIN)/vboxlab clean

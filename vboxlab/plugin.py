@@ -124,7 +124,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.vm)
 
 
-def _missing(reason: str) -> NoReturn:
+def missing_capability(reason: str) -> NoReturn:
     """Skip outside CI; under CI a missing capability is a failure."""
     if in_ci():
         pytest.fail(f"missing capability under CI: {reason}", pytrace=False)
@@ -135,7 +135,7 @@ def require_tool(tool: str, package: str) -> str:
     """The path of a host tool a test needs; skips outside CI and fails under CI if missing."""
     path = shutil.which(tool)
     if path is None:
-        _missing(f"{tool} is not installed (apt-get install {package})")
+        missing_capability(f"{tool} is not installed (apt-get install {package})")
     return path
 
 
@@ -317,7 +317,7 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
         path = request.config.rootpath / path
     model = load_topology(path)
     if model.needs_root and os.geteuid() != 0:
-        _missing(f"topology {path.name} has netns nodes, which need root")
+        missing_capability(f"topology {path.name} has netns nodes, which need root")
     built = lab.network(model, seed=marker.kwargs.get("seed") if marker is not None else None)
     built.capture_all(lab.dir / "captures")  # attached to the report if the test fails
     try:
@@ -330,7 +330,7 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
 # -- the test protocol ---------------------------------------------------------
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") and os.geteuid() != 0:
-        _missing("the test needs root on the host")
+        missing_capability("the test needs root on the host")
     if item.get_closest_marker("vm"):
         require_tool("qemu-system-x86_64", "qemu-system-x86")
 
