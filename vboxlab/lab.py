@@ -283,7 +283,10 @@ class Lab:
         for name, machine in self.machines.items():
             state = machine.state.value
             snaps = ", ".join(n.name for n in machine.snapshots) or "none"
-            if state == "running":
+            enter = getattr(machine.handle, "enter_argv", None)
+            if state == "running" and enter is not None:  # a netns host: no SSH
+                lines.append(f"  {name} (running netns host): {' '.join(enter())} sh")
+            elif state == "running":
                 lines.append(f"  {name} (running): vboxlab ssh {self.id} {name}{where}")
             else:
                 lines.append(f"  {name} ({state}; snapshots: {snaps}): vboxlab snapshots restore "

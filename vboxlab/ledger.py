@@ -102,7 +102,7 @@ def release(resource: Resource) -> None:
         if "pid" in data:
             procs.kill(int(data["pid"]), data.get("start"))
         if marker:  # also catches a process started before its pid was written
-            for pid in _pids_with_marker(str(marker)):
+            for pid in procs.pids_mentioning(str(marker)):
                 procs.kill(pid, None)
     elif resource.kind in ("file", "socket"):
         Path(data["path"]).unlink(missing_ok=True)
@@ -110,13 +110,3 @@ def release(resource: Resource) -> None:
         shutil.rmtree(data["path"], ignore_errors=True)
     else:
         raise ValueError(f"unknown resource kind {resource.kind!r}")
-
-
-def _pids_with_marker(marker: str) -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me and \
-                any(marker in part for part in procs.cmdline(int(entry.name))):
-            found.append(int(entry.name))
-    return found

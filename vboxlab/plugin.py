@@ -254,7 +254,7 @@ def vm(request: pytest.FixtureRequest, lab: Lab) -> Generator[Machine, None, Non
     yield machine
 
 
-class BootMedia:
+class BootMediaFixture:
     """The ``boot_media`` fixture: ``boot_media(tree, append=..., way=...)`` -> a booted Machine."""
 
     def __init__(self, the_lab: Lab) -> None:
@@ -286,14 +286,14 @@ _media_numbers = itertools.count(1)
 
 
 @pytest.fixture
-def boot_media(lab: Lab) -> Iterator[BootMedia]:
+def boot_media(lab: Lab) -> Iterator[BootMediaFixture]:
     """Build a folder into a bootable ISO with the template's kernel, boot it, get the Machine.
 
     ``boot_media(tree, append="lab.role=x", way="uefi-cdrom")``; ways: bios-cdrom,
     bios-usb, uefi-cdrom, uefi-usb (a USB way with ``device=`` writes the image to
     that block device first). The machines go away after the test.
     """
-    media = BootMedia(lab)
+    media = BootMediaFixture(lab)
     try:
         yield media
     finally:

@@ -50,6 +50,25 @@ def cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def pids_mentioning(marker: str, *, cwd_too: bool = False) -> list[int]:
+    """Other processes whose argv mentions ``marker`` (or, with ``cwd_too``, that work in it)."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        if any(marker in part for part in cmdline(pid)):
+            found.append(pid)
+        elif cwd_too:
+            try:
+                if str((entry / "cwd").readlink()).startswith(marker):
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
+
+
 def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
           cwd: Path | None = None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session; when ``tied``, it is SIGKILLed if we die.

@@ -69,3 +69,12 @@ def test_boot_media_input_errors(boot_media, tree):
     (tree / "boot" / "vmlinuz").write_text("not a kernel")
     with pytest.raises(MediaError, match="boot/vmlinuz is already in the source tree"):
         boot_media(tree)
+
+
+@pytest.mark.root
+def test_uefi_from_a_usb_stick_too(boot_media, tree, loop_device):
+    require_tool("grub-mkstandalone", "grub-common")
+    machine = boot_media(tree, append="vboxlab.proof=efi-usb", way="uefi-usb",
+                         device=loop_device, allow_fixed=True)
+    assert "vboxlab.proof=efi-usb" in cmdline(machine)
+    machine.succeed("test -d /sys/firmware/efi")

@@ -281,7 +281,12 @@ class TemplateRepository:
             pid = scratch.name.rsplit("-", 1)[-1]
             if pid.isdigit() and not procs.is_alive(int(pid), None):
                 log.info("removing %s, left by a build that did not finish", scratch)
+                # its tools (dpkg-deb, debootstrap, mke2fs) may outlive it: stop them first
+                for orphan in procs.pids_mentioning(str(scratch), cwd_too=True):
+                    procs.kill(orphan, procs.start_time(orphan))
                 shutil.rmtree(scratch, ignore_errors=True)
+                if scratch.exists():
+                    log.warning("could not remove %s completely", scratch)
 
     def build(self, name: str, *, force: bool = False,
               progress: Progress | None = None) -> tuple[BuiltTemplate, bool]:
