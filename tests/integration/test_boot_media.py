@@ -78,3 +78,33 @@ def test_uefi_from_a_usb_stick_too(boot_media, tree, loop_device):
                          device=loop_device, allow_fixed=True)
     assert "vboxlab.proof=efi-usb" in cmdline(machine)
     machine.succeed("test -d /sys/firmware/efi")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_a_menu_with_a_timeout_boots_its_default_entry(lab, tree, firmware):
+    """Two entries, the second the default, a 1 s timeout: ISOLINUX's menu.c32 / GRUB's menu."""
+    from vboxlab.media import BootSpec, build_iso
+    from vboxlab.providers.base import BootMedia
+
+    if firmware == "uefi":
+        require_tool("grub-mkstandalone", "grub-common")
+    name = f"menu-{firmware}"
+    image = lab.dir / name / "media.iso"
+    machine = lab.vm(name, boot=False, memory=512 if firmware == "uefi" else None,
+                     media=BootMedia(image, "cdrom", firmware))
+    base = lab.repository.built(lab.default_template)
+    cmdline_base = base.template.definition.boot.cmdline
+    spec = BootSpec.model_validate({
+        "default": "second", "timeout": 1,
+        "entry": [{"name": "first", "title": "First", "kernel": "boot/vmlinuz",
+                   "initrd": "boot/initrd.img", "append": f"{cmdline_base} entry=first"},
+                  {"name": "second", "title": "Second", "kernel": "boot/vmlinuz",
+                   "initrd": "boot/initrd.img", "append": f"{cmdline_base} entry=second"}]})
+    build_iso(tree, image, boot=spec, extra={"boot/vmlinuz": base.kernel,
+                                             "boot/initrd.img": machine.handle.initrd})
+    try:
+        machine.boot()
+        assert "entry=second" in machine.succeed("cat /proc/cmdline").split()
+    finally:
+        lab.remove_vm(name)
