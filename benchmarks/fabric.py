@@ -208,22 +208,25 @@ def vde_pairs(lab: Lab, runs: int, delay_ms: float, loss: float) -> dict[str, li
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt-get install vde2")
     log = lab.dir / "vde.log"
-    nic = {side: (lambda sock, side=side: NicSpec(
-        "eth1", mac_for(lab.id, f"b{side}", "eth1"), -1, f"10.250.9.{1 if side == 'l' else 2}/24",
-        vde=str(sock))) for side in "lr"}
+
+    def nics(left: Path, right: Path) -> tuple[NicSpec, NicSpec]:
+        """The two guests' NICs, plugged into the switches at ``left`` and ``right``."""
+        return tuple(NicSpec("eth1", mac_for(lab.id, node, "eth1"), -1, f"10.250.9.{i}/24",
+                             vde=str(sock))
+                     for i, (node, sock) in enumerate((("bl", left), ("br", right)), 1))
     procs_: list[subprocess.Popen] = []
     try:
         one = lab.dir / "vde1"
         procs_.append(spawn_tool(["vde_switch", "-s", str(one)], log))
         wait_socket(one)
-        results = {"vde_switch_s": measure_pair(lab, nic["l"](one), nic["r"](one), runs)}
+        results = {"vde_switch_s": measure_pair(lab, *nics(one, one), runs)}
         two = lab.dir / "vde2"
         procs_.append(spawn_tool(["vde_switch", "-s", str(two)], log))
         wait_socket(two)
         wire = spawn_tool(["wirefilter", "-N", "-v", f"{one}:{two}"], log)
         procs_.append(wire)
         time.sleep(0.5)
-        results["vde_wirefilter_clean_s"] = measure_pair(lab, nic["l"](one), nic["r"](two), runs)
+        results["vde_wirefilter_clean_s"] = measure_pair(lab, *nics(one, two), runs)
         procs_.remove(wire)
         wire.kill()
         wire.wait()
@@ -231,8 +234,7 @@ def vde_pairs(lab: Lab, runs: int, delay_ms: float, loss: float) -> dict[str, li
                            "-l", f"{loss * 100:g}"], log)
         procs_.append(wire)
         time.sleep(0.5)
-        results["vde_wirefilter_impaired_s"] = measure_pair(lab, nic["l"](one), nic["r"](two),
-                                                            runs)
+        results["vde_wirefilter_impaired_s"] = measure_pair(lab, *nics(one, two), runs)
         return results
     finally:
         for proc in procs_:

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from vboxlab import __version__
 from vboxlab.doctor import run_checks
@@ -21,20 +19,7 @@ from vboxlab.lab import clean as clean_labs
 from vboxlab.lab import list_labs, read_lab
 from vboxlab.net import load_topology
 from vboxlab.paths import state_base
-
-console = Console()
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A table on a terminal; tab-separated lines (header first) for pipes and scripts."""
-    if console.is_terminal:
-        table = Table(*headers)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-    else:
-        for line in [headers, *rows]:
-            click.echo("\t".join(cell.replace("\t", " ") for cell in line))
+from vboxlab.tables import print_table
 
 
 def _base(lab_dir: str | None) -> Path:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vboxlab.accel import probe_kvm
-from vboxlab.errors import VboxlabError
+from vboxlab.errors import HostError, VboxlabError
 from vboxlab.hosttools import QEMU_BINARY
 from vboxlab.templates import TemplateRepository
 
@@ -68,12 +68,16 @@ def _fabric() -> Check:
 
 
 def _netns() -> Check:
-    if os.geteuid() != 0:
-        return Check("netns hosts", False, "need root", "run as root to use provider: netns")
+    from vboxlab.providers.netns import require_root
+
+    try:
+        require_root("provider: netns")
+    except HostError as exc:
+        return Check("netns hosts", False, str(exc), "run as root; modprobe tun")
     missing = [t for t in ("unshare", "nsenter") if shutil.which(t) is None]
-    if missing or not Path("/dev/net/tun").exists():
-        return Check("netns hosts", False, f"missing: {', '.join(missing) or '/dev/net/tun'}",
-                     "apt-get install util-linux; modprobe tun")
+    if missing:
+        return Check("netns hosts", False, f"missing: {', '.join(missing)}",
+                     "apt-get install util-linux")
     return Check("netns hosts", True, "namespaces and tap devices available")
 
 

@@ -110,6 +110,15 @@ class Lab:
         tmp.replace(self.dir / LEASE)
 
     # -- machines -------------------------------------------------------
+    def _check_new_machine(self, name: str) -> None:
+        if self._closed:
+            raise ConfigError(f"lab {self.id} is closed")
+        if not _VM_NAME.match(name):
+            raise ConfigError(f"invalid machine name {name!r}: use 1-20 lower-case letters, "
+                              "digits and '-', starting with a letter")
+        if name in self.machines:
+            raise ConfigError(f"lab {self.id} already has a machine called {name!r}")
+
     @property
     def provider(self) -> Provider:
         if self._provider is None:
@@ -127,13 +136,7 @@ class Lab:
         With ``rollback``, the pytest plugin returns the machine after every test
         to the state it had when the first test using it started.
         """
-        if self._closed:
-            raise ConfigError(f"lab {self.id} is closed")
-        if not _VM_NAME.match(name):
-            raise ConfigError(f"invalid VM name {name!r}: use 1-20 lower-case letters, digits "
-                              "and '-', starting with a letter")
-        if name in self.machines:
-            raise ConfigError(f"lab {self.id} already has a VM called {name!r}")
+        self._check_new_machine(name)
         built = self.repository.built(template or self.default_template)
         resources = built.template.definition.resources
         memory = memory or resources.memory
@@ -186,13 +189,7 @@ class Lab:
         """
         from vboxlab.providers.netns import NetnsHost, NsenterChannel
 
-        if self._closed:
-            raise ConfigError(f"lab {self.id} is closed")
-        if not _VM_NAME.match(name):
-            raise ConfigError(f"invalid host name {name!r}: use 1-20 lower-case letters, "
-                              "digits and '-', starting with a letter")
-        if name in self.machines:
-            raise ConfigError(f"lab {self.id} already has a machine called {name!r}")
+        self._check_new_machine(name)
         workdir = self.dir / name
         workdir.mkdir(mode=0o700)
         handle = NetnsHost(name, workdir, self.ledger, taps=tuple(taps), hosts=hosts,

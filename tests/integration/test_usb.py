@@ -84,8 +84,10 @@ def test_disks_are_listed_with_what_they_hold(make_loop):
     found = devices[loop]
     assert found.transport == "loop" and not found.removable and found.size == 32 * MiB
     assert found.backing_file.endswith("stick0.img")
+    assert found.identity == (found.backing_file, 32 * MiB)  # a loop device has no serial
+    assert int(run("blockdev", "--getsize64", str(loop))) == found.size  # an independent reader
     root = next(d for d in devices.values() if "/" in d.mountpoints)
-    assert root.identity[1] == root.size
+    assert root.path.is_block_device() and root.size > found.size and root.transport != "loop"
 
 
 def test_the_image_is_written_byte_for_byte_and_zero_runs_are_not_sent(make_loop, tmp_path):

@@ -71,3 +71,27 @@ def test_the_template_repository_commands(tmp_path, monkeypatch):
     assert "shared 2.0.0: installed" in ok("templates", "import", str(archive))
     bad = runner.invoke(main, ["templates", "remove", "shared"])
     assert bad.exit_code != 0 and "give NAME@VERSION" in str(bad.exception)
+
+
+def test_the_iso_commands(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "hello.txt").write_text("hi\n")
+    runner = CliRunner()
+    built = runner.invoke(main, ["iso", "build", str(tmp_path / "src"), "-o",
+                                 str(tmp_path / "out.iso"), "--label", "CLI_TEST"])
+    assert built.exit_code == 0, built.output
+    assert "1 files" in built.output and (tmp_path / "out.iso").is_file()
+    (tmp_path / "user-data").write_text("#cloud-config\npackages: [nginx]\n")
+    (tmp_path / "net.yaml").write_text("version: 2\nethernets: {eth0: {dhcp4: true}}\n")
+    seed = runner.invoke(main, ["iso", "seed", "-o", str(tmp_path / "seed.iso"), "--user-data",
+                                str(tmp_path / "user-data"), "--network-config",
+                                str(tmp_path / "net.yaml"), "--hostname", "web"])
+    assert seed.exit_code == 0, seed.output
+    (tmp_path / "net.yaml").write_text("ethernets: {}\n")
+    bad = runner.invoke(main, ["iso", "seed", "-o", str(tmp_path / "seed2.iso"), "--user-data",
+                               str(tmp_path / "user-data"), "--network-config",
+                               str(tmp_path / "net.yaml")])
+    assert bad.exit_code != 0 and "needs 'version: 1' or 'version: 2'" in str(bad.exception)
+    label = runner.invoke(main, ["iso", "build", str(tmp_path / "src"), "-o",
+                                 str(tmp_path / "x.iso"), "--label", "no spaces"])
+    assert label.exit_code != 0 and "characters ISO 9660 does not allow" in str(label.exception)

@@ -78,5 +78,5 @@ def test_lab_ids_differ_and_carry_the_worker(tmp_path):
 
 @pytest.mark.parametrize("name", ["Web", "1vm", "a" * 21, "with space", "x/y"])
 def test_bad_vm_names_are_refused_before_anything_starts(tmp_path, name):
-    with Lab(base=tmp_path) as lab, pytest.raises(ConfigError, match="invalid VM name"):
+    with Lab(base=tmp_path) as lab, pytest.raises(ConfigError, match="invalid machine name"):
         lab.vm(name)

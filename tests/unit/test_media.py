@@ -100,7 +100,7 @@ def test_what_cannot_go_on_an_image_is_refused_by_name(tmp_path, make, expected)
     assert not list(tmp_path.glob(".x.iso*"))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a device file needs root")
+@pytest.mark.root  # mknod of a device file needs root
 def test_device_files_are_refused(tmp_path):
     root = tmp_path / "src"
     root.mkdir()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,8 +20,8 @@ from rich.progress import (
 from vboxlab.media.bootspec import BootSpec
 from vboxlab.media.iso import build_iso
 from vboxlab.media.seed import build_seed
-from vboxlab.media.tree import MediaError
 from vboxlab.media.usb import Overrides, device_source, write_image
+from vboxlab.tables import print_table
 
 console = Console(stderr=True)
 
@@ -80,13 +79,6 @@ def iso_build(source: Path, output: Path, label: str, boot_file: Path | None,
                + (f", boots with {' and '.join(ways)}" if ways else ""))
 
 
-def _yaml_file(path: Path | None) -> Any:
-    if path is None:
-        return None
-    text = path.read_text()
-    return text if path.name.startswith("user") else yaml.safe_load(text)
-
-
 @iso.command("seed")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--user-data", required=True, type=click.Path(exists=True, dir_okay=False,
@@ -97,13 +89,10 @@ def _yaml_file(path: Path | None) -> Any:
 def iso_seed(output: Path, user_data: Path, meta_data: Path | None,
              network_config: Path | None, hostname: str | None) -> None:
     """Build a cloud-init NoCloud seed image (label cidata)."""
-    try:
-        result = build_seed(output, user_data=user_data.read_text(),
-                            meta_data=_yaml_file(meta_data) if meta_data else None,
-                            network_config=_yaml_file(network_config) if network_config else None,
-                            hostname=hostname)
-    except yaml.YAMLError as exc:
-        raise MediaError(f"not valid YAML: {exc}") from None
+    result = build_seed(output, user_data=user_data.read_text(),
+                        meta_data=meta_data.read_text() if meta_data else None,
+                        network_config=network_config.read_text() if network_config else None,
+                        hostname=hostname)
     click.echo(f"{result.path}: cloud-init seed, {result.size} bytes")
 
 
@@ -116,8 +105,6 @@ def usb() -> None:
 @click.option("--all", "show_all", is_flag=True, help="Also list fixed disks and loop devices")
 def usb_list(show_all: bool) -> None:
     """Removable disks (with --all: every disk) and what they hold."""
-    from vboxlab.cli import print_table
-
     rows = []
     for dev in device_source().devices():
         if not (dev.removable or show_all):

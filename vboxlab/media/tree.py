@@ -36,7 +36,6 @@ class Entry:
     source: Path
     rel: PurePosixPath  # relative path in the tree (real names)
     kind: str  # "dir", "file", "symlink"
-    size: int = 0
     mode: int = 0o644
     target: str = ""  # symlink target
     iso_path: str = ""  # /NAME/FILE.EXT;1
@@ -108,7 +107,7 @@ def _add_extra(top: Entry, rel: PurePosixPath, host: Path, joliet: bool) -> None
         parent = found
     if any(c.rel.name == rel.name for c in parent.children):
         raise MediaError(f"extra file {rel} is already in the source tree; rename one")
-    _attach(parent, Entry(host, rel, "file", size=host.stat().st_size, mode=0o644), joliet)
+    _attach(parent, Entry(host, rel, "file", mode=0o644), joliet)
 
 
 def _attach(parent: Entry, entry: Entry, check_joliet: bool) -> Entry:
@@ -148,7 +147,7 @@ def _fill(parent: Entry, real_root: Path, joliet: bool) -> None:
         elif stat.S_ISDIR(info.st_mode):
             entry = Entry(path, rel, "dir", mode=mode)
         elif stat.S_ISREG(info.st_mode):
-            entry = Entry(path, rel, "file", size=info.st_size, mode=mode)
+            entry = Entry(path, rel, "file", mode=mode)
         else:
             kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else
                     "a socket" if stat.S_ISSOCK(info.st_mode) else "a device file")

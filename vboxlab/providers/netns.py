@@ -157,21 +157,18 @@ class NetnsHost:
 
         assert self._ns_pid is not None
         ns_path = f"/proc/{self._ns_pid}/ns/net"
+        # host-side names unique to this lab, host and interface (15 characters at most)
+        temporary = [f"vl{self._digest(tap.name)}{index}" for index, tap in enumerate(self.taps)]
         with IPRoute() as host:
-            for index, tap in enumerate(self.taps):
-                # a host-side name unique to this lab, host and interface (15 characters at most)
-                digest = hashlib.sha256(f"{self._lab_id}/{self.name}/{tap.name}".encode())
-                temporary = f"vl{digest.hexdigest()[:10]}{index}"
-                fd = open_tap(temporary)
-                self.tap_fds.append(fd)
-                (link,) = host.link_lookup(ifname=temporary)
+            for name in temporary:
+                self.tap_fds.append(open_tap(name))
+                (link,) = host.link_lookup(ifname=name)
                 host.link("set", index=link, net_ns_pid=self._ns_pid)
         with IPRoute(netns=ns_path) as inside:
             (loopback,) = inside.link_lookup(ifname="lo")
             inside.link("set", index=loopback, state="up")
-            for index, tap in enumerate(self.taps):
-                digest = hashlib.sha256(f"{self._lab_id}/{self.name}/{tap.name}".encode())
-                (link,) = inside.link_lookup(ifname=f"vl{digest.hexdigest()[:10]}{index}")
+            for tap, name in zip(self.taps, temporary, strict=True):
+                (link,) = inside.link_lookup(ifname=name)
                 inside.link("set", index=link, ifname=tap.name, address=tap.mac)
                 if tap.address:
                     address, _, prefix = tap.address.partition("/")
@@ -181,6 +178,9 @@ class NetnsHost:
                 inside.route("add", dst=network, gateway=via)
         if self.forward:
             self._run_setup(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+
+    def _digest(self, interface: str) -> str:
+        return hashlib.sha256(f"{self._lab_id}/{self.name}/{interface}".encode()).hexdigest()[:10]
 
     def _run_setup(self, argv: list[str]) -> None:
         result = self._nsenter(argv, timeout=10)
@@ -300,8 +300,7 @@ class NsenterChannel:
             err.seek(0)
             stdout, stderr = out.read().decode(errors="replace"), err.read().decode(
                 errors="replace")
-        if self.host.state() is not MachineState.RUNNING:
-            self.host.check_alive()
+        self.host.check_alive()  # a command that ended because the host did is not a result
         with self.host.console_log.open("a") as log:
             log.write(f"{time.strftime('%H:%M:%S')} $ {command} -> exit {rc}\n")
         return CommandResult(command, rc, stdout, stderr)

@@ -10,18 +10,13 @@ import click
 from rich.console import Console
 
 from vboxlab.errors import ConfigError
+from vboxlab.tables import print_table
 from vboxlab.templates.archive import export_template, import_template
 from vboxlab.templates.pins import pins_path, read_pins, write_pin
 from vboxlab.templates.repository import TemplateRepository
 from vboxlab.templates.versions import TemplateRequest
 
 console = Console(stderr=True)
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> None:
-    from vboxlab.cli import print_table
-
-    print_table(headers, rows)
 
 
 def _size(folder: Path) -> str:
@@ -59,7 +54,7 @@ def templates_list() -> None:
                      "pinned" if pins.get(name) == version else "",
                      built.template.definition.description])
     rows.sort(key=lambda r: (r[0], r[1]))
-    _table(["name", "version", "status", "size", "pin", "description"], rows)
+    print_table(["name", "version", "status", "size", "pin", "description"], rows)
 
 
 @templates.command("build")
@@ -144,7 +139,7 @@ def templates_outdated() -> None:
     """Templates whose pinned (or defined) version has a newer one."""
     rows = [list(row) for row in TemplateRepository().outdated()]
     if rows:
-        _table(["name", "in use", "newest", "newest is"], rows)
+        print_table(["name", "in use", "newest", "newest is"], rows)
     else:
         click.echo("all templates are at their newest version")
 
@@ -162,8 +157,7 @@ def templates_pin(request: str, remove: bool) -> None:
         return
     if wanted.spec is None:
         raise ConfigError(f"{request!r}: say which version, as NAME@VERSION")
-    write_pin(wanted.name, None)  # resolve without the old pin
-    built = repo.built(str(wanted))
+    built = repo.built(str(wanted))  # an explicit version: pins do not apply
     write_pin(wanted.name, built.template.version)
     click.echo(f"pinned {wanted.name} to {built.template.version} in {pins_path()}")
 
