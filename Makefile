@@ -80,6 +80,9 @@ bench: setup templates
 	$(BIN)/python benchmarks/fabric.py --output $(REPORTS)/bench-fabric.json
 	$(BIN)/python benchmarks/media.py --output $(REPORTS)/bench-media.json
 	$(BIN)/python benchmarks/templates.py --output $(REPORTS)/bench-templates.json
+	$(BIN)/python benchmarks/console.py --output $(REPORTS)/bench-console.json
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python benchmarks/leaks.py --output $(REPORTS)/bench-leaks.json; \
+	else echo "not running benchmarks/leaks.py: it needs root"; fi
 
 clean-labs: venv
 	$(BIN)/vboxlab clean

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vboxlab.leftovers import describe, find_leftovers
 from vboxlab.paths import cache_dir
 
 pytest_plugins = ["pytester"]
@@ -34,32 +35,16 @@ _OWNER = pytest.StashKey[str]()
 
 
 def _leftovers(folder: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "qemu-system" in argv and folder in argv:
-                found.append(f"qemu process {entry.name}")
-            try:
-                cwd = str((entry / "cwd").readlink())
-            except OSError:
-                continue
-            if cwd.startswith(folder + "/") and argv.startswith(("unshare", "sleep")):
-                found.append(f"netns holder process {entry.name} in {cwd}")
-    found += [f"tap device {p.name}" for p in Path("/sys/class/net").glob("vl*")]
+    """What the run's labs left (vboxlab.leftovers), plus mounts and loop devices of tests."""
+    found = describe(find_leftovers(Path(folder)))
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]
-        if "/pytest-of-" in point or point.startswith(folder):
+        if "/pytest-of-" in point:
             found.append(f"mount {point}")
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         text = backing.read_text().strip()
-        if "/pytest-of-" in text or text.startswith(folder):
+        if "/pytest-of-" in text:
             found.append(f"loop device /dev/{backing.parent.parent.name} over {text}")
-    if Path(folder).is_dir():
-        found += [f"lab folder {p}" for p in Path(folder).iterdir() if p.is_dir()]
     return found
 
 

@@ -34,8 +34,8 @@ from boot import emit, percentile
 from vboxlab.lab import Lab
 from vboxlab.net import Topology
 from vboxlab.net.fabric import Fabric
-from vboxlab.net.fabric.control import socket_pair
-from vboxlab.net.wire import mac_for
+from vboxlab.net.plan import mac_for
+from vboxlab.net.wire import socket_pair
 from vboxlab.providers.base import NicSpec
 
 BROADCAST = b"\xff" * 6
@@ -52,7 +52,7 @@ class Bench:
     def __init__(self, folder: Path) -> None:
         self.pairs = [socket_pair() for _ in range(2)]
         self.fabric = Fabric(folder)
-        self.fabric.start([far.fileno() for _, far in self.pairs])
+        self.fabric.start()
         for port, (_, far) in enumerate(self.pairs):
             self.fabric.add_port(port, far.fileno(), 0)
         self.fabric.seed(42)
@@ -211,7 +211,7 @@ def vde_pairs(lab: Lab, runs: int, delay_ms: float, loss: float) -> dict[str, li
 
     def nics(left: Path, right: Path) -> tuple[NicSpec, NicSpec]:
         """The two guests' NICs, plugged into the switches at ``left`` and ``right``."""
-        return tuple(NicSpec("eth1", mac_for(lab.id, node, "eth1"), -1, f"10.250.9.{i}/24",
+        return tuple(NicSpec("eth1", mac_for(lab.id, node, "eth1"), f"10.250.9.{i}/24",
                              vde=str(sock))
                      for i, (node, sock) in enumerate((("bl", left), ("br", right)), 1))
     procs_: list[subprocess.Popen] = []

@@ -14,10 +14,11 @@ import click
 from vboxlab import __version__
 from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
-from vboxlab.kept import KeptMachine
-from vboxlab.lab import clean as clean_labs
-from vboxlab.lab import list_labs, read_lab
+from vboxlab.labdirs import attach_machine, find_lab, list_labs
+from vboxlab.labdirs import clean as clean_labs
+from vboxlab.machine import Machine
 from vboxlab.net import load_topology
+from vboxlab.net.plan import describe
 from vboxlab.paths import state_base
 from vboxlab.tables import print_table
 
@@ -30,7 +31,26 @@ lab_dir_option = click.option("--lab-dir", default=None, envvar="VBOXLAB_STATE_D
                               help="Folder holding the labs (as pytest's --lab-dir)")
 
 
-@click.group()
+class VboxlabClickError(click.ClickException):
+    """A vboxlab error as the command line shows it: one line, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"vboxlab: error: {self.message}", err=True)
+
+
+class _Commands(click.Group):
+    """Every command's vboxlab errors become one clear line (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except VboxlabError as exc:
+            raise VboxlabClickError(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="vboxlab")
 def main() -> None:
     """vboxlab: labs of real machines for pytest."""
@@ -75,17 +95,18 @@ def labs(lab_dir: str | None) -> None:
 @lab_dir_option
 def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None) -> None:
     """Open a shell (or run COMMAND) in a VM of a kept or running lab."""
-    folder = _base(lab_dir) / lab_id
-    record = read_lab(folder)
-    if record is None:
-        known = ", ".join(r.id for r in list_labs(_base(lab_dir))) or "none"
-        raise click.ClickException(f"no lab {lab_id!r} in {_base(lab_dir)}; labs: {known}")
+    record = find_lab(_base(lab_dir), lab_id)
+    folder = record.dir
     info = record.machines.get(vm_name)
     if info is None:
         raise click.ClickException(f"lab {lab_id} has no VM {vm_name!r}; VMs: "
                                    f"{', '.join(record.machines) or 'none'}")
     if not info.get("running"):
         raise click.ClickException(f"VM {vm_name} of lab {lab_id} is not running")
+    if info.get("provider", "qemu") != "qemu" or not isinstance(info.get("ssh"), dict):
+        raise click.ClickException(f"{vm_name} of lab {lab_id} has no SSH (a "
+                                   f"{info.get('provider')} machine); vboxlab labs shows how "
+                                   "to reach it")
     ssh_bin = shutil.which("ssh")
     if ssh_bin is None:
         raise click.ClickException("ssh not found; install it with: apt-get install "
@@ -107,19 +128,12 @@ def snapshots() -> None:
     """Inspect and restore the snapshots of a kept lab's VMs."""
 
 
-def _kept(lab_dir: str | None, lab_id: str, vm_name: str) -> KeptMachine:
-    folder = _base(lab_dir) / lab_id
-    record = read_lab(folder)
-    if record is None:
-        known = ", ".join(r.id for r in list_labs(_base(lab_dir))) or "none"
-        raise click.ClickException(f"no lab {lab_id!r} in {_base(lab_dir)}; labs: {known}")
-    if record.owner_alive:
-        raise click.ClickException(f"lab {lab_id} belongs to the live process "
-                                   f"{record.owner_pid}; change its snapshots from its tests")
-    try:
-        return KeptMachine(folder, vm_name)
-    except VboxlabError as exc:
-        raise click.ClickException(str(exc)) from None
+def _kept(lab_dir: str | None, lab_id: str, vm_name: str, *,
+          unplug_nics: bool = False) -> Machine:
+    """A kept lab's machine, attached through its provider, its snapshot tree reconciled."""
+    machine = attach_machine(_base(lab_dir), lab_id, vm_name, unplug_nics=unplug_nics)
+    machine.sync_snapshots()
+    return machine
 
 
 @snapshots.command("list")
@@ -128,7 +142,7 @@ def _kept(lab_dir: str | None, lab_id: str, vm_name: str) -> KeptMachine:
 @lab_dir_option
 def snapshots_list(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
     """List a VM's snapshots."""
-    tree = _kept(lab_dir, lab_id, vm_name).sync()
+    tree = _kept(lab_dir, lab_id, vm_name).snapshots
     print_table(["snapshot", "parent", "taken", "size", "kind", "test", "outcome"],
                 [[node.name + (" *" if node.name == tree.current else ""), node.parent or "-",
                   time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.created)),
@@ -142,22 +156,23 @@ def snapshots_list(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
 @lab_dir_option
 def snapshots_tree(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
     """Print a VM's snapshot tree (* marks the current state)."""
-    click.echo(_kept(lab_dir, lab_id, vm_name).sync().render())
+    click.echo(_kept(lab_dir, lab_id, vm_name).snapshots.render())
 
 
 @snapshots.command("restore")
 @click.argument("lab_id")
 @click.argument("vm_name")
 @click.argument("snapshot")
+@click.option("--unplugged", is_flag=True,
+              help="Start a stopped VM with its lab NICs unplugged (its network ended with "
+                   "the run that made it)")
 @lab_dir_option
-def snapshots_restore(lab_id: str, vm_name: str, snapshot: str, lab_dir: str | None) -> None:
+def snapshots_restore(lab_id: str, vm_name: str, snapshot: str, unplugged: bool,
+                      lab_dir: str | None) -> None:
     """Bring a VM back to a snapshot (starting it if it is stopped)."""
-    machine = _kept(lab_dir, lab_id, vm_name)
-    machine.sync()
-    try:
-        machine.restore(snapshot)
-    except VboxlabError as exc:
-        raise click.ClickException(str(exc)) from None
+    machine = _kept(lab_dir, lab_id, vm_name, unplug_nics=unplugged)
+    machine.restore(snapshot)
+    machine.channel.close()
     click.echo(f"{vm_name} restored to {snapshot}; reach it with: vboxlab ssh {lab_id} "
                f"{vm_name}" + (f" --lab-dir {lab_dir}" if lab_dir else ""))
 
@@ -172,11 +187,7 @@ def snapshots_delete(lab_id: str, vm_name: str, snapshot: str, subtree: bool,
                      lab_dir: str | None) -> None:
     """Delete a snapshot (one with children only with --subtree)."""
     machine = _kept(lab_dir, lab_id, vm_name)
-    machine.sync()
-    try:
-        gone = machine.delete(snapshot, subtree=subtree)
-    except VboxlabError as exc:
-        raise click.ClickException(str(exc)) from None
+    gone = machine.delete_snapshot(snapshot, subtree=subtree)
     click.echo(f"deleted {', '.join(gone)}")
 
 
@@ -199,7 +210,7 @@ def topology_check(files: tuple[Path, ...], quiet: bool) -> None:
             failed = True
             continue
         if not quiet:
-            click.echo(parsed.describe())
+            click.echo(describe(parsed))
     if failed:
         sys.exit(1)
 

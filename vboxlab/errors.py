@@ -3,15 +3,20 @@
 Every message says what happened, why, and how to fix it::
 
     VboxlabError                     root of everything vboxlab raises
-     ├── ConfigError                 bad input: an option, a name, a value
+     ├── ConfigError                 bad input: an option, a name, a value (a ValueError)
      │    ├── TemplateNotFound       no template definition by that name
-     │    └── TemplateNotBuilt       the definition exists, the image does not
+     │    ├── TemplateNotBuilt       the definition exists, the image does not
+     │    ├── UntrustedImage         a template's files are not what its manifest says
+     │    └── HostFileNotFound       a host path given to vboxlab does not exist
      ├── HostError                   the host lacks a tool, a device or memory
+     │    └── UnsafeStateDir         the state folder is not private to this user
      ├── BuildError                  a template build failed
      ├── ProviderError               the hypervisor failed (start, QMP, crash)
-     │    └── MachineDied            the VM process ended while it was needed
+     │    ├── MachineDied            the VM process ended while it was needed
+     │    └── NotSupported           the provider lacks a capability (snapshots, ...)
      ├── ChannelError                the command channel (SSH) failed
-     │    └── BootTimeout            the guest never answered
+     │    ├── BootTimeout            the guest never answered
+     │    └── GuestFileNotFound      a guest path to copy does not exist
      ├── CommandTimeout              a guest command ran past its timeout
      ├── WaitTimeout                 a wait_until_* condition never held
      └── GuestCommandError           the guest said no: a test finding,
@@ -25,7 +30,7 @@ class VboxlabError(Exception):
     """Root of every error vboxlab raises."""
 
 
-class ConfigError(VboxlabError):
+class ConfigError(VboxlabError, ValueError):
     """Bad input: an option, a name, a file or a value."""
 
 
@@ -37,8 +42,20 @@ class TemplateNotBuilt(ConfigError):
     """The template is defined but its image is not in the cache."""
 
 
+class UntrustedImage(ConfigError):
+    """A template image or archive is not what its manifest says (a backing file, say)."""
+
+
+class HostFileNotFound(ConfigError, FileNotFoundError):
+    """A host file or folder handed to vboxlab does not exist."""
+
+
 class HostError(VboxlabError):
     """The host lacks something vboxlab needs (a tool, memory, a device)."""
+
+
+class UnsafeStateDir(HostError):
+    """The state folder is not a private folder of this user (owner, mode or a symlink)."""
 
 
 class BuildError(VboxlabError):
@@ -53,12 +70,20 @@ class MachineDied(ProviderError):
     """The VM process ended while a command or a wait needed it."""
 
 
+class NotSupported(ProviderError):
+    """The machine's provider does not offer what was asked (snapshots, port forwards, ...)."""
+
+
 class ChannelError(VboxlabError):
     """The command channel to a guest failed."""
 
 
 class BootTimeout(ChannelError):
     """The guest never answered on its command channel."""
+
+
+class GuestFileNotFound(ChannelError, FileNotFoundError):
+    """A guest file or folder to copy does not exist."""
 
 
 class CommandTimeout(VboxlabError):

@@ -37,8 +37,20 @@ class KeyPair:
 
     def public_key(self) -> paramiko.PKey:
         """The public half as a paramiko key (for pinning a host key)."""
-        kind, blob = self.public_line.split()[:2]
-        return paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+        return public_key_from_line(self.public_line)
+
+
+def public_key_from_line(line: str) -> paramiko.PKey:
+    """A paramiko public key from an OpenSSH line (``ssh-ed25519 AAAA... comment``)."""
+    from vboxlab.errors import ConfigError
+
+    parts = line.split()
+    if len(parts) < 2:
+        raise ConfigError(f"not an OpenSSH public key line: {line[:60]!r}")
+    try:
+        return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
+    except (ValueError, paramiko.SSHException) as exc:
+        raise ConfigError(f"not a usable public key ({parts[0]}): {exc}") from None
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -48,10 +60,15 @@ def write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def load(path: Path) -> KeyPair:
+    """The key pair stored at ``path`` (and ``path.pub``)."""
+    return KeyPair(path.read_bytes(), path.with_suffix(".pub").read_text().strip())
+
+
 def load_or_create(path: Path, comment: str) -> KeyPair:
     """The key pair stored at ``path`` (and ``path.pub``), made on first use."""
     if path.is_file():
-        return KeyPair(path.read_bytes(), path.with_suffix(".pub").read_text().strip())
+        return load(path)
     pair = KeyPair.generate(comment)
     write_private(path, pair.private_openssh)
     path.with_suffix(".pub").write_text(pair.public_line + "\n")

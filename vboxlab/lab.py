@@ -1,11 +1,18 @@
-"""The Lab: everything one run creates (machines, files, processes), and its cleanup.
+"""The Lab: everything one run creates (machines, networks, files, processes), and its cleanup.
 
 A lab lives in ``<state base>/<lab id>/``: ``lease.json`` names the owning
 process, ``ledger.jsonl`` lists every resource before it is created, ``lab.log``
 is the lab's log, and each machine has a folder of its own. When the lab
-closes, pending resources are released newest first (one failure is logged
-and the rest still go) and the folder is removed. A lab whose owner died is
-found by ``vboxlab clean`` (and by the next pytest run) through its lease.
+closes, every step of the teardown runs even if an earlier one fails, pending
+resources are released newest first, and the folder is removed. A lab whose
+owner died is found by ``vboxlab clean`` (and by the next pytest run) through
+its lease (see :mod:`vboxlab.labdirs`).
+
+Every machine, whatever its provider (a QEMU VM, a namespace host), is made by
+the same path: the provider creates it from a :class:`MachineSpec`, the lab
+registers it, boots it and announces it. A lab may be used from several
+threads at once: booting two VMs from a thread pool works, and the VMs live as
+long as the lab.
 """
 
 from __future__ import annotations
@@ -13,37 +20,37 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from vboxlab import procs
-from vboxlab.channels import SSHChannel
-from vboxlab.errors import ConfigError, HostError
+from vboxlab.errors import ConfigError, HostError, VboxlabError
+from vboxlab.kernelargs import check_kernel_args
 from vboxlab.keys import KeyPair, load_or_create
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
+from vboxlab.names import check_name
 from vboxlab.net.topology import Topology, load_topology
 from vboxlab.net.wire import DirectWire
-from vboxlab.paths import state_base
-from vboxlab.providers import Provider, load_provider
-from vboxlab.providers.base import BootMedia, MachineSpec, MachineState, NicSpec
+from vboxlab.paths import private_dir, state_base
+from vboxlab.providers import Provider, ProviderOptions, load_provider
+from vboxlab.providers.base import BootMedia, MachineSpec, NicSpec
 from vboxlab.templates import TemplateRepository
+from vboxlab.templates.trust import is_foreign
 
 if TYPE_CHECKING:
+    from vboxlab.net.fabric import Fabric
     from vboxlab.net.network import LinkHandle, Network
-    from vboxlab.providers.netns import TapSpec
 
 LEASE = "lease.json"
 LEDGER = "ledger.jsonl"
-_VM_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 
 
 def new_lab_id(worker: str | None = None) -> str:
@@ -69,25 +76,27 @@ class Lab:
                  template: str = "tiny", keep: bool = False, worker: str | None = None,
                  accel: str = "auto", repository: TemplateRepository | None = None,
                  boot_timeout: float = 90.0) -> None:
-        self.base = Path(base) if base is not None else state_base()
+        self.base = private_dir(Path(base) if base is not None else state_base())
         self.id = new_lab_id(worker)
         self.dir = self.base / self.id
         self.keep = keep
         self.default_template = template
+        self.default_provider = provider
         self.boot_timeout = boot_timeout
         self.repository = repository or TemplateRepository()
-        self._provider_name = provider
-        self._accel = accel
-        self._provider: Provider | None = None
+        self._options = ProviderOptions(accel=accel)
+        self._providers: dict[str, Provider] = {}
         self.machines: dict[str, Machine] = {}
         #: called with each machine once it first answers (the plugin's hook uses it)
         self.on_machine_ready: list[Callable[[Machine], None]] = []
         self._wires: list[DirectWire] = []
         self._network: Network | None = None
+        self._building_network = False
+        self._reserved: set[str] = set()
+        self._lock = threading.RLock()
         #: keep the state (machines stopped) at close, e.g. for failure snapshots
         self.keep_stopped = False
         self._closed = False
-        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.dir.mkdir(mode=0o700)
         self._write_lease(kept=False)
         self.ledger = Ledger(self.dir / LEDGER)
@@ -101,6 +110,14 @@ class Lab:
         self.log.info("lab %s created by pid %d: %s", self.id, os.getpid(), " ".join(sys.argv))
         self.user_key = load_or_create(self.dir / "id_ed25519", f"vboxlab-{self.id}")
 
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("kept" if self.keep else "open")
+        network = f", network {self._network.topology.name}" if self._network else ""
+        return (f"<Lab {self.id} {state}: {len(self.machines)} machines "
+                f"({', '.join(self.machines) or 'none'}){network}; {self.dir}>")
+
+    __str__ = __repr__
+
     # -- lease ----------------------------------------------------------
     def _write_lease(self, *, kept: bool) -> None:
         lease = {"id": self.id, "pid": os.getpid(), "start": procs.start_time(os.getpid()),
@@ -109,38 +126,80 @@ class Lab:
         tmp.write_text(json.dumps(lease, indent=2) + "\n")
         tmp.replace(self.dir / LEASE)
 
-    # -- machines -------------------------------------------------------
-    def _check_new_machine(self, name: str) -> None:
-        if self._closed:
-            raise ConfigError(f"lab {self.id} is closed")
-        if not _VM_NAME.match(name):
-            raise ConfigError(f"invalid machine name {name!r}: use 1-20 lower-case letters, "
-                              "digits and '-', starting with a letter")
-        if name in self.machines:
-            raise ConfigError(f"lab {self.id} already has a machine called {name!r}")
+    # -- providers ------------------------------------------------------
+    def provider_for(self, name: str | None = None) -> Provider:
+        """The provider called ``name`` (default: the lab's), loaded once."""
+        name = name or self.default_provider
+        with self._lock:
+            if name not in self._providers:
+                self._providers[name] = load_provider(name, self._options)
+            return self._providers[name]
 
     @property
     def provider(self) -> Provider:
-        if self._provider is None:
-            options = {"accel": self._accel} if self._provider_name == "qemu" else {}
-            self._provider = load_provider(self._provider_name, **options)
-        return self._provider
+        """The lab's default provider."""
+        return self.provider_for(None)
 
-    def vm(self, name: str, template: str | None = None, memory: int | None = None,
-           cpus: int | None = None, boot: bool = True, rollback: bool = False,
-           nics: Sequence[NicSpec] = (), hosts: str = "",
-           routes: Sequence[tuple[str, str]] = (), forward: bool = False,
-           media: BootMedia | None = None) -> Machine:
-        """Create a machine from a template and (by default) boot it until SSH answers.
+    # -- machines -------------------------------------------------------
+    def _reserve(self, name: str) -> None:
+        check_name(name, "machine")
+        with self._lock:
+            if self._closed:
+                raise ConfigError(f"lab {self.id} is closed")
+            if name in self.machines or name in self._reserved:
+                raise ConfigError(f"lab {self.id} already has a machine called {name!r}")
+            self._reserved.add(name)
 
-        With ``rollback``, the pytest plugin returns the machine after every test
-        to the state it had when the first test using it started.
-        """
-        self._check_new_machine(name)
-        built = self.repository.built(template or self.default_template)
-        resources = built.template.definition.resources
-        memory = memory or resources.memory
-        cpus = cpus or resources.cpus
+    def create(self, name: str, *, provider: str | None = None, template: str | None = None,
+               memory: int | None = None, cpus: int | None = None, rollback: bool = False,
+               nics: Sequence[NicSpec] = (), hosts: str = "",
+               routes: Sequence[tuple[str, str]] = (), forward: bool = False,
+               media: BootMedia | None = None, restrict: bool | None = None,
+               kernel_args: str = "") -> Machine:
+        """Create a machine through its provider without starting it (see :meth:`vm`)."""
+        try:
+            kernel_args = check_kernel_args(kernel_args)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: kernel_args: {exc}") from None
+        self._reserve(name)
+        workdir = self.dir / name
+        try:
+            chosen = self.provider_for(provider)
+            built = None
+            if chosen.needs_template:
+                built = self.repository.built(template or self.default_template)
+                resources = built.template.definition.resources
+                memory = memory or resources.memory
+                cpus = cpus or resources.cpus
+                self._check_resources(name, memory, cpus)
+                if restrict is None:
+                    restrict = is_foreign(built.manifest) or \
+                        built.template.definition.network.restrict
+            workdir.mkdir(mode=0o700)
+            spec = MachineSpec(
+                name=name, workdir=workdir, log=self.log, tied=not self.keep, template=built,
+                memory=memory or 0, cpus=cpus or 0,
+                host_key=KeyPair.generate(f"{name}@{self.id}"),
+                authorized_key=self.user_key.public_line, lab_id=self.id, nics=tuple(nics),
+                hosts=hosts, routes=tuple(routes), forward=forward, media=media,
+                restrict=bool(restrict), kernel_args=kernel_args)
+            handle = chosen.create(spec, self.ledger)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            with self._lock:
+                self._reserved.discard(name)
+            raise
+        machine = Machine(name, handle, handle.channel(self.user_key.paramiko_key()), self.log,
+                          boot_timeout=self.boot_timeout, state_dir=workdir, rollback=rollback)
+        with self._lock:
+            self._reserved.discard(name)
+            self.machines[name] = machine
+        if restrict:
+            self.log.info("%s: its user network is restricted (no way out but the lab's "
+                          "forwards)", name)
+        return machine
+
+    def _check_resources(self, name: str, memory: int, cpus: int) -> None:
         if memory < 64:
             raise ConfigError(f"memory={memory} MiB is too small; give at least 64")
         available = host_memory_available_mb()
@@ -151,98 +210,207 @@ class Lab:
         if cpus < 1 or cpus > (os.cpu_count() or 1) * 4:
             raise ConfigError(f"cpus={cpus} is out of range for this host "
                               f"({os.cpu_count()} CPUs)")
-        workdir = self.dir / name
-        workdir.mkdir(mode=0o700)
-        spec = MachineSpec(name=name, template=built, memory=memory, cpus=cpus, workdir=workdir,
-                           host_key=KeyPair.generate(f"{name}@{self.id}"),
-                           authorized_key=self.user_key.public_line, tied=not self.keep,
-                           log=self.log, nics=tuple(nics), hosts=hosts, routes=tuple(routes),
-                           forward=forward, media=media)
-        handle = self.provider.create(spec, self.ledger)
-        (workdir / "known_hosts.pub").write_text(spec.host_key.public_line + "\n")
-        channel = SSHChannel(name, handle.ssh_endpoint, built.template.definition.access.user,
-                             self.user_key.paramiko_key(), spec.host_key.public_key(),
-                             handle.check_alive)
-        machine = Machine(name, handle, channel, self.log, boot_timeout=self.boot_timeout,
-                          state_dir=workdir, rollback=rollback)
-        self.machines[name] = machine
-        if boot:
-            started = time.monotonic()
-            try:
-                machine.boot()
-            except Exception:
-                self.log.exception("%s did not boot", name)
-                machine.kill()
-                raise
-            self.log.info("%s answered SSH %.2f s after start", name,
-                          time.monotonic() - started)
-            for callback in self.on_machine_ready:
-                callback(machine)
-        return machine
 
-    def netns_host(self, name: str, taps: Sequence[TapSpec] = (), hosts: str = "",
-                   routes: Sequence[tuple[str, str]] = (), forward: bool = False) -> Machine:
-        """Start a network-namespace host (root only); its ``handle.tap_fds`` go to a fabric.
+    def vm(self, name: str, template: str | None = None, memory: int | None = None,
+           cpus: int | None = None, boot: bool = True, rollback: bool = False,
+           nics: Sequence[NicSpec] = (), hosts: str = "",
+           routes: Sequence[tuple[str, str]] = (), forward: bool = False,
+           media: BootMedia | None = None, *, provider: str | None = None,
+           restrict: bool | None = None, kernel_args: str = "") -> Machine:
+        """Create a machine and (by default) boot it until its command channel answers.
 
-        Topologies make these for nodes with ``provider: netns``; commands run in
-        the namespaces through nsenter, with the Machine verbs of a VM.
+        ``provider`` picks who runs it (default: the lab's, ``qemu``). With
+        ``rollback``, the pytest plugin returns the machine after every test to
+        the state it had when the first test using it started. ``restrict``
+        cuts the guest's user network off from everything but the lab's own
+        forwards (default: on for templates imported from another machine, else
+        the template's ``[network] restrict``). ``kernel_args`` are added to the
+        template's kernel command line (``"loglevel=7"``).
         """
-        from vboxlab.providers.netns import NetnsHost, NsenterChannel
-
-        self._check_new_machine(name)
-        workdir = self.dir / name
-        workdir.mkdir(mode=0o700)
-        handle = NetnsHost(name, workdir, self.ledger, taps=tuple(taps), hosts=hosts,
-                           routes=tuple(routes), forward=forward, tied=not self.keep,
-                           log=self.log, lab_id=self.id)
-        machine = Machine(name, handle, NsenterChannel(handle), self.log,
-                          boot_timeout=self.boot_timeout, state_dir=workdir)
-        self.machines[name] = machine
-        try:
-            machine.boot()
-        except Exception:
-            self.log.exception("netns host %s did not start", name)
-            self.remove_vm(name)
-            raise
-        for callback in self.on_machine_ready:
-            callback(machine)
+        machine = self.create(name, provider=provider, template=template, memory=memory,
+                              cpus=cpus, rollback=rollback, nics=nics, hosts=hosts,
+                              routes=routes, forward=forward, media=media, restrict=restrict,
+                              kernel_args=kernel_args)
+        if boot:
+            self.boot(machine)
         return machine
+
+    def netns_host(self, name: str, nics: Sequence[NicSpec] = (), hosts: str = "",
+                   routes: Sequence[tuple[str, str]] = (), forward: bool = False) -> Machine:
+        """A network-namespace host (root only): ``vm(name, provider="netns", ...)``."""
+        return self.vm(name, provider="netns", nics=nics, hosts=hosts, routes=routes,
+                       forward=forward)
+
+    def boot(self, machine: Machine) -> None:
+        """Start a created machine, wait until it answers, and announce it."""
+        started = time.monotonic()
+        try:
+            machine.power_on()
+        except Exception:
+            self.log.exception("%s did not start", machine.name)
+            self._discard(machine)
+            raise
+        self._wait_ready(machine, started)
+
+    def _wait_ready(self, machine: Machine, started: float) -> None:
+        try:
+            machine.wait_ready()
+        except Exception:
+            self.log.exception("%s did not boot", machine.name)
+            self._discard(machine)
+            raise
+        self.log.info("%s answered its command channel %.2f s after start", machine.name,
+                      time.monotonic() - started)
+        try:
+            machine.handle.on_ready(machine.channel)
+        except VboxlabError as exc:  # a missing kernel log is no reason to fail the boot
+            self.log.warning("%s: after-boot step failed: %s", machine.name, exc)
+        for callback in list(self.on_machine_ready):
+            callback(machine)
+
+    def _discard(self, machine: Machine) -> None:
+        """A machine that failed to come up: kill it, keep its files for the report."""
+        try:
+            machine.kill()
+        except Exception:
+            self.log.exception("could not kill %s", machine.name)
 
     def wire(self, a: str, b: str, *, a_address: str | None = None,
              b_address: str | None = None, interface: str = "eth1") -> DirectWire:
         """A direct cable between two VMs to be created: pass ``wire.nic(name)`` to ``vm()``."""
-        if self._closed:
-            raise ConfigError(f"lab {self.id} is closed")
-        made = DirectWire(a, b, lab_id=self.id, interface=interface, a_address=a_address,
-                          b_address=b_address)
-        self._wires.append(made)
+        with self._lock:
+            if self._closed:
+                raise ConfigError(f"lab {self.id} is closed")
+            made = DirectWire(a, b, lab_id=self.id, interface=interface, a_address=a_address,
+                              b_address=b_address)
+            self._wires.append(made)
         return made
 
-    def network(self, topology: Topology | str | Path, *, seed: int | None = None) -> Network:
-        """Build a topology (a file or a Topology) into this lab: fabric, NICs and machines."""
-        from vboxlab.net.network import Network
+    def remove_vm(self, name: str) -> None:
+        """Destroy a machine now: kill it and delete its files."""
+        with self._lock:
+            if name not in self.machines:
+                raise ConfigError(f"lab {self.id} has no machine {name!r}; machines: "
+                                  f"{', '.join(self.machines) or 'none'}")
+            machine = self.machines.pop(name)
+        machine.channel.close()
+        machine.handle.destroy()
 
-        if self._closed:
-            raise ConfigError(f"lab {self.id} is closed")
-        if self._network is not None:
-            raise ConfigError(f"lab {self.id} already has a network; one per lab")
-        if not isinstance(topology, Topology):
-            topology = load_topology(topology)
-        clash = set(topology.nodes) & set(self.machines)
-        if clash:
-            raise ConfigError(f"lab {self.id} already has VMs called {', '.join(sorted(clash))}")
-        self._network = Network(self, topology, seed=seed)
+    def __getitem__(self, name: str) -> Machine:
+        with self._lock:
+            if name not in self.machines:
+                raise KeyError(f"lab {self.id} has no machine {name!r}; machines: "
+                               f"{', '.join(self.machines) or 'none'}")
+            return self.machines[name]
+
+    def __iter__(self) -> Iterator[Machine]:
+        with self._lock:
+            return iter(list(self.machines.values()))
+
+    # -- networks -------------------------------------------------------
+    @property
+    def current_network(self) -> Network | None:
+        """The network built in this lab, if one is running."""
         return self._network
 
-    def remove_network(self) -> None:
-        """Tear the network down: its machines, then the fabric."""
-        if self._network is None:
-            return
-        for name in list(self._network.machines):
+    def network(self, topology: Topology | str | Path, *, seed: int | None = None) -> Network:
+        """Build a topology (a file or a Topology) into this lab: fabric, NICs and machines.
+
+        Returns the running :class:`~vboxlab.net.network.Network`, a context
+        manager: closing it removes its machines and fabric, after which the lab
+        can build another. Without ``seed`` a random one is drawn and logged
+        (``network.seed``) so a failure can be replayed.
+        """
+        from vboxlab.net.fabric import Fabric
+        from vboxlab.net.network import Network
+        from vboxlab.net.plan import fabric_settings, plan_network
+
+        if not isinstance(topology, Topology):
+            topology = load_topology(topology)  # a bad file is reported before anything else
+        with self._lock:
+            if self._closed:
+                raise ConfigError(f"lab {self.id} is closed")
+            if self._network is not None or self._building_network:
+                running = self._network.topology.name if self._network else "one being built"
+                raise ConfigError(f"lab {self.id} already runs a network ({running}); close it "
+                                  "first (net.close(), or build it with `with lab.network(...) "
+                                  "as net:`)")
+            clash = set(topology.nodes) & (set(self.machines) | self._reserved)
+            if clash:
+                raise ConfigError(f"lab {self.id} already has machines called "
+                                  f"{', '.join(sorted(clash))}; rename the topology's nodes")
+            self._building_network = True
+        try:
+            plan = plan_network(topology, self.id)
+            for provider, names in plan.providers.items():
+                self.provider_for(provider).preflight(names)
+            if seed is None:
+                seed = secrets.randbits(48)
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+                raise ConfigError(f"seed {seed!r}: give an integer from 0 to 2**63-1")
+            self.log.info("network %s: seed %d (replay it with seed=%d)", topology.name, seed,
+                          seed)
+            fabric = Fabric(self.dir, tied=not self.keep, ledger=self.ledger)
+            machines: dict[str, Machine] = {}
+            try:
+                fabric.start()
+                fabric.seed(seed)
+                for trunk in plan.trunks:
+                    fabric.add_trunk(trunk.id, trunk.segment_a, trunk.segment_b)
+                started = time.monotonic()
+                for node in plan.nodes:  # all start, then all are waited for: boots overlap
+                    machine = self.create(
+                        node.name, provider=node.provider, template=node.template,
+                        memory=node.memory, cpus=node.cpus,
+                        nics=tuple(NicSpec(n.name, n.mac, n.address) for n in node.nics),
+                        hosts=plan.hosts, routes=node.routes, forward=node.forward)
+                    machines[node.name] = machine
+                    machine.power_on()
+                    for nic, fd in zip(node.nics, machine.handle.fabric_fds(), strict=True):
+                        fabric.add_port(nic.port, fd, nic.segment)
+                for link in plan.links:
+                    fabric.set(link.a_to_b_dir, **fabric_settings(link.a_to_b))
+                    fabric.set(link.b_to_a_dir, **fabric_settings(link.b_to_a))
+                for machine in machines.values():
+                    self._wait_ready(machine, started)
+            except BaseException:
+                self._teardown_network(list(machines), fabric)
+                raise
+            built = Network(topology, plan, fabric, machines, seed=seed, state_dir=self.dir,
+                            on_close=self._network_closed)
+            with self._lock:
+                self._network = built
+            return built
+        finally:
+            with self._lock:
+                self._building_network = False
+
+    def _network_closed(self, network: Network) -> None:
+        """Called once by ``network.close()``: remove its machines, then its fabric."""
+        with self._lock:
+            if self._network is network:
+                self._network = None
+        if self._closed:
+            return  # the lab's own teardown releases everything
+        self._teardown_network(list(network.machines), network.fabric)
+
+    def _teardown_network(self, names: list[str], fabric: Fabric) -> None:
+        for name in reversed(names):
             if name in self.machines:
-                self.remove_vm(name)
-        self._network.close()
-        self._network = None
+                try:
+                    self.remove_vm(name)
+                except Exception:
+                    self.log.exception("could not remove %s", name)
+        try:
+            fabric.close()
+        except Exception:
+            self.log.exception("could not stop the fabric")
+
+    def remove_network(self) -> None:
+        """Tear the running network down (its machines, then the fabric), if there is one."""
+        network = self._network
+        if network is not None:
+            network.close()
 
     def node(self, name: str) -> Machine:
         """A machine of this lab's network."""
@@ -256,18 +424,6 @@ class Lab:
             raise ConfigError(f"lab {self.id} has no network; build one with lab.network(...)")
         return self._network.link(a, b)
 
-    def remove_vm(self, name: str) -> None:
-        """Destroy a machine now: kill it and delete its files."""
-        machine = self.machines.pop(name)
-        machine.channel.close()
-        machine.handle.destroy()
-
-    def __getitem__(self, name: str) -> Machine:
-        return self.machines[name]
-
-    def __iter__(self) -> Iterator[Machine]:
-        return iter(self.machines.values())
-
     # -- the end --------------------------------------------------------
     @property
     def closed(self) -> bool:
@@ -280,11 +436,9 @@ class Lab:
         for name, machine in self.machines.items():
             state = machine.state.value
             snaps = ", ".join(n.name for n in machine.snapshots) or "none"
-            enter = getattr(machine.handle, "enter_argv", None)
-            if state == "running" and enter is not None:  # a netns host: no SSH
-                lines.append(f"  {name} (running netns host): {' '.join(enter())} sh")
-            elif state == "running":
-                lines.append(f"  {name} (running): vboxlab ssh {self.id} {name}{where}")
+            if state == "running":
+                lines.append(f"  {name} (running): "
+                             f"{machine.handle.shell_hint(self.id, self.base)}")
             else:
                 lines.append(f"  {name} ({state}; snapshots: {snaps}): vboxlab snapshots restore "
                              f"{self.id} {name} SNAPSHOT{where}")
@@ -292,36 +446,70 @@ class Lab:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Release everything (or, with keep, leave the machines running for later)."""
-        if self._closed:
-            return
-        self._closed = True
-        for machine in self.machines.values():
-            machine.channel.close()
+        """Release everything (or, with keep, leave the state for later).
+
+        Every step runs even when an earlier one fails; failures are logged.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        steps: list[tuple[str, Callable[[], None]]] = [("closing channels", self._close_channels)]
         if self.keep or self.keep_stopped:
-            if self.keep_stopped and not self.keep:
-                for machine in self.machines.values():
+            steps += [("stopping machines", self._stop_for_keeping),
+                      ("writing the lease", lambda: self._write_lease(kept=True)),
+                      ("logging access", lambda: self.log.info("lab kept: %s",
+                                                               self.access_text()))]
+        else:
+            steps += [("killing machines", self._kill_machines),
+                      ("stopping the fabric", self._stop_fabric),
+                      ("releasing the ledger", self._release_ledger),
+                      ("closing wires", self._close_wires)]
+        steps.append(("closing the log", self._close_log))
+        if not (self.keep or self.keep_stopped):
+            steps.append(("removing the lab folder",
+                          lambda: shutil.rmtree(self.dir, ignore_errors=True)))
+        for what, step in steps:
+            try:
+                step()
+            except Exception:
+                logging.getLogger(__name__).exception("lab %s: %s failed", self.id, what)
+
+    def _close_channels(self) -> None:
+        for machine in list(self.machines.values()):
+            machine.channel.close()
+
+    def _stop_for_keeping(self) -> None:
+        for machine in list(self.machines.values()):
+            try:
+                if self.keep_stopped and not self.keep:
                     machine.handle.stop(timeout=0.5)  # a clean QEMU exit keeps qcow2 whole
-            self._write_lease(kept=True)
-            self.log.info("lab kept: %s", self.access_text())
-            self._close_log()
-            return
+                machine.handle.detach()
+            except Exception:
+                self.log.exception("could not stop %s", machine.name)
+
+    def _kill_machines(self) -> None:
         for machine in reversed(list(self.machines.values())):
             try:
-                if machine.state is MachineState.RUNNING:
-                    machine.kill()
+                machine.handle.destroy()
             except Exception:
                 self.log.exception("could not kill %s", machine.name)
-        if self._network is not None:
-            self._network.close()
+
+    def _stop_fabric(self) -> None:
+        network, self._network = self._network, None
+        if network is not None:
+            network.close()
+            network.fabric.close()
+
+    def _release_ledger(self) -> None:
         errors = self.ledger.release_all()
-        for made in self._wires:
-            made.close()
-        self._close_log()
         if errors:
             logging.getLogger(__name__).warning("lab %s: %d resources not released: %s",
                                                 self.id, len(errors), "; ".join(errors))
-        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _close_wires(self) -> None:
+        for made in self._wires:
+            made.close()
 
     def _close_log(self) -> None:
         self.log.removeHandler(self._log_handler)
@@ -333,81 +521,3 @@ class Lab:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-# -- labs on disk, whoever made them ---------------------------------------
-@dataclass(frozen=True)
-class LabRecord:
-    """A lab folder found on disk."""
-
-    id: str
-    dir: Path
-    owner_pid: int | None
-    owner_alive: bool
-    kept: bool
-    machines: dict[str, dict[str, object]]
-
-    @property
-    def stale(self) -> bool:
-        """Owner dead and not kept: what ``vboxlab clean`` removes."""
-        return not self.owner_alive and not self.kept
-
-
-def read_lab(folder: Path) -> LabRecord | None:
-    """The lab in ``folder``, or None if it is not one."""
-    lease_path = folder / LEASE
-    try:
-        lease = json.loads(lease_path.read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        if folder.is_dir() and (folder / LEDGER).exists():
-            return LabRecord(folder.name, folder, None, False, False, {})
-        return None
-    pid = lease.get("pid")
-    alive = isinstance(pid, int) and procs.is_alive(pid, lease.get("start"))
-    machines: dict[str, dict[str, object]] = {}
-    for info_path in sorted(folder.glob("*/machine.json")):
-        try:
-            info = json.loads(info_path.read_text())
-        except json.JSONDecodeError:
-            continue
-        running = isinstance(info.get("pid"), int) and procs.is_alive(int(info["pid"]), None) \
-            and any(f"{info_path.parent}/" in a for a in procs.cmdline(int(info["pid"])))
-        info["running"] = running
-        machines[info_path.parent.name] = info
-    return LabRecord(folder.name, folder, pid, alive, bool(lease.get("kept")), machines)
-
-
-def list_labs(base: Path | None = None) -> list[LabRecord]:
-    """Every lab under the state base."""
-    base = base or state_base()
-    if not base.is_dir():
-        return []
-    records = [read_lab(p) for p in sorted(base.iterdir()) if p.is_dir()]
-    return [r for r in records if r is not None]
-
-
-def remove_lab(record: LabRecord) -> list[str]:
-    """Release a lab's pending resources and delete its folder; returns errors."""
-    errors = Ledger(record.dir / LEDGER).release_all()
-    shutil.rmtree(record.dir, ignore_errors=True)
-    return errors
-
-
-def clean(base: Path | None = None, *, include_kept: bool = False,
-          only: str | None = None) -> list[str]:
-    """Remove labs whose owner is dead (and kept ones when asked); never a live run's lab."""
-    removed = []
-    for record in list_labs(base):
-        if only is not None and record.id != only:
-            continue
-        if record.owner_alive:
-            continue
-        if record.kept and not (include_kept or only is not None):
-            continue
-        remove_lab(record)
-        removed.append(record.id)
-    if only is not None and not removed:
-        known = [r.id for r in list_labs(base)]
-        raise ConfigError(f"no removable lab {only!r} (owner alive, or no such lab); labs: "
-                          f"{', '.join(known) or 'none'}")
-    return removed

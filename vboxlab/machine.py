@@ -6,18 +6,21 @@ import logging
 import os
 import shlex
 import threading
+import time
 from pathlib import Path
 
 from vboxlab.channels import Channel, CommandResult
 from vboxlab.errors import (
+    CommandTimeout,
     ConfigError,
     GuestCommandError,
+    HostFileNotFound,
     MachineDied,
     ProviderError,
     WaitTimeout,
 )
 from vboxlab.logs import tail
-from vboxlab.providers.base import MachineState, ProviderMachine
+from vboxlab.providers.base import Capability, MachineState, ProviderMachine, require, supports
 from vboxlab.snapshots import TREE_FILE, SnapshotNode, SnapshotTree, check_name
 from vboxlab.waiting import wait_until
 
@@ -51,7 +54,10 @@ class Machine:
         self._snapshot_lock = threading.RLock()  # schedules snapshot from another thread
 
     def __repr__(self) -> str:
-        return f"<Machine {self.name} {self.state.value}>"
+        snaps = f", {len(self._tree)} snapshots" if len(self._tree) else ""
+        return f"<Machine {self.name} {self.state.value} ({self.handle!r}{snaps})>"
+
+    __str__ = __repr__
 
     # -- state ----------------------------------------------------------
     @property
@@ -90,39 +96,47 @@ class Machine:
                                     expected="a non-zero exit status")
         return result.stdout
 
-    def wait_until_succeeds(self, command: str, timeout: float = 60.0) -> str:
-        """Retry ``command`` until it succeeds; return its stdout."""
+    def _wait_for_status(self, command: str, timeout: float, want_success: bool) -> str:
+        """Retry ``command`` until its status is what is wanted; never past ``timeout`` in all."""
+        deadline = time.monotonic() + timeout
         last: list[CommandResult] = []
+        timed_out: list[str] = []
 
         def attempt() -> str | None:
-            result = self.execute(command, timeout=max(1.0, timeout))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                result = self.execute(command, timeout=remaining)
+            except CommandTimeout as exc:
+                timed_out[:] = [str(exc)]
+                return None
             last[:] = [result]
-            return result.stdout if result.rc == 0 else None
+            return result.stdout if (result.rc == 0) == want_success else None
 
-        return wait_until(attempt, timeout=timeout, what=f"{command!r} to succeed on {self.name}",
-                          interval=0.2, abort=self.handle.check_alive,
-                          last_seen=lambda: _describe(last))
+        def seen() -> str:
+            return timed_out[0] if timed_out and not last else _describe(last)
+
+        outcome = "succeed" if want_success else "fail"
+        return wait_until(attempt, timeout=timeout, what=f"{command!r} to {outcome} on "
+                          f"{self.name}", interval=0.2, abort=self.handle.check_alive,
+                          last_seen=seen)
+
+    def wait_until_succeeds(self, command: str, timeout: float = 60.0) -> str:
+        """Retry ``command`` until it succeeds; return its stdout. Gives up after ``timeout``."""
+        return self._wait_for_status(command, timeout, True)
 
     def wait_until_fails(self, command: str, timeout: float = 60.0) -> str:
-        """Retry ``command`` until it fails; return its stdout."""
-        last: list[CommandResult] = []
-
-        def attempt() -> str | None:
-            result = self.execute(command, timeout=max(1.0, timeout))
-            last[:] = [result]
-            return result.stdout if result.rc != 0 else None
-
-        return wait_until(attempt, timeout=timeout, what=f"{command!r} to fail on {self.name}",
-                          interval=0.2, abort=self.handle.check_alive,
-                          last_seen=lambda: _describe(last))
+        """Retry ``command`` until it fails; return its stdout. Gives up after ``timeout``."""
+        return self._wait_for_status(command, timeout, False)
 
     def wait_for_port(self, port: int, timeout: float = 60.0) -> None:
         """Wait until something in the guest listens on TCP ``port``.
 
         Reads /proc/net/tcp and tcp6 in the guest, so it needs no netstat or ss.
         """
-        if not 0 < port < 65536:
-            raise ValueError(f"port must be 1..65535, got {port}")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ConfigError(f"port must be 1..65535, got {port!r}")
         pattern = f" [0-9A-Fa-f]+:{port:04X} [0-9A-Fa-f]+:[0-9A-Fa-f]{{4}} 0A "
         command = f"grep -Eq {shlex.quote(pattern)} /proc/net/tcp /proc/net/tcp6 2>/dev/null"
         try:
@@ -136,16 +150,18 @@ class Machine:
         """Copy a host file or folder into the guest."""
         local = Path(local)
         if not local.exists():
-            raise FileNotFoundError(f"copy_to: {local} does not exist on the host")
+            raise HostFileNotFound(f"copy_to: {local} does not exist on the host")
         self.channel.put(local, remote)
 
     def copy_from(self, remote: str, local: str | Path) -> None:
-        """Copy a guest file or folder to the host."""
+        """Copy a guest file or folder to the host, keeping permission bits."""
         self.channel.get(remote, Path(local))
 
     # -- network --------------------------------------------------------
     def forward_port(self, guest_port: int) -> int:
         """Expose guest TCP ``guest_port`` on 127.0.0.1; returns the host port."""
+        require(self.handle, Capability.PORT_FORWARD,
+                "reach its services from the other nodes of its topology")
         return self.handle.forward_port(guest_port)
 
     # -- snapshots ------------------------------------------------------
@@ -164,6 +180,7 @@ class Machine:
             return self._snapshot(name, kind)
 
     def _snapshot(self, name: str | None, kind: str) -> SnapshotNode:
+        require(self.handle, Capability.SNAPSHOTS, "give the node provider: qemu to use snapshots")
         if name is None:
             self._auto += 1
             while f"snap-{self._auto}" in self._tree:
@@ -211,6 +228,7 @@ class Machine:
 
     def restore(self, name: str) -> None:
         """Return the machine to snapshot ``name``: memory, processes and disk."""
+        require(self.handle, Capability.SNAPSHOTS, "give the node provider: qemu to use snapshots")
         self._tree[name]  # an unknown name raises, listing the snapshots there are
         with self._snapshot_lock:
             self._restore(name)
@@ -243,13 +261,21 @@ class Machine:
                               for s in self.handle.snapshot_list()})
 
     # -- power ----------------------------------------------------------
-    def boot(self) -> None:
-        """Start the VM (if needed) and wait until its channel answers."""
+    def power_on(self) -> None:
+        """Start the machine if it is not running (without waiting for it to answer)."""
         if self.handle.state() is not MachineState.RUNNING:
             self.handle.start()
             if len(self._tree):
                 self._tree.left()
+
+    def wait_ready(self) -> None:
+        """Wait until the command channel answers (``boot_timeout``)."""
         self.channel.connect(timeout=self.boot_timeout)
+
+    def boot(self) -> None:
+        """Start the machine (if needed) and wait until its channel answers."""
+        self.power_on()
+        self.wait_ready()
 
     def start(self) -> None:
         """Start a stopped machine and wait until it answers."""
@@ -259,7 +285,7 @@ class Machine:
         """Shut the guest down cleanly (``poweroff``), forcing it after ``timeout``."""
         if self.handle.state() is not MachineState.RUNNING:
             return
-        if self.handle.powers_off_by_command:
+        if supports(self.handle, Capability.GUEST_POWEROFF):
             try:
                 self.channel.run("(sleep 0.2; poweroff) >/dev/null 2>&1 &", timeout=5)
             except Exception as exc:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 
 def start_time(pid: int) -> int | None:
@@ -69,13 +74,59 @@ def pids_mentioning(marker: str, *, cwd_too: bool = False) -> list[int]:
     return found
 
 
+class _Spawner:
+    """One long-lived thread that starts every tied child process.
+
+    The kernel's parent-death signal fires when the *thread* that forked the
+    child ends, not the process: a VM started from a thread pool would die
+    with the pool. Forking from this thread, which lives as long as the
+    process, ties children to the process's life whichever thread asks.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[tuple[Callable[[], object], Future[object]]] = \
+            queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._owner = 0
+
+    def call(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the spawner thread and return its result (or raise its error)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive() or self._owner != os.getpid():
+                self._requests = queue.SimpleQueue()  # after a fork, start afresh
+                self._thread = threading.Thread(target=self._serve, name="vboxlab-spawner",
+                                                daemon=True)
+                self._owner = os.getpid()
+                self._thread.start()
+            if threading.current_thread() is self._thread:
+                return work()
+            done: Future[object] = Future()
+            self._requests.put((work, done))
+        return done.result()  # type: ignore[return-value]
+
+    def _serve(self) -> None:
+        requests = self._requests
+        while True:
+            work, done = requests.get()
+            try:
+                done.set_result(work())
+            except BaseException as exc:
+                done.set_exception(exc)
+
+
+_spawner = _Spawner()
+
+
 def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
           cwd: Path | None = None, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session; when ``tied``, it is SIGKILLed if we die.
 
     The tie is the kernel's parent-death signal (through util-linux ``setpriv``,
     so no Python code runs between fork and exec), which fires even when this
-    process is SIGKILLed; atexit handlers alone would not.
+    process is SIGKILLed; atexit handlers alone would not. Tied children are
+    forked by one thread that lives as long as the process (see ``_Spawner``),
+    so a child started from any thread lives until the process ends.
     """
     command = list(argv)
     if tied:
@@ -86,9 +137,13 @@ def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
             raise HostError("setpriv not found; it ties VMs to the test run's life. "
                             "Install it with: apt-get install util-linux")
         command = [setpriv, "--pdeathsig", "KILL", "--", *command]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=stderr, cwd=cwd, start_new_session=True,
-                            pass_fds=tuple(pass_fds))
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, cwd=cwd, start_new_session=True,
+                                pass_fds=tuple(pass_fds))
+
+    return _spawner.call(start) if tied else start()
 
 
 def kill(pid: int, started: int | None, grace: float = 0.0) -> bool:
@@ -126,3 +181,43 @@ def spawn_detached(argv: Sequence[str], log: Path) -> int:
     finally:
         os.close(null)
         os.close(out)
+
+
+class Adopted:
+    """A process known by pid and start time, with the parts of Popen's interface we use.
+
+    For machines of kept labs that a later process (the CLI) acts on. The exit
+    status of a process that is not our child is unknown (``returncode`` -1).
+    """
+
+    def __init__(self, pid: int, start: int | None) -> None:
+        self.pid = pid
+        self.start = start
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        try:  # our own child (restarted by this process): reap it, learn its status
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode
+        except ChildProcessError:
+            pass
+        if not is_alive(self.pid, self.start):
+            self.returncode = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            kill(self.pid, self.start)

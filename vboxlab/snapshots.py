@@ -25,7 +25,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def check_name(name: str) -> str:
     """Validate a snapshot name (letters, digits, '.', '_', '-'; at most 64)."""
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(f"invalid snapshot name {name!r}: use up to 64 letters, digits, '.', "
                           "'_' and '-', starting with a letter or digit")
     return name
@@ -63,6 +63,15 @@ class SnapshotTree:
             for raw in data.get("nodes", []):
                 node = SnapshotNode(**raw)
                 self.nodes[node.name] = node
+
+    def __repr__(self) -> str:
+        if not self.nodes:
+            return "<SnapshotTree (no snapshots)>"
+        names = ", ".join(node.name for _, node in self.walk())
+        return f"<SnapshotTree {names}; current {self.current or 'none'}>"
+
+    def __str__(self) -> str:
+        return self.render()
 
     # -- reading --------------------------------------------------------
     def __contains__(self, name: object) -> bool:

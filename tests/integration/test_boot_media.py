@@ -6,7 +6,7 @@ import pytest
 
 from vboxlab.errors import ConfigError
 from vboxlab.media import MediaError
-from vboxlab.plugin import require_tool
+from vboxlab.pytest.policy import require_tool
 
 
 @pytest.fixture

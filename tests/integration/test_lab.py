@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from vboxlab.errors import BootTimeout, HostError, ProviderError, TemplateNotBuilt, TemplateNotFound
+from vboxlab.errors import (
+    BootTimeout,
+    ConfigError,
+    HostError,
+    TemplateNotBuilt,
+    TemplateNotFound,
+)
 from vboxlab.lab import Lab
 from vboxlab.templates import TemplateRepository
 
@@ -65,7 +71,7 @@ def test_guest_that_never_answers_times_out_with_its_console(base):
 
 def test_a_lab_folder_too_deep_for_sockets_fails_before_starting(tmp_path):
     deep = tmp_path / ("d" * 90)
-    with Lab(base=deep) as lab, pytest.raises(ProviderError, match="choose a shorter --lab-dir"):
+    with Lab(base=deep) as lab, pytest.raises(ConfigError, match="choose a shorter --lab-dir"):
         lab.vm("vm")
     assert qemu_pids(str(deep)) == []
 

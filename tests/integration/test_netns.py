@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from vboxlab.errors import CommandTimeout, GuestCommandError, HostError, ProviderError
-from vboxlab.lab import Lab, clean
+from vboxlab.errors import (
+    CommandTimeout,
+    ConfigError,
+    GuestCommandError,
+    HostError,
+    ProviderError,
+)
+from vboxlab.lab import Lab
+from vboxlab.labdirs import clean
 from vboxlab.net import Topology
 
 from .helpers import wait_for
@@ -125,7 +132,8 @@ def test_namespace_host_verbs_and_what_it_refuses(lab, tmp_path):
     a.copy_to(source, str(tmp_path / "inside.txt"))
     a.copy_from(str(tmp_path / "inside.txt"), tmp_path / "out.txt")
     assert (tmp_path / "out.txt").read_text() == "copied\n"
-    with pytest.raises(ProviderError, match="cannot be snapshotted"):
+    with pytest.raises(ProviderError, match="cannot do snapshots: its provider lacks it; give "
+                                            "the node provider: qemu"):
         a.snapshot("x")
     with pytest.raises(ProviderError, match="forward_port is for VMs"):
         a.forward_port(80)
@@ -140,7 +148,7 @@ def test_netns_topologies_need_root_and_say_so_before_anything_starts(tmp_path, 
     base = tmp_path / "labs"
     with Lab(base=base) as the_lab:
         monkeypatch.setattr(os, "geteuid", lambda: 1000)
-        with pytest.raises(HostError, match=r"netns nodes h1, r1, h2\) needs root"):
+        with pytest.raises(HostError, match=r"netns nodes h1, r1, h2 needs root"):
             the_lab.network(Topology.from_dict(LINE))
         assert holders(base) == []
         assert not (the_lab.dir / "fabric.sock").exists()
@@ -204,3 +212,47 @@ def test_a_fabric_that_dies_mid_test_fails_the_test_saying_so(pytester, tmp_path
     assert "::test_cut ran; every link of topology pair was cut" in " ".join(text.split())
     assert holders(base) == []
     assert taps() == []
+
+
+def test_a_network_is_a_context_manager_and_the_lab_builds_another_after_it(lab, tmp_path):
+    with lab.network(Topology.from_dict(LINE)) as net:
+        assert set(lab.machines) == {"h1", "r1", "h2"}
+        net.node("h1").succeed("ping -c 1 -W 2 h2")
+        assert repr(net).startswith("<Network ns-line running: nodes h1, r1, h2; 2 links; seed")
+        assert repr(net.link("h1", "r1")) == "<Link h1<->r1: h1->r1 delay 5ms; r1->h1 delay 5ms>"
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("nodes:\n  Web: null\n")
+        with pytest.raises(ConfigError, match=r"bad.yaml:1: nodes: .*name 'Web'"):
+            lab.network(bad)  # the file's own error, not "one network per lab"
+        with pytest.raises(ConfigError, match="already runs a network"):
+            lab.network(Topology.from_dict(LINE))
+        unseeded = net.seed
+    assert net.closed and lab.machines == {} and lab.current_network is None
+    assert holders(lab.dir) == [] and taps() == []
+    assert f"network ns-line: seed {unseeded}" in (lab.dir / "lab.log").read_text()
+    with lab.network(Topology.from_dict(LINE), seed=5) as again:
+        assert again.seed == 5
+        again.node("h2").succeed("ping -c 1 -W 2 h1")
+    lab.remove_network()  # nothing running: nothing to do
+
+
+def test_a_failing_network_test_reports_its_seed(pytester, tmp_path):
+    topology = tmp_path / "line.yaml"
+    topology.write_text(
+        "name: ns-line\ndefaults: {provider: netns}\nnodes: {h1: null, h2: null}\n"
+        "links:\n  - between: [h1, h2]\n    loss: 30%\n")
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lab(topology={str(topology)!r})
+        def test_lossy(network):
+            network.node("h1").succeed("ping -c 5 -i 0.2 -W 1 h2")
+            assert False, "look at the seed"
+    """)
+    base = tmp_path / "labs"
+    result = pytester.runpytest_subprocess("--lab-dir", str(base), "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*vboxlab network seed*",
+                                 "*topology ns-line ran with seed * replay the same drops and "
+                                 "delays with @pytest.mark.lab(topology=..., seed=*)"])
+    assert holders(base) == [] and taps() == []

@@ -9,7 +9,7 @@ import pytest
 from vboxlab.errors import ConfigError
 from vboxlab.lab import Lab
 from vboxlab.net import Topology
-from vboxlab.plugin import require_tool
+from vboxlab.pytest.policy import require_tool
 
 from .helpers import qemu_pids
 

@@ -51,7 +51,7 @@ def test_a_failing_test_report_carries_console_and_lab_log(pytester, base):
         "*vboxlab console of vm*",
         "*vboxlab: tiny 1.0.0 ready*",
         "*vboxlab lab log*",
-        "*answered SSH*",
+        "*answered its command channel*",
     ])
     assert qemu_pids(str(base)) == []
 

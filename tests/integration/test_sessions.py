@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from vboxlab.lab import list_labs
+from vboxlab.labdirs import list_labs
 
 from .helpers import qemu_pids, wait_for
 

@@ -142,7 +142,8 @@ def test_qemu_killed_during_a_restore_leaves_the_tree_as_it_was(machine, monkeyp
 def test_a_full_disk_during_a_save_is_a_clear_error(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mount)],
+                   check=True)
     try:
         with Lab(base=mount) as lab:
             machine = lab.vm("full")

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from vboxlab.plugin import require_tool
+from vboxlab.pytest.policy import require_tool
 from vboxlab.report.timeline import COLOURS, LANE_Y, render_svg
 from vboxlab.snapshots import SnapshotTree
 

@@ -17,7 +17,7 @@ from vboxlab.media.usb import (
     device_source,
     write_image,
 )
-from vboxlab.plugin import require_tool
+from vboxlab.pytest.policy import require_tool
 
 pytestmark = pytest.mark.root
 MiB = 1 << 20

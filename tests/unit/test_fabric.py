@@ -7,8 +7,11 @@ import time
 
 import pytest
 
+from vboxlab.errors import ConfigError
 from vboxlab.net.fabric import Fabric, FabricError
-from vboxlab.net.fabric.control import socket_pair
+from vboxlab.net.plan import fabric_settings
+from vboxlab.net.topology import Impairment
+from vboxlab.net.wire import socket_pair
 
 BROADCAST = b"\xff" * 6
 
@@ -47,7 +50,7 @@ def fabric(tmp_path):
     """A fabric with segment 0 holding ports 0-2 and segment 1 holding port 3, trunked."""
     pairs = [socket_pair() for _ in range(4)]
     fab = Fabric(tmp_path, tied=True)
-    fab.start([far.fileno() for _, far in pairs])
+    fab.start()
     for port, (_, far) in enumerate(pairs):
         fab.add_port(port, far.fileno(), 0 if port < 3 else 1)
     fab.add_trunk(0, 0, 1)
@@ -195,3 +198,179 @@ def test_bad_commands_and_a_dead_fabric_fail_clearly(fabric):
     fab._proc.wait()
     with pytest.raises(FabricError, match="not running"):
         fab.stats()
+
+
+# -- randomness per direction, loops, every model field through fabric_settings ---------------
+def numbered(frames, sender):
+    """The sequence numbers of the frames that came from ``sender``."""
+    return [struct.unpack("!I", f[14:18])[0] for f in frames if f[6:12] == sender.mac]
+
+
+def loss_pattern(tmp_path, seed, *, other_traffic):
+    """Which of 1500 frames from a reach b through p0.in at 30 % loss, with seed ``seed``.
+
+    With ``other_traffic``, c sends as many frames through its own lossy direction in
+    between: a direction's generator must not care.
+    """
+    pairs = [socket_pair() for _ in range(3)]
+    fab = Fabric(tmp_path, tied=True)
+    fab.start()
+    try:
+        for port, (_, far) in enumerate(pairs):
+            fab.add_port(port, far.fileno(), 0)
+        fab.seed(seed)
+        for direction in ("p0.in", "p2.in"):
+            fab.set(direction, **fabric_settings(Impairment.model_validate({"loss": "30%"})))
+        a, b, c = (Nic(near, i + 1) for i, (near, _) in enumerate(pairs))
+        got = []
+        for i in range(1500):
+            a.send(BROADCAST, struct.pack("!I", i))
+            if other_traffic:
+                c.send(BROADCAST, struct.pack("!I", i))
+            if i % 100 == 99:
+                got += b.recv_all(0.05)
+        got += b.recv_all(0.3)
+        return numbered(got, a)
+    finally:
+        fab.close()
+        for near, far in pairs:
+            near.close()
+            far.close()
+
+
+def test_one_seed_gives_one_loss_pattern_whatever_other_traffic_does(tmp_path):
+    first = loss_pattern(tmp_path, 42, other_traffic=False)
+    again = loss_pattern(tmp_path, 42, other_traffic=True)
+    other = loss_pattern(tmp_path, 43, other_traffic=False)
+    assert 900 < len(first) < 1200  # about 70 % got through
+    assert first == again
+    assert first != other
+
+
+def one_way_delays(a, b, count, spacing=0.002):
+    """Send ``count`` numbered frames from a; (arrival order, one-way delay of each)."""
+    sent = {}
+    for i in range(count):
+        sent[i] = time.perf_counter()
+        a.send(BROADCAST, struct.pack("!I", i))
+        time.sleep(spacing)
+    order, delays = [], []
+    b.sock.settimeout(2)
+    for _ in range(count):
+        frame = b.sock.recv(65536)
+        number = struct.unpack("!I", frame[14:18])[0]
+        order.append(number)
+        delays.append(time.perf_counter() - sent[number])
+    return order, delays
+
+
+def test_jitter_spreads_delays_and_only_reorder_lets_frames_overtake(fabric):
+    fab, (a, b, _, _) = fabric
+    a.send(BROADCAST)
+    b.recv_all()
+    steady = Impairment.model_validate({"delay": "30ms", "jitter": "20ms"})
+    fab.set("p0.in", **fabric_settings(steady))
+    order, delays = one_way_delays(a, b, 60)
+    assert order == sorted(order)  # jitter alone keeps the order (as netem does)
+    assert min(delays) >= 0.010 - 0.001
+    assert max(delays) - min(delays) > 0.008  # spread: the jitter is there
+    fab.set("p0.in", **fabric_settings(steady.merged({"reorder": True})))
+    order, delays = one_way_delays(a, b, 60)
+    assert order != sorted(order)  # later frames overtook earlier ones
+    assert sorted(order) == list(range(60))
+
+
+def test_every_model_field_reaches_the_fabric_through_fabric_settings(fabric):
+    fab, (a, b, _, _) = fabric
+    a.send(BROADCAST)
+    b.recv_all()
+
+    def apply(**properties):
+        fab.set("p0.in", **fabric_settings(Impairment.model_validate(properties)))
+
+    apply(duplicate="100%")
+    a.send(BROADCAST, b"twice")
+    assert [f[14:] for f in b.recv_all()] == [b"twice", b"twice"]
+    apply(corrupt="100%")
+    a.send(BROADCAST, b"\x00" * 64)
+    [bent] = b.recv_all()
+    assert bent[14:] != b"\x00" * 64 and len(bent) == 14 + 64
+    apply(mtu=100)
+    a.send(BROADCAST, b"z" * 100)
+    a.send(BROADCAST, b"z" * 101)
+    assert [len(f) - 14 for f in b.recv_all()] == [100]
+    apply(rate="1mbit", queue="10k")
+    for _ in range(100):
+        a.send(BROADCAST, b"q" * 986)
+    b.recv_all(0.5)
+    apply(loss_model={"p": 0.05, "r": 0.3, "h": 0, "k": 1})
+    for i in range(3000):
+        a.send(BROADCAST, struct.pack("!I", i))
+    numbers = numbered(b.recv_all(0.5), a)
+    gaps = [y - x - 1 for x, y in itertools.pairwise(numbers) if y - x > 1]
+    assert gaps and sum(gaps) / len(gaps) > 2  # bursty loss, not single drops
+    stats = fab.stats()["p0.in"]
+    assert stats["duplicated"] == 1 and stats["corrupted"] == 1 and stats["drop_mtu"] == 1
+    assert stats["drop_queue"] > 50 and stats["drop_loss"] > 100
+
+
+def test_a_trunk_that_closes_a_loop_is_refused(fabric):
+    fab, _ = fabric
+    fab.add_trunk(1, 1, 2)  # 0 - 1 - 2: a chain
+    with pytest.raises(FabricError, match="would close a loop"):
+        fab.add_trunk(2, 2, 0)
+    with pytest.raises(FabricError, match="would close a loop"):
+        fab.add_trunk(3, 0, 1)  # a second trunk between the same two segments
+    assert fab.stats()  # still answering
+
+
+def test_a_broadcast_crosses_a_chain_of_a_hundred_trunks(tmp_path):
+    pairs = [socket_pair() for _ in range(2)]
+    fab = Fabric(tmp_path, tied=True)
+    fab.start()
+    try:
+        fab.add_port(0, pairs[0][1].fileno(), 0)
+        fab.add_port(1, pairs[1][1].fileno(), 100)
+        for trunk in range(100):
+            fab.add_trunk(trunk, trunk, trunk + 1)
+        a, b = Nic(pairs[0][0], 1), Nic(pairs[1][0], 2)
+        a.send(BROADCAST, b"far away")
+        assert [f[14:] for f in b.recv_all()] == [b"far away"]
+        assert fab.stats()["t99.ab"]["tx_packets"] == 1
+    finally:
+        fab.close()
+        for near, far in pairs:
+            near.close()
+            far.close()
+
+
+def test_a_port_needs_its_descriptor_and_bad_values_are_refused(fabric):
+    fab, _ = fabric
+    with pytest.raises(FabricError, match="needs its descriptor"):
+        fab.command("port 9 0")
+    for bad in ("delay_ns=-5", "loss=abc", "mtu=nan", "rate_bps=1e300", "ge=2,0,0,1"):
+        with pytest.raises(FabricError, match="bad value"):
+            fab.command(f"set p0.in {bad}")
+    assert fab.stats()["p0.in"]["rx_packets"] == 0
+
+
+def test_setting_loss_on_a_bursty_link_replaces_its_model(fabric):
+    from vboxlab.net.network import LinkHandle
+    from vboxlab.net.plan import LinkPlan
+
+    fab, (a, b, _, _) = fabric
+    a.send(BROADCAST)
+    b.recv_all()
+    bursty = Impairment.model_validate({"loss_model": {"p": 0.5, "r": 0.01, "h": 0, "k": 1}})
+    link = LinkHandle(fab, LinkPlan("a", "lan", "p0.in", "p0.out", bursty, Impairment()))
+    fab.set("p0.in", **fabric_settings(bursty))
+    for i in range(400):
+        a.send(BROADCAST, struct.pack("!I", i))
+    assert len(b.recv_all(0.3)) < 100  # the model's bad state loses nearly everything
+    link.set(direction="a_to_b", loss="0%")
+    assert link.a_to_b.loss_model is None
+    for i in range(400):
+        a.send(BROADCAST, struct.pack("!I", i))
+    assert len(b.recv_all(0.3)) == 400  # the model is gone, not ignored
+    with pytest.raises(ConfigError, match="loss and loss_model exclude each other"):
+        link.set(loss="1%", loss_model={"p": 0.1, "r": 0.5})

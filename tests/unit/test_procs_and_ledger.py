@@ -73,16 +73,36 @@ def test_ledger_survives_a_line_cut_short(tmp_path):
     assert [r.name for r in Ledger(path).pending()] == ["a"]
 
 
-def test_process_found_by_marker_before_its_pid_was_written(tmp_path):
+def test_a_process_is_killed_only_when_pid_and_start_time_match(tmp_path):
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    marker = f"{tmp_path}/vm/"
-    ledger.add("process", "qemu vm", marker=marker)
-    sleeper = subprocess.Popen([*SLEEPER, marker + "console.log"])
-    deadline = time.monotonic() + 10
-    while marker + "console.log" not in procs.cmdline(sleeper.pid):  # until exec is done
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    sleepers = [subprocess.Popen(SLEEPER) for _ in range(3)]
+    for sleeper in sleepers:
+        while procs.start_time(sleeper.pid) is None:
+            time.sleep(0.01)
+    recorded, no_start, other_start = sleepers
+    ledger.record_process("recorded", recorded.pid)
+    ledger.set(ledger.add("process", "no start"), pid=no_start.pid)
+    ledger.set(ledger.add("process", "reused pid"), pid=other_start.pid,
+               start=procs.start_time(other_start.pid) - 1)
     assert ledger.release_all() == []
-    assert sleeper.wait(timeout=5) == -signal.SIGKILL
+    assert recorded.wait(timeout=5) == -signal.SIGKILL
+    assert no_start.poll() is None and other_start.poll() is None
+    for sleeper in (no_start, other_start):
+        sleeper.kill()
+        sleeper.wait()
     lines = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert lines[-1] == {"op": "done", "id": 1}
+    assert [line["id"] for line in lines if line["op"] == "done"] == [3, 2, 1]
+
+
+def test_a_tied_child_started_from_a_thread_outlives_the_thread(tmp_path):
+    """The parent-death signal follows the thread that forked: vboxlab forks from one that
+    lives as long as the process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with tmp_path.joinpath("err").open("wb") as err, ThreadPoolExecutor(2) as pool:
+        child = pool.submit(procs.spawn, SLEEPER, tied=True, stderr=err).result()
+    started = procs.start_time(child.pid)
+    time.sleep(0.5)  # the pool's threads have ended
+    assert procs.is_alive(child.pid, started) and child.poll() is None
+    child.kill()
+    child.wait()

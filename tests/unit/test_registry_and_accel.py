@@ -9,7 +9,7 @@ from vboxlab.providers import available, load_provider
 
 
 def test_import_vboxlab_needs_no_hypervisor_library():
-    code = ("import sys, vboxlab, vboxlab.plugin, vboxlab.lab; "
+    code = ("import sys, vboxlab, vboxlab.pytest.plugin, vboxlab.lab; "
             "print('qemu.qmp' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -47,7 +47,7 @@ def test_addresses_interfaces_and_names():
         ("web", "eth1"), ("web", "eth2")]
     assert topology.nodes["db"].memory == 512 and topology.nodes["web"].template == "tiny"
     assert "192.168.7.80 web\n" in topology.hosts_file()
-    assert topology.needs_root
+    assert topology.providers == {"qemu": ["web", "db"], "netns": ["cli"]}
     assert topology.link("web", "cli").a_to_b.delay == pytest.approx(0.010)
 
 
@@ -170,3 +170,53 @@ def test_cli_check_prints_addresses_and_fails_on_errors(tmp_path):
     result = runner.invoke(main, ["topology", "check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}:3:" in result.output
+
+
+def test_trunks_that_close_a_loop_are_refused_with_the_line(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text(textwrap.dedent("""\
+        nodes: {a: null, b: null}
+        segments: {s1: null, s2: null, s3: null}
+        links:
+          - between: [a, s1]
+          - between: [b, s3]
+          - between: [s1, s2]
+          - between: [s2, s3]
+          - between: [s3, s1]
+        """))
+    with pytest.raises(ConfigError, match=r"loop.yaml:8: links.4.between: the trunk s3 <-> s1 "
+                                          r"closes a loop"):
+        load_topology(path)
+
+
+def test_loss_and_loss_model_exclude_each_other_on_a_link_or_a_direction():
+    model = {"p": 0.1, "r": 0.5}
+    with pytest.raises(ConfigError, match="loss and loss_model exclude each other"):
+        Topology.from_dict({"nodes": {"a": None, "b": None},
+                            "links": [{"between": ["a", "b"], "loss": "1%", "loss_model": model}]})
+    with pytest.raises(ConfigError, match="loss and loss_model exclude each other"):
+        Topology.from_dict({"nodes": {"a": None, "b": None},
+                            "links": [{"between": ["a", "b"],
+                                       "a_to_b": {"loss": "1%", "loss_model": model}}]})
+    # a direction's override of one replaces the other
+    topology = Topology.from_dict({"nodes": {"a": None, "b": None},
+                                   "links": [{"between": ["a", "b"], "loss": "1%",
+                                              "a_to_b": {"loss_model": model}}]})
+    link = topology.link("a", "b")
+    assert link.a_to_b.loss == 0 and link.a_to_b.loss_model is not None
+    assert link.b_to_a.loss == pytest.approx(0.01) and link.b_to_a.loss_model is None
+    assert link.a_to_b.merged({"loss": "5%"}).loss_model is None
+    assert link.b_to_a.merged({"loss_model": model}).loss == 0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", float("nan"), float("inf"), "1e400ms",
+                                   "99999999999999999999ms", "-1ms", "7200s"])
+def test_absurd_delays_are_refused(value):
+    with pytest.raises(ConfigError, match=r"links.0"):
+        Topology.from_dict({"nodes": {"a": None, "b": None},
+                            "links": [{"between": ["a", "b"], "delay": value}]})
+
+
+def test_an_unknown_provider_is_named_with_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown provider 'vbox'; available providers: "):
+        Topology.from_dict({"nodes": {"a": {"provider": "vbox"}}})

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import paramiko
 
 from vboxlab.channels.base import CommandResult
-from vboxlab.errors import BootTimeout, ChannelError, CommandTimeout, WaitTimeout
+from vboxlab.errors import (
+    BootTimeout,
+    ChannelError,
+    CommandTimeout,
+    GuestFileNotFound,
+    HostFileNotFound,
+    VboxlabError,
+    WaitTimeout,
+)
 from vboxlab.waiting import wait_until
 
 log = logging.getLogger(__name__)
@@ -100,11 +109,11 @@ class SSHChannel:
             self._transport.close()
             self._transport = None
 
-    def _live_transport(self) -> paramiko.Transport:
+    def _live_transport(self, timeout: float = 30.0) -> paramiko.Transport:
         transport = self._transport
         if transport is None or not transport.is_active():
             log.info("%s: SSH connection lost; reconnecting", self.name)
-            self.connect(timeout=30)
+            self.connect(timeout=max(0.5, min(30.0, timeout)))
             transport = self._transport
         assert transport is not None
         return transport
@@ -116,13 +125,31 @@ class SSHChannel:
     # -- commands -------------------------------------------------------
     def run(self, command: str, timeout: float) -> CommandResult:
         """Run ``command`` with ``sh -c`` in the guest; raise CommandTimeout past ``timeout``."""
-        transport = self._live_transport()
         try:
-            chan = transport.open_session(timeout=10)
+            return self._run(command, timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self._check_alive()
+            raise ChannelError(f"{self.name}: SSH failed while running {command!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    def _open_session(self, timeout: float) -> paramiko.Channel:
+        transport = self._live_transport(timeout)
+        try:
+            return transport.open_session(timeout=min(10.0, max(1.0, timeout)))
         except (paramiko.SSHException, EOFError, OSError):
             self._check_alive()
-            transport = self._live_transport()
-            chan = transport.open_session(timeout=10)
+            self._drop_quietly()
+            return self._live_transport(timeout).open_session(timeout=min(10.0, max(1.0,
+                                                                                     timeout)))
+
+    def _drop_quietly(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _run(self, command: str, timeout: float) -> CommandResult:
+        chan = self._open_session(timeout)
+        transport = chan.get_transport()
+        assert transport is not None
         out: list[bytes] = []
         err: list[bytes] = []
         deadline = time.monotonic() + timeout
@@ -161,16 +188,41 @@ class SSHChannel:
                              b"".join(err).decode(errors="replace"))
 
     # -- files ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _sftp(self, what: str) -> Iterator[paramiko.SFTPClient]:
+        """An SFTP session; paramiko's errors come out as vboxlab's."""
+        try:
+            sftp = paramiko.SFTPClient.from_transport(self._live_transport())
+            assert sftp is not None
+            with sftp:
+                yield sftp
+        except VboxlabError:
+            raise
+        except FileNotFoundError as exc:
+            raise GuestFileNotFound(f"{self.name}: {what}: {exc.filename or exc} does not "
+                                    "exist in the guest") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise GuestFileNotFound(f"{self.name}: {what}: no such file in the guest "
+                                        f"({exc})") from None
+            self._check_alive()
+            raise ChannelError(f"{self.name}: {what} failed: {type(exc).__name__}: "
+                               f"{exc}") from exc
+        except (paramiko.SSHException, EOFError) as exc:
+            self._check_alive()
+            raise ChannelError(f"{self.name}: {what} failed: {type(exc).__name__}: "
+                               f"{exc}") from exc
+
     def put(self, local: Path, remote: str) -> None:
-        """Copy a file or a folder tree into the guest."""
-        sftp = paramiko.SFTPClient.from_transport(self._live_transport())
-        assert sftp is not None
-        with sftp:
+        """Copy a file or a folder tree into the guest, keeping permission bits."""
+        if not local.exists():
+            raise HostFileNotFound(f"copy_to: {local} does not exist on the host")
+        with self._sftp(f"copying {local} to {remote}") as sftp:
             if local.is_dir():
                 self._put_tree(sftp, local, PurePosixPath(remote))
             else:
                 sftp.put(str(local), remote)
-                sftp.chmod(remote, local.stat().st_mode & 0o777)
+                sftp.chmod(remote, local.stat().st_mode & 0o7777)
 
     def _put_tree(self, sftp: paramiko.SFTPClient, local: Path, remote: PurePosixPath) -> None:
         with contextlib.suppress(OSError):  # it may exist already
@@ -180,13 +232,12 @@ class SSHChannel:
                 self._put_tree(sftp, child, remote / child.name)
             elif child.is_file():
                 sftp.put(str(child), str(remote / child.name))
-                sftp.chmod(str(remote / child.name), child.stat().st_mode & 0o777)
+                sftp.chmod(str(remote / child.name), child.stat().st_mode & 0o7777)
+        sftp.chmod(str(remote), local.stat().st_mode & 0o7777)
 
     def get(self, remote: str, local: Path) -> None:
-        """Copy a file or a folder tree out of the guest."""
-        sftp = paramiko.SFTPClient.from_transport(self._live_transport())
-        assert sftp is not None
-        with sftp:
+        """Copy a file or a folder tree out of the guest, keeping permission bits."""
+        with self._sftp(f"copying {remote} to {local}") as sftp:
             self._get_any(sftp, remote, local)
 
     def _get_any(self, sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
@@ -197,3 +248,4 @@ class SSHChannel:
                 self._get_any(sftp, f"{remote.rstrip('/')}/{entry}", local / entry)
         else:
             sftp.get(remote, str(local))
+        local.chmod(stat.S_IMODE(mode))

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vboxlab.errors import ConfigError, ProviderError
+from vboxlab.errors import ConfigError
 from vboxlab.media.bootspec import BootSpec
 from vboxlab.media.iso import build_iso
 from vboxlab.media.usb.safety import Overrides
 from vboxlab.media.usb.writer import write_image
-from vboxlab.providers.base import BootMedia
+from vboxlab.providers.base import BootMedia, Capability, require
 
 if TYPE_CHECKING:
     from vboxlab.lab import Lab
@@ -53,9 +53,8 @@ def boot_from_media(lab: Lab, name: str, tree: Path | None = None, *, append: st
     machine = lab.vm(name, template=template, memory=memory, boot=False,
                      media=BootMedia(device if device is not None else image, kind, firmware))
     try:
-        initrd = getattr(machine.handle, "initrd", None)
-        if not isinstance(initrd, Path):
-            raise ProviderError(f"provider {lab.provider.name} cannot boot from media")
+        require(machine.handle, Capability.BOOT_MEDIA, "boot media need a VM provider (qemu)")
+        initrd = machine.handle.boot_initrd()
         cmdline = f"{built.template.definition.boot.cmdline} {append}".strip()
         spec = BootSpec.single("boot/vmlinuz", "boot/initrd.img", cmdline)
         build_iso(tree, image, label=label, boot=spec,
@@ -63,7 +62,7 @@ def boot_from_media(lab: Lab, name: str, tree: Path | None = None, *, append: st
         if device is not None:
             write_image(image, device, overrides=overrides or Overrides())
         if boot:
-            machine.boot()
+            lab.boot(machine)  # announced like every machine (pytest_vboxlab_machine_ready)
     except BaseException:
         lab.remove_vm(name)
         raise

@@ -14,15 +14,13 @@ Written as TOML for the command line::
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vboxlab.kernelargs import check_kernel_args
 from vboxlab.media.tree import MediaError
-
-_SAFE_ARGS = re.compile(r"^[A-Za-z0-9_.,:=/@+%~ -]*$")
 
 
 class BootEntry(BaseModel):
@@ -47,13 +45,7 @@ class BootEntry(BaseModel):
     @field_validator("append")
     @classmethod
     def _args(cls, value: str) -> str:
-        if not _SAFE_ARGS.match(value):
-            bad = sorted({c for c in value if not _SAFE_ARGS.match(c)})
-            raise ValueError(f"characters {bad} are not allowed in kernel parameters here; use "
-                             "letters, digits, spaces and _ . , : = / @ + % ~ -")
-        if len(value) > 1024:
-            raise ValueError("longer than 1024 characters")
-        return value
+        return check_kernel_args(value)
 
     @field_validator("kernel", "initrd")
     @classmethod
@@ -108,8 +100,12 @@ class BootSpec(BaseModel):
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise MediaError(f"{path}: no such boot spec file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MediaError(f"{path}: cannot read it as text: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise MediaError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise MediaError(f"{path}: nested too deeply to be a boot spec") from None
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

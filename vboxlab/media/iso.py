@@ -42,7 +42,7 @@ class IsoResult:
 
 def check_label(label: str) -> str:
     """A volume label: 1-32 letters, digits or '_' (ISO 9660 d-characters, any case)."""
-    if not _LABEL.match(label):
+    if not _LABEL.fullmatch(label):
         bad = sorted(set(re.sub("[A-Za-z0-9_]", "", label)))
         why = ("is longer than 32 characters" if len(label) > 32 else
                "is empty" if not label else f"has characters ISO 9660 does not allow ({bad})")
@@ -54,7 +54,7 @@ def check_identifier(field: str, value: str, limit: int) -> str:
     """Publisher, preparer, application and system identifiers (ISO 9660 a-characters)."""
     if len(value) > limit:
         raise MediaError(f"{field} {value!r} is longer than {limit} characters")
-    if not _A_CHARS.match(value):
+    if not _A_CHARS.fullmatch(value):
         raise MediaError(f"{field} {value!r} has characters ISO 9660 does not allow; use "
                          "letters, digits, spaces and simple punctuation")
     return value

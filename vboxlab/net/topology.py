@@ -10,15 +10,19 @@ written down once:
 * a node's links get interfaces ``eth1``, ``eth2``, ... in the order the links are
   listed (``eth0`` stays the management NIC the lab reaches the node through);
 * segments joined by trunks form one L2 domain with one subnet (given on any of
-  them; two different ones are an error); a domain without a ``subnet`` gets
+  them; two different ones are an error); trunks must not close a loop (a
+  broadcast would circle for ever: the fabric is a tree of switches, as a network
+  with spanning tree would be); a domain without a ``subnet`` gets
   ``10.<100+k>.0.0/24`` (point-to-point ones ``10.250.x.y/30``) avoiding the
   subnets that are given; nodes get ``.1``, ``.2``, ... in link order, skipping
   addresses given explicitly;
 * every node resolves every other node's name to its first address.
 
 Link properties apply to both directions; ``a_to_b`` and ``b_to_a`` override them
-for one direction (``a`` is the first endpoint). Errors name the file, the line
-and the bad value.
+for one direction (``a`` is the first endpoint). ``loss`` (random) and
+``loss_model`` (bursty) exclude each other on a link or direction; a direction's
+override of either replaces the other. Names of nodes and segments follow
+:mod:`vboxlab.names`. Errors name the file, the line and the bad value.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vboxlab.errors import ConfigError
+from vboxlab.names import NAME_RULE, is_valid_name
 from vboxlab.net.units import parse_duration, parse_percent, parse_rate, parse_size
 
 Network = ipaddress.IPv4Network
 Address = ipaddress.IPv4Address
+MAX_DELAY = 3600.0  # seconds: the longest delay or jitter a direction may have
+MAX_FILE_BYTES = 1 << 20
 
 
 class _Strict(BaseModel):
@@ -73,6 +80,8 @@ class Impairment(_Strict):
         seconds = parse_duration(value) if not str(value).strip().startswith("-") else -1
         if seconds < 0:
             raise ValueError(f"{value!r} is negative; a delay cannot be")
+        if seconds > MAX_DELAY:
+            raise ValueError(f"{value!r} is over {MAX_DELAY:g} s; give a shorter delay")
         return seconds
 
     @field_validator("loss", "duplicate", "corrupt", mode="before")
@@ -97,10 +106,28 @@ class Impairment(_Strict):
             raise ValueError(f"queue {value!r} must be above zero")
         return size
 
+    @model_validator(mode="after")
+    def _one_loss(self) -> Impairment:
+        if self.loss and self.loss_model is not None:
+            raise ValueError("loss and loss_model exclude each other: give random loss "
+                             "(loss: 2%) or bursty loss (loss_model: {p: ..., r: ...}), not both")
+        return self
+
     def merged(self, changes: dict[str, Any]) -> Impairment:
-        """A copy with ``changes`` (raw values, units parsed) applied."""
-        parsed = Impairment.model_validate(changes)
-        return self.model_copy(update={key: getattr(parsed, key) for key in changes})
+        """A copy with ``changes`` (raw values, units parsed) applied.
+
+        Setting ``loss`` drops a ``loss_model`` and setting ``loss_model`` drops
+        ``loss``: the newer way of losing frames replaces the older one.
+        """
+        if not isinstance(changes, dict):
+            raise ValueError(f"link properties must be a mapping, not {changes!r}")
+        parsed = Impairment.model_validate(changes)  # the changes alone, units parsed
+        update = {key: getattr(parsed, key) for key in changes}
+        if "loss" in changes and "loss_model" not in changes:
+            update["loss_model"] = None
+        if "loss_model" in changes and "loss" not in changes:
+            update["loss"] = 0.0
+        return self.model_copy(update=update)
 
 
 _IMPAIRMENT_FIELDS = set(Impairment.model_fields)
@@ -135,13 +162,27 @@ class LinkSpec(_Strict):
         return value
 
 
+def _check_provider(value: str | None) -> str | None:
+    if value is None:
+        return value
+    from vboxlab.providers import available
+
+    known = available()
+    if value not in known:
+        raise ValueError(f"unknown provider {value!r}; available providers: "
+                         f"{', '.join(sorted(known))}")
+    return value
+
+
 class NodeSpec(_Strict):
     """A node: what it runs on and with how much."""
 
     template: str | None = None
-    provider: Literal["qemu", "netns"] | None = None
+    provider: str | None = None
     memory: int | None = Field(None, ge=64)
     cpus: int | None = Field(None, ge=1, le=64)
+
+    _provider = field_validator("provider")(_check_provider)
 
 
 class SegmentSpec(_Strict):
@@ -152,9 +193,11 @@ class SegmentSpec(_Strict):
 
 class Defaults(_Strict):
     template: str = "tiny"
-    provider: Literal["qemu", "netns"] = "qemu"
+    provider: str = "qemu"
     memory: int = Field(256, ge=64)
     cpus: int = Field(1, ge=1, le=64)
+
+    _provider = field_validator("provider")(_check_provider)
 
 
 class TopologyFile(_Strict):
@@ -172,10 +215,8 @@ class TopologyFile(_Strict):
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
-            if not name or not name.replace("-", "").isalnum() or not name[0].isalpha() \
-                    or len(name) > 20 or name.lower() != name:
-                raise ValueError(f"name {name!r}: use 1-20 lower-case letters, digits and '-', "
-                                 "starting with a letter")
+            if not is_valid_name(name):
+                raise ValueError(f"name {name!r}: use {NAME_RULE}")
         return value
 
 
@@ -270,7 +311,8 @@ class Topology:
         for index, link in enumerate(spec.links):
             a, b = link.between
             for end in (a, b):
-                if end not in spec.nodes and end not in spec.segments:
+                if not isinstance(end, str) or (end not in spec.nodes and
+                                                end not in spec.segments):
                     raise self._error(("links", index, "between"),
                                       f"{end!r} is neither a node nor a segment; nodes: "
                                       f"{', '.join(spec.nodes) or 'none'}; segments: "
@@ -309,10 +351,16 @@ class Topology:
                 s = parent[s]
             return s
 
-        for link in self.spec.links:
+        for index, link in enumerate(self.spec.links):
             a, b = link.between
             if a in parent and b in parent:
                 ra, rb = find(a), find(b)
+                if ra == rb and a != b:
+                    raise self._error(("links", index, "between"),
+                                      f"the trunk {a} <-> {b} closes a loop: the two segments "
+                                      "are already joined through other trunks, and a "
+                                      "broadcast would circle for ever; remove one trunk of "
+                                      "the loop")
                 order = list(self.spec.segments)
                 first, second = sorted((ra, rb), key=order.index)
                 parent[second] = first
@@ -349,9 +397,12 @@ class Topology:
 
     # -- reading ----------------------------------------------------------
     @property
-    def needs_root(self) -> bool:
-        """True if some node runs in a network namespace (that needs root)."""
-        return any(node.provider == "netns" for node in self.nodes.values())
+    def providers(self) -> dict[str, list[str]]:
+        """Provider name -> the nodes it runs (ask each provider's ``preflight`` about them)."""
+        found: dict[str, list[str]] = {}
+        for node in self.nodes.values():
+            found.setdefault(node.provider, []).append(node.name)
+        return found
 
     def addresses(self, node: str) -> list[Address]:
         if node not in self.nodes:
@@ -374,37 +425,15 @@ class Topology:
                 return link
         raise ConfigError(f"topology {self.name} has no link between {a!r} and {b!r}")
 
-    def describe(self) -> str:
-        """A text summary: nodes with interfaces and addresses, then links."""
-        out = [f"topology {self.name}"]
-        from vboxlab.net.routing import static_routes
-
-        routing = static_routes(self) if self.spec.routing == "static" else {}
-        for node in self.nodes.values():
-            if node.provider == "netns":
-                out.append(f"  node {node.name} (netns)")
-            else:
-                out.append(f"  node {node.name} ({node.provider}, {node.template}, "
-                           f"{node.memory} MiB, {node.cpus} cpu)")
-            for iface in (i for i in self.interfaces if i.node == node.name):
-                out.append(f"    {iface.name} {iface.address}/{iface.network.prefixlen} "
-                           f"on {iface.segment}")
-            if node.name in routing:
-                for network, via in routing[node.name].routes:
-                    out.append(f"    route {network} via {via}")
-                if routing[node.name].forward:
-                    out.append("    forwards IPv4 (a router)")
-        for link in self.links:
-            out.append(f"  link {link.a} <-> {link.b}: {_props(link.a_to_b)} / "
-                       f"{_props(link.b_to_a)}")
-        return "\n".join(out)
-
     # -- building ---------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], name: str = "topology",
                   source: str = "<python>",
                   lines: dict[tuple[Any, ...], int] | None = None) -> Topology:
         """Validate a topology given as Python data (the YAML's structure)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: a topology is a mapping with nodes, segments and "
+                              f"links, not {type(data).__name__}")
         try:
             spec = TopologyFile.model_validate(data)
         except ValidationError as exc:
@@ -421,14 +450,26 @@ def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology file."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a topology file is at "
+                              f"most {MAX_FILE_BYTES} bytes")
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such topology file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as text: {exc}") from None
     try:
-        node = yaml.compose(text)
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                line = event.start_mark.line + 1 if event.start_mark is not None else 1
+                raise ConfigError(f"{path}:{line}: YAML aliases (*name) are not "
+                                  "allowed in topology files; write the value out")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a topology") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: a topology is a mapping with nodes, segments and links")
     lines: dict[tuple[Any, ...], int] = {}
@@ -475,16 +516,29 @@ def _free_subnets(taken: list[Network], prefix: int, second: int) -> Any:
             yield candidate
 
 
-def _props(imp: Impairment) -> str:
+def describe_impairment(imp: Impairment) -> str:
+    """One direction's properties in the model's units, such as ``delay 10ms, loss 1%``."""
     parts = []
     if imp.delay:
         parts.append(f"delay {imp.delay * 1000:g}ms")
     if imp.jitter:
-        parts.append(f"jitter {imp.jitter * 1000:g}ms")
+        parts.append(f"jitter {imp.jitter * 1000:g}ms" + (" (reordering)" if imp.reorder
+                                                           else ""))
     if imp.loss:
         parts.append(f"loss {imp.loss * 100:g}%")
+    if imp.loss_model is not None:
+        model = imp.loss_model
+        parts.append(f"loss_model p={model.p:g} r={model.r:g} h={model.h:g} k={model.k:g}")
     if imp.rate:
         parts.append(f"rate {imp.rate / 1e6:g}mbit")
+    if imp.queue:
+        parts.append(f"queue {imp.queue}b")
+    if imp.duplicate:
+        parts.append(f"duplicate {imp.duplicate * 100:g}%")
+    if imp.corrupt:
+        parts.append(f"corrupt {imp.corrupt * 100:g}%")
+    if imp.mtu != 1500:
+        parts.append(f"mtu {imp.mtu}")
     if not imp.up:
         parts.append("down")
     return ", ".join(parts) or "clean"

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 
-_NUMBER = r"(\d+(?:\.\d+)?)"
+_NUMBER = r"(\d{1,15}(?:\.\d{1,15})?)"
+MAX_NUMBER = 1e12  # far beyond any useful delay, rate or size; refuses overflowing input
 _DURATION = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 _RATE = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000,
          "bps": 8, "kbps": 8_000, "mbps": 8_000_000, "gbps": 8_000_000_000}
@@ -19,11 +21,16 @@ def _split(value: object, what: str, example: str) -> tuple[float, str]:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a value such as {example!r}, not {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value > MAX_NUMBER:
+            raise ValueError(f"{what} {value!r} is not a usable number")
         return float(value), ""
     match = re.fullmatch(_NUMBER + r"\s*([a-zA-Z%]*)", str(value).strip())
     if not match:
         raise ValueError(f"{what} {value!r} is not a number with a unit such as {example!r}")
-    return float(match.group(1)), match.group(2).lower()
+    number = float(match.group(1))
+    if number > MAX_NUMBER:
+        raise ValueError(f"{what} {value!r} is too large")
+    return number, match.group(2).lower()
 
 
 def parse_duration(value: object) -> float:
@@ -55,6 +62,8 @@ def parse_rate(value: object) -> int:
     bits = int(number * _RATE[unit])
     if bits <= 0:
         raise ValueError(f"rate {value!r} must be above zero; leave it out for no limit")
+    if bits > 1_000_000_000_000:
+        raise ValueError(f"rate {value!r} is over 1 Tbit/s; leave it out for no limit")
     return bits
 
 
@@ -63,4 +72,7 @@ def parse_size(value: object) -> int:
     number, unit = _split(value, "size", "64k")
     if unit not in _SIZE:
         raise ValueError(f"size {value!r}: unknown unit {unit!r}; use b, k or m")
-    return int(number * _SIZE[unit])
+    size = int(number * _SIZE[unit])
+    if size > 1 << 30:
+        raise ValueError(f"size {value!r} is over 1 GiB")
+    return size

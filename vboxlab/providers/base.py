@@ -1,4 +1,13 @@
-"""The provider protocol: what a hypervisor must offer to run lab machines."""
+"""The provider protocol: what a hypervisor (or namespace host) must offer to run lab machines.
+
+Every provider machine has the same small core (start, stop, kill, state,
+console, destroy, a command channel). Everything else is an optional
+capability, declared in one place, ``capabilities``; callers ask
+:func:`supports` or :func:`require` and never guess from a provider's name or
+from the attributes an object happens to have. A machine asked for a
+capability it lacks raises :class:`~vboxlab.errors.NotSupported` saying what to
+use instead.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,17 @@ import enum
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from vboxlab.errors import ConfigError, NotSupported
 from vboxlab.keys import KeyPair
 from vboxlab.ledger import Ledger
-from vboxlab.templates import BuiltTemplate
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from vboxlab.channels.base import Channel
+    from vboxlab.templates import BuiltTemplate
 
 
 class MachineState(enum.Enum):
@@ -22,22 +37,45 @@ class MachineState(enum.Enum):
     CRASHED = "crashed"  # ended without being asked to
 
 
+class Capability(enum.Enum):
+    """Optional things a provider machine can do."""
+
+    SNAPSHOTS = "snapshots"  # save and restore memory, devices and disk
+    PORT_FORWARD = "port forwarding"  # expose a guest port on 127.0.0.1
+    RESTART = "restart"  # start again after a stop
+    BOOT_MEDIA = "boot media"  # boot a CD or USB stick image
+    LAB_NICS = "lab NICs"  # interfaces on the lab network fabric
+    GUEST_POWEROFF = "guest poweroff"  # the guest may power itself off by command
+    ATTACH = "attach"  # a later process can take over a kept machine
+
+
+@dataclass(frozen=True)
+class ProviderOptions:
+    """Settings a lab hands every provider; each uses what applies to it."""
+
+    accel: str = "auto"
+
+
 @dataclass(frozen=True)
 class NicSpec:
     """A lab network interface: ``eth1``, ``eth2``, ... of the guest.
 
-    Its frames travel as datagrams over ``fd``, a UDP socket on 127.0.0.1 that
-    the lab keeps open and that is connected to the other end (a peer VM's
-    socket, or the fabric). With ``vde`` (a vde_switch socket folder) the NIC
-    plugs into that switch instead and ``fd`` is unused (-1): for comparisons
-    with VDE, as in benchmarks/fabric.py.
+    By default the NIC is a *fabric port*: the provider makes its end and, once
+    the machine runs, hands the fabric its descriptor (``fabric_fds``). With
+    ``fd`` the NIC uses that datagram socket instead (a direct wire to another
+    VM); with ``vde`` (a vde_switch socket folder) it plugs into that switch, for
+    comparisons such as benchmarks/fabric.py.
     """
 
     name: str
     mac: str
-    fd: int
     address: str | None = None  # CIDR, configured in the guest at boot
+    fd: int | None = None
     vde: str | None = None
+
+    @property
+    def is_fabric_port(self) -> bool:
+        return self.fd is None and self.vde is None
 
 
 @dataclass(frozen=True)
@@ -55,9 +93,9 @@ class BootMedia:
 
     def __post_init__(self) -> None:
         if self.kind not in ("cdrom", "usb"):
-            raise ValueError(f"boot media kind {self.kind!r}: use 'cdrom' or 'usb'")
+            raise ConfigError(f"boot media kind {self.kind!r}: use 'cdrom' or 'usb'")
         if self.firmware not in ("bios", "uefi"):
-            raise ValueError(f"firmware {self.firmware!r}: use 'bios' or 'uefi'")
+            raise ConfigError(f"firmware {self.firmware!r}: use 'bios' or 'uefi'")
 
 
 @dataclass(frozen=True)
@@ -65,29 +103,30 @@ class MachineSpec:
     """Everything a provider needs to create one machine."""
 
     name: str
-    template: BuiltTemplate
-    memory: int
-    cpus: int
     workdir: Path
-    host_key: KeyPair
-    authorized_key: str
-    tied: bool  # die with the owning process (False for --lab-keep)
     log: logging.Logger
+    tied: bool  # die with the owning process (False for --lab-keep)
+    template: BuiltTemplate | None = None  # None for providers that run no image (netns)
+    memory: int = 256
+    cpus: int = 1
+    host_key: KeyPair | None = None
+    authorized_key: str = ""
+    lab_id: str = ""
     nics: tuple[NicSpec, ...] = ()
     hosts: str = ""  # extra /etc/hosts lines
     routes: tuple[tuple[str, str], ...] = ()  # (subnet CIDR, gateway) set at boot
     forward: bool = False  # the guest forwards IPv4 (a router of its topology)
     media: BootMedia | None = None  # boot from this instead of -kernel/-initrd
+    restrict: bool = False  # the guest's user network reaches nothing outside
+    kernel_args: str = ""  # added to the template's kernel command line
 
 
 class ProviderMachine(Protocol):
     """One machine as the provider sees it."""
 
     name: str
-    #: memory and disk can be saved and restored
-    can_snapshot: bool
-    #: the guest can be asked to power itself off with a command
-    powers_off_by_command: bool
+    #: what this machine can do beyond the core (see Capability)
+    capabilities: frozenset[Capability]
 
     @property
     def console_log(self) -> Path: ...
@@ -103,11 +142,25 @@ class ProviderMachine(Protocol):
     def check_alive(self) -> None:
         """Raise MachineDied (with the console tail) if the machine is not running."""
 
-    def ssh_endpoint(self) -> tuple[str, int]: ...
+    def destroy(self) -> None:
+        """Stop the machine and delete its files and host resources (sockets, taps)."""
+
+    def detach(self) -> None:
+        """Let go of the machine without stopping it: close this process's handles to it."""
+
+    def channel(self, user_key: paramiko.PKey | None) -> Channel:
+        """The command channel to this machine (SSH, nsenter, ...)."""
+
+    def shell_hint(self, lab_id: str, base: Path) -> str:
+        """A command line a person can use to get a shell in the running machine."""
+
+    def on_ready(self, channel: Channel) -> None:
+        """Provider work once the machine first answers (QEMU: keep its kernel log)."""
+
+    def fabric_fds(self) -> list[int]:
+        """Descriptors of the fabric-port NICs, in NIC order (valid once started)."""
 
     def forward_port(self, guest_port: int) -> int: ...
-
-    def destroy(self) -> None: ...
 
     def snapshot_save(self, tag: str) -> None: ...
 
@@ -117,10 +170,34 @@ class ProviderMachine(Protocol):
 
     def snapshot_list(self) -> list[dict[str, Any]]: ...
 
+    def boot_initrd(self) -> Path:
+        """The initrd this machine boots (with its keys), for building boot media."""
+
 
 class Provider(Protocol):
-    """A hypervisor or other machine factory, found through ``vboxlab.providers``."""
+    """A machine factory found through the ``vboxlab.providers`` entry points."""
 
     name: str
+    #: machines boot from a template image (the lab resolves one for them)
+    needs_template: bool
+
+    def preflight(self, names: list[str]) -> None:
+        """Raise HostError if this host cannot run machines ``names`` (before any starts)."""
 
     def create(self, spec: MachineSpec, ledger: Ledger) -> ProviderMachine: ...
+
+    def attach(self, workdir: Path, ledger: Ledger, log: logging.Logger, *,
+               unplug_nics: bool = False) -> ProviderMachine:
+        """Take over a machine a finished run left in ``workdir`` (a kept lab)."""
+
+
+def supports(handle: ProviderMachine, capability: Capability) -> bool:
+    """True if the machine declares ``capability``."""
+    return capability in handle.capabilities
+
+
+def require(handle: ProviderMachine, capability: Capability, hint: str = "") -> None:
+    """Raise NotSupported unless the machine declares ``capability``."""
+    if capability not in handle.capabilities:
+        raise NotSupported(f"{handle.name} cannot do {capability.value}: its provider lacks "
+                           f"it{'; ' + hint if hint else ''}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -23,17 +24,35 @@ import struct
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vboxlab import procs
 from vboxlab.channels.base import CommandResult
-from vboxlab.errors import CommandTimeout, HostError, MachineDied, ProviderError
+from vboxlab.errors import (
+    CommandTimeout,
+    GuestFileNotFound,
+    HostError,
+    HostFileNotFound,
+    MachineDied,
+    NotSupported,
+    ProviderError,
+)
 from vboxlab.hosttools import require
 from vboxlab.ledger import Ledger
-from vboxlab.providers.base import MachineState
+from vboxlab.providers.base import (
+    Capability,
+    MachineSpec,
+    MachineState,
+    NicSpec,
+    ProviderOptions,
+)
 from vboxlab.waiting import wait_until
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from vboxlab.channels.base import Channel
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -53,15 +72,6 @@ def require_root(what: str) -> None:
         raise HostError(f"{what} needs /dev/net/tun (the tun module): modprobe tun")
 
 
-@dataclass(frozen=True)
-class TapSpec:
-    """One interface of a namespace host: name inside, MAC, address (CIDR)."""
-
-    name: str
-    mac: str
-    address: str | None = None
-
-
 def open_tap(name: str) -> int:
     """Create a tap device ``name`` (no packet-info header); returns its descriptor.
 
@@ -76,28 +86,56 @@ def open_tap(name: str) -> int:
     return fd
 
 
+class NetnsProvider:
+    """Makes namespace hosts; needs root."""
+
+    name = "netns"
+    needs_template = False
+
+    def __init__(self, options: ProviderOptions | None = None) -> None:
+        self.options = options or ProviderOptions()
+
+    def preflight(self, names: list[str]) -> None:
+        require_root(f"netns nodes {', '.join(names)}")
+
+    def create(self, spec: MachineSpec, ledger: Ledger) -> NetnsHost:
+        for nic in spec.nics:
+            if not nic.is_fabric_port:
+                raise NotSupported(f"netns host {spec.name}: NIC {nic.name} must be a fabric "
+                                   "port (a tap device); direct wires and VDE are for VMs")
+        if spec.media is not None:
+            raise NotSupported(f"netns host {spec.name} cannot boot media; use provider qemu")
+        return NetnsHost(spec, ledger)
+
+    def attach(self, workdir: Path, ledger: Ledger, log: logging.Logger, *,
+               unplug_nics: bool = False) -> NetnsHost:
+        raise NotSupported(f"netns host {workdir.name}: a namespace host ends with the run "
+                           "that made it; there is nothing to take over")
+
+
 class NetnsHost:
     """A namespace host as the lab sees it (the ProviderMachine protocol)."""
 
-    can_snapshot = False
-    #: never: ``poweroff`` in a namespace would reach the real host's init over its sockets
-    powers_off_by_command = False
+    #: no snapshots, forwards, restarts or media; ``poweroff`` in a namespace would reach the
+    #: real host's init over its sockets, so the guest never powers off by command
+    capabilities = frozenset({Capability.LAB_NICS})
 
-    def __init__(self, name: str, workdir: Path, ledger: Ledger, *, taps: tuple[TapSpec, ...],
-                 hosts: str, tied: bool, log: logging.Logger, lab_id: str,
-                 routes: tuple[tuple[str, str], ...] = (), forward: bool = False) -> None:
+    def __init__(self, spec: MachineSpec, ledger: Ledger) -> None:
+        name = spec.name
         require_root(f"netns host {name!r}")
         require("unshare", "for netns hosts")
         require("nsenter", "to run commands in netns hosts")
         self.name = name
-        self.workdir = workdir
-        self.taps = taps
-        self.routes = routes
-        self.forward = forward
-        self.tied = tied
+        self.workdir = spec.workdir
+        self.taps: tuple[NicSpec, ...] = spec.nics
+        self.routes = spec.routes
+        self.forward = spec.forward
+        self.tied = spec.tied
         self._ledger = ledger
-        self._log = log
-        self._lab_id = lab_id
+        self._log = spec.log
+        self._lab_id = spec.lab_id
+        hosts = spec.hosts
+        workdir = spec.workdir
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
         self._rid: int | None = None
@@ -117,9 +155,9 @@ class NetnsHost:
     def start(self, loadvm: str | None = None) -> None:
         """Create the namespaces, the taps inside them, and configure addresses."""
         if loadvm is not None:
-            raise ProviderError(f"netns host {self.name} has no snapshots to start from")
+            raise NotSupported(f"netns host {self.name} has no snapshots to start from")
         if self._started:
-            raise ProviderError(
+            raise NotSupported(
                 f"netns host {self.name} was stopped and cannot start again: its namespaces "
                 "and tap devices are gone with it. Use a qemu node to test restarts")
         self._started = True
@@ -128,7 +166,11 @@ class NetnsHost:
                 "--propagation", "private", "--", "sleep", "infinity"]
         self._rid = self._ledger.add("process", f"netns {self.name}")
         self._proc = procs.spawn(argv, tied=self.tied, stderr=self._stderr, cwd=self.workdir)
-        self._ledger.set(self._rid, pid=self._proc.pid, start=procs.start_time(self._proc.pid))
+        started = procs.start_time(self._proc.pid)
+        self._ledger.set(self._rid, pid=self._proc.pid, start=started)
+        (self.workdir / "machine.json").write_text(json.dumps(
+            {"name": self.name, "provider": "netns", "pid": self._proc.pid, "start": started,
+             "interfaces": [t.name for t in self.taps]}, indent=2) + "\n")
         self._ns_pid = wait_until(self._namespace_ready, timeout=10, interval=0.005,
                                   what=f"the namespaces of netns host {self.name}")
         self._run_setup(["mount", "--bind", str(self.workdir / "hosts"), "/etc/hosts"])
@@ -234,24 +276,41 @@ class NetnsHost:
             self._stderr.close()
             self._stderr = None
 
+    def detach(self) -> None:
+        """Nothing to let go of: the holder runs on, the fabric holds the taps' copies."""
+
     def destroy(self) -> None:
         """Stop the host (its processes, namespaces and tap devices go) and delete its files."""
         self.kill()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def __repr__(self) -> str:
+        return f"<NetnsHost {self.name} {self.state().value} ({len(self.taps)} interfaces)>"
+
+    def channel(self, user_key: paramiko.PKey | None) -> Channel:
+        return NsenterChannel(self)
+
+    def shell_hint(self, lab_id: str, base: Path) -> str:
+        return " ".join([*self.enter_argv(), "sh"])
+
+    def fabric_fds(self) -> list[int]:
+        return list(self.tap_fds)
+
+    def on_ready(self, channel: Channel) -> None:
+        """Nothing to do: a namespace host has no kernel of its own."""
+
     # -- what namespace hosts do not have -----------------------------------
-    def ssh_endpoint(self) -> tuple[str, int]:
-        raise ProviderError(f"netns host {self.name} has no SSH; run commands with "
-                            f"nsenter: {' '.join(self.enter_argv())} COMMAND")
+    def boot_initrd(self) -> Path:
+        raise NotSupported(f"netns host {self.name} boots no media; use provider qemu")
 
     def forward_port(self, guest_port: int) -> int:
-        raise ProviderError(
+        raise NotSupported(
             f"netns host {self.name}: forward_port is for VMs; a namespace host's services are "
             "reached from the other nodes of its topology (or from the host with "
             f"{' '.join(self.enter_argv())} ...)")
 
-    def _no_snapshots(self) -> ProviderError:
-        return ProviderError(f"netns host {self.name} cannot be snapshotted: a namespace holds "
+    def _no_snapshots(self) -> NotSupported:
+        return NotSupported(f"netns host {self.name} cannot be snapshotted: a namespace holds "
                              "no memory image. Give the node provider: qemu to use snapshots")
 
     def snapshot_save(self, tag: str) -> None:
@@ -307,6 +366,8 @@ class NsenterChannel:
 
     def put(self, local: Path, remote: str) -> None:
         """Copy a file or folder (the host shares the machine's filesystem)."""
+        if not local.exists():
+            raise HostFileNotFound(f"copy_to: {local} does not exist on the host")
         if local.is_dir():
             shutil.copytree(local, remote, dirs_exist_ok=True)
         else:
@@ -315,7 +376,7 @@ class NsenterChannel:
     def get(self, remote: str, local: Path) -> None:
         source = Path(remote)
         if not source.exists():
-            raise FileNotFoundError(f"copy_from: {remote} does not exist on {self.host.name}")
+            raise GuestFileNotFound(f"copy_from: {remote} does not exist on {self.host.name}")
         if source.is_dir():
             shutil.copytree(source, local, dirs_exist_ok=True)
         else:

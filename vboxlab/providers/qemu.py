@@ -1,11 +1,17 @@
 """The QEMU provider: qemu-system-x86_64 driven through QMP (the ``qemu.qmp`` package).
 
-Each VM gets, in its work folder: a qcow2 overlay over the template's base
-disk (the template is never written), an initramfs made of the template's
-archive plus a small per-VM archive (host key, authorized key, hostname), the
-serial console in ``console.log``, QEMU's stderr in ``qemu.log`` and the QMP
-socket. SSH reaches the guest through a user-mode network forward bound to
-127.0.0.1 on a port the kernel picks (no races between parallel runs).
+Each VM gets, in its work folder: a qcow2 overlay over the template's disk (the
+template is opened read-only with an explicit, empty backing chain and is never
+written), an initramfs made of the template's archive plus a small per-VM
+archive (host key, authorized key, hostname, lab interfaces), the serial
+console in ``console.log``, QEMU's stderr in ``qemu.log``, the QMP socket and
+``machine.json`` (the launch description, pid and forwards). SSH reaches the
+guest through a user-mode network forward bound to 127.0.0.1 on a port the
+kernel picks (no races between parallel runs).
+
+The same class drives a VM a finished run kept: :meth:`QemuProvider.attach`
+reads ``machine.json`` and takes over the process (or restarts it from the
+recorded launch), so the CLI and a live session share one snapshot path.
 """
 
 from __future__ import annotations
@@ -16,25 +22,43 @@ import json
 import logging
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import paramiko
 
 from vboxlab import procs
 from vboxlab.accel import AccelChoice, choose
-from vboxlab.errors import HostError, MachineDied, ProviderError
+from vboxlab.channels.ssh import SSHChannel
+from vboxlab.errors import ConfigError, HostError, MachineDied, NotSupported, ProviderError
 from vboxlab.hosttools import QEMU_BINARY, require, run
+from vboxlab.keys import public_key_from_line
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
-from vboxlab.providers.base import MachineSpec, MachineState
+from vboxlab.net.wire import socket_pair
+from vboxlab.providers.base import Capability, MachineSpec, MachineState, ProviderOptions
+from vboxlab.providers.qemu_argv import (
+    DISK_NODE,
+    LaunchMedia,
+    LaunchNic,
+    NicWiring,
+    QemuLaunch,
+    build_argv,
+)
 from vboxlab.providers.qmp import QmpConnection, run_job, snapshot_args
 from vboxlab.templates.cpio import CpioWriter
+from vboxlab.templates.trust import check_disk
 from vboxlab.waiting import wait_until
 
+if TYPE_CHECKING:
+    from vboxlab.channels.base import Channel
+
 MAX_SOCKET_PATH = 107
-DISK_NODE = "disk0"
+INFO_FILE = "machine.json"
 _FORWARD_RE = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)")
 
@@ -70,39 +94,107 @@ class QemuProvider:
     """Creates QEMU machines; picks KVM only when the probe shows it works."""
 
     name = "qemu"
+    needs_template = True
 
-    def __init__(self, accel: str = "auto", binary: str | None = None) -> None:
+    def __init__(self, options: ProviderOptions | None = None, binary: str | None = None) -> None:
+        accel = (options or ProviderOptions()).accel
         if accel not in ("auto", "kvm", "tcg"):
-            raise ProviderError(f"unknown accelerator {accel!r}; use auto, kvm or tcg")
+            raise ConfigError(f"unknown accelerator {accel!r}; use auto, kvm or tcg")
         self.binary = binary or require(QEMU_BINARY, "to run QEMU virtual machines")
         self.requested_accel = accel
         self._accel: AccelChoice | None = None
+        self._accel_lock = threading.Lock()
 
     def accel_for(self, kernel: Path, log: logging.Logger) -> AccelChoice:
-        if self._accel is None:
-            self._accel = choose(self.requested_accel, self.binary, kernel)
-            log.info("QEMU accelerator: %s (%s)", self._accel.accel, self._accel.reason)
-        return self._accel
+        with self._accel_lock:
+            if self._accel is None:
+                self._accel = choose(self.requested_accel, self.binary, kernel)
+                log.info("QEMU accelerator: %s (%s)", self._accel.accel, self._accel.reason)
+            return self._accel
+
+    def preflight(self, names: list[str]) -> None:
+        """QEMU was found when the provider was made; nothing else to check up front."""
 
     def create(self, spec: MachineSpec, ledger: Ledger) -> QemuMachine:
-        accel = self.accel_for(spec.template.kernel, spec.log)
-        return QemuMachine(self.binary, accel.accel, spec, ledger)
+        built = spec.template
+        if built is None:
+            raise ConfigError(f"{spec.name}: a QEMU machine needs a template")
+        check_disk(built.disk, str(built.manifest.get("disk_format", "qcow2")),
+                   what=f"template {built.template.name} {built.template.version}")
+        definition = built.template.definition
+        work = spec.workdir
+        qmp_path = work / "qmp.sock"
+        if len(str(qmp_path)) > MAX_SOCKET_PATH:
+            raise ConfigError(
+                f"lab folder {work} is too deep: the QMP socket path would be "
+                f"{len(str(qmp_path))} bytes, over the {MAX_SOCKET_PATH}-byte limit of UNIX "
+                "sockets; choose a shorter --lab-dir")
+        media = None
+        if spec.media is not None:
+            ovmf = None
+            if spec.media.firmware == "uefi":
+                from vboxlab.media.bootloaders import ovmf_firmware
+
+                ovmf = str(ovmf_firmware())
+            media = LaunchMedia(str(spec.media.path), spec.media.kind, spec.media.firmware, ovmf)
+        accel = self.accel_for(built.kernel, spec.log)
+        launch = QemuLaunch(
+            name=spec.name, binary=self.binary, accel=accel.accel, memory=spec.memory,
+            cpus=spec.cpus, overlay=str(work / "disk.qcow2"), base_disk=str(built.disk),
+            base_format=str(built.manifest.get("disk_format", "qcow2")),
+            console=str(work / "console.log"), qmp=str(qmp_path),
+            ssh_port=definition.access.port, kernel=str(built.kernel),
+            initrd=str(work / "initrd.img"),
+            cmdline=f"{definition.boot.cmdline} {spec.kernel_args}".strip(), media=media,
+            nics=tuple(LaunchNic(n.name, n.mac, "vde" if n.vde else "fd", n.vde)
+                       for n in spec.nics),
+            restrict=spec.restrict)
+        machine = QemuMachine(launch, work, ledger, spec.log, tied=spec.tied,
+                              ssh_user=definition.access.user,
+                              host_key_line=spec.host_key.public_line if spec.host_key else "",
+                              template=(built.template.name, built.template.version))
+        machine.wire(spec)
+        machine.prepare(spec)
+        return machine
+
+    def attach(self, workdir: Path, ledger: Ledger, log: logging.Logger, *,
+               unplug_nics: bool = False) -> QemuMachine:
+        """Take over a VM a finished run kept in ``workdir``, running or stopped."""
+        try:
+            info = json.loads((workdir / INFO_FILE).read_text())
+            launch = QemuLaunch.from_dict(info["launch"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{workdir / INFO_FILE}: not a VM description vboxlab can use "
+                              f"({type(exc).__name__}: {exc})") from None
+        machine = QemuMachine(launch, workdir, ledger, log, tied=False,
+                              ssh_user=str(info.get("ssh", {}).get("user", "root")),
+                              host_key_line=(workdir / "known_hosts.pub").read_text().strip()
+                              if (workdir / "known_hosts.pub").is_file() else "",
+                              template=(str(info.get("template")), str(info.get("version"))))
+        machine.adopt(info, unplug_nics=unplug_nics)
+        return machine
 
 
 class QemuMachine:
     """One QEMU VM: its files, its process and its QMP connection."""
 
-    can_snapshot = True
-    powers_off_by_command = True
+    capabilities = frozenset({Capability.SNAPSHOTS, Capability.PORT_FORWARD,
+                              Capability.RESTART, Capability.BOOT_MEDIA, Capability.LAB_NICS,
+                              Capability.GUEST_POWEROFF, Capability.ATTACH})
 
-    def __init__(self, binary: str, accel: str, spec: MachineSpec, ledger: Ledger) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self._binary = binary
-        self._accel = accel
+    def __init__(self, launch: QemuLaunch, workdir: Path, ledger: Ledger,
+                 log: logging.Logger, *, tied: bool, ssh_user: str, host_key_line: str,
+                 template: tuple[str, str]) -> None:
+        self.name = launch.name
+        self.launch = launch
+        self.workdir = workdir
+        self.tied = tied
+        self.template = template
         self._ledger = ledger
-        self._log = spec.log
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = log
+        self._ssh_user = ssh_user
+        self._host_key_line = host_key_line
+        self._proc: subprocess.Popen[bytes] | procs.Adopted | None = None
         self._proc_rid: int | None = None
         self._qmp: QmpConnection | None = None
         self._state = MachineState.CREATED
@@ -112,125 +204,130 @@ class QemuMachine:
         self._last_returncode: int | None = None
         self._life = threading.RLock()  # state changes may come from a watchdog thread
         self._stderr: io.BufferedWriter | None = None
-        work = spec.workdir
-        self.qmp_path = work / "qmp.sock"
-        if len(str(self.qmp_path)) > MAX_SOCKET_PATH:
-            raise ProviderError(
-                f"lab folder {work} is too deep: the QMP socket path would be "
-                f"{len(str(self.qmp_path))} bytes, over the {MAX_SOCKET_PATH}-byte limit of UNIX "
-                "sockets; choose a shorter --lab-dir")
-        self.overlay = work / "disk.qcow2"
-        self.initrd = work / "initrd.img"
-        self._prepare()
+        self._adopted = False
+        self._unplugged = False
+        self._nic_fds: list[int] = []  # QEMU's ends of the datagram NICs, in NIC order
+        self._own_sockets: list[socket.socket] = []
+        self._fabric_ends: list[socket.socket] = []
+        self.qmp_path = Path(launch.qmp)
+        self.overlay = Path(launch.overlay)
+        self.initrd = Path(launch.initrd) if launch.initrd else workdir / "initrd.img"
+
+    def __repr__(self) -> str:
+        return f"<QemuMachine {self.name} {self.state().value} ({self.template[0]} " \
+               f"{self.template[1]}, {self.launch.accel})>"
 
     # -- files ----------------------------------------------------------
-    def _prepare(self) -> None:
-        work = self.spec.workdir
+    def wire(self, spec: MachineSpec) -> None:
+        """Make the sockets of this VM's lab NICs (fabric ports get a pair each)."""
+        for nic in spec.nics:
+            if nic.vde is not None:
+                continue
+            if nic.fd is not None:
+                self._nic_fds.append(nic.fd)
+                continue
+            near, far = socket_pair()
+            self._own_sockets += [near, far]
+            self._fabric_ends.append(far)
+            self._nic_fds.append(near.fileno())
+
+    def prepare(self, spec: MachineSpec) -> None:
+        """Create the overlay and the VM's own initrd."""
+        assert spec.template is not None and spec.host_key is not None
         qemu_img = require("qemu-img", "to create copy-on-write overlays")
         self._ledger.add("file", f"overlay {self.name}", path=str(self.overlay))
-        run([qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-             str(self.spec.template.disk), str(self.overlay)],
+        run([qemu_img, "create", "-q", "-f", "qcow2", "-F", self.launch.base_format, "-b",
+             self.launch.base_disk, str(self.overlay)],
             what=f"creating the overlay of {self.name}", error=ProviderError)
         extra = io.BytesIO()
         cpio = CpioWriter(extra)
-        for name, data, mode in self._vm_files():
-            if self._files_prefix:
-                cpio.add_tree_dirs(str(Path(self._files_prefix + name).parent))
-            cpio.add_file(self._files_prefix + name, data, mode)
+        prefix = "vboxlab/root/" if spec.template.template.definition.boot.files_into == \
+            "rootfs" else ""
+        for name, data, mode in _vm_files(spec):
+            if prefix:
+                cpio.add_tree_dirs(str(Path(prefix + name).parent))
+            cpio.add_file(prefix + name, data, mode)
         cpio.close()
         self._ledger.add("file", f"initrd {self.name}", path=str(self.initrd))
-        with self.initrd.open("wb") as out, self.spec.template.initrd.open("rb") as base:
+        with self.initrd.open("wb") as out, spec.template.initrd.open("rb") as base:
             shutil.copyfileobj(base, out, 1 << 20)
             # the kernel reads a following cpio only at a 4-byte boundary (zeros are skipped):
             # a compressed base (Debian's zstd initrd) ends anywhere
             out.write(b"\0" * (-out.tell() % 512))
             out.write(extra.getvalue())
         self.initrd.chmod(0o600)  # it holds the VM's private host key
-        (work / "console.log").touch()
+        (self.workdir / "console.log").touch()
+        (self.workdir / "known_hosts.pub").write_text(self._host_key_line + "\n")
 
-    @property
-    def _files_prefix(self) -> str:
-        """Where the per-VM files go in the appended cpio: the initramfs is the root
-        (initramfs templates), or a hook copies ``vboxlab/root/`` into the root disk."""
-        into = self.spec.template.template.definition.boot.files_into
-        return "vboxlab/root/" if into == "rootfs" else ""
-
-    def _vm_files(self) -> list[tuple[str, bytes, int]]:
-        """This VM's own files: host key, authorized key, names, lab interfaces and routes."""
-        spec = self.spec
-        files = [
-            ("etc/ssh/ssh_host_ed25519_key", spec.host_key.private_openssh, 0o600),
-            ("etc/ssh/ssh_host_ed25519_key.pub", spec.host_key.public_line.encode() + b"\n",
-             0o644),
-            ("etc/ssh/authorized_keys", spec.authorized_key.encode() + b"\n", 0o644),
-            ("etc/hostname", self.name.encode() + b"\n", 0o644),
-            ("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n{spec.hosts}".encode(),
-             0o644),
-            ("etc/vboxlab/interfaces", "".join(f"{nic.name} {nic.address or '-'} {nic.mac}\n"
-                                               for nic in spec.nics).encode(), 0o644),
-            ("etc/vboxlab/routes", "".join(f"{network} {via}\n"
-                                           for network, via in spec.routes).encode(), 0o644),
-        ]
-        if spec.forward:
-            files.append(("etc/vboxlab/forward", b"1\n", 0o644))
-        return files
+    def adopt(self, info: dict[str, Any], *, unplug_nics: bool) -> None:
+        """Take over the process recorded in ``machine.json`` (if it still runs)."""
+        self._adopted = True
+        self._unplugged = unplug_nics
+        pid, start = info.get("pid"), info.get("start")
+        if isinstance(pid, int) and isinstance(start, int) and procs.is_alive(pid, start):
+            self._proc = procs.Adopted(pid, start)
+            self._state = MachineState.RUNNING
+            ssh = info.get("ssh", {})
+            self._ssh_port = ssh.get("port") if isinstance(ssh.get("port"), int) else None
+            self._forwards = {int(g): int(h) for g, h in info.get("forwards", {}).items()}
+        else:
+            self._state = MachineState.STOPPED
 
     @property
     def console_log(self) -> Path:
-        return self.spec.workdir / "console.log"
+        return Path(self.launch.console)
 
     @property
     def qemu_log(self) -> Path:
-        return self.spec.workdir / "qemu.log"
+        return self.workdir / "qemu.log"
 
-    def _boot_argv(self) -> list[str]:
-        """The template's kernel and initrd, or boot media (CD or USB stick, BIOS or UEFI)."""
-        spec = self.spec
-        media = spec.media
-        if media is None:
-            return ["-kernel", str(spec.template.kernel), "-initrd", str(self.initrd),
-                    "-append", spec.template.template.definition.boot.cmdline]
-        from vboxlab.media.bootloaders import ovmf_firmware
+    def boot_initrd(self) -> Path:
+        return self.initrd
 
-        argv = ["-bios", str(ovmf_firmware())] if media.firmware == "uefi" else []
-        drive = f"if=none,id=media0,format=raw,readonly=on,file={media.path}"
-        if media.kind == "cdrom":
-            return [*argv, "-drive", f"{drive},media=cdrom",
-                    "-device", "ide-cd,drive=media0,bootindex=0"]
-        return [*argv, "-device", "qemu-xhci,id=usb", "-drive", drive,
-                "-device", "usb-storage,bus=usb.0,drive=media0,bootindex=0,removable=on"]
+    def fabric_fds(self) -> list[int]:
+        return [sock.fileno() for sock in self._fabric_ends]
 
-    def _argv(self, loadvm: str | None = None) -> list[str]:
-        spec = self.spec
-        definition = spec.template.template.definition
-        work = spec.workdir
-        argv = [
-            self._binary, "-name", f"{spec.name},process=vboxlab-{spec.name}"[:64],
-            "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", self._accel,
-            "-m", str(spec.memory), "-smp", str(spec.cpus), "-display", "none",
-            *self._boot_argv(),
-            "-chardev", f"file,id=con,path={work / 'console.log'},append=on",
-            "-serial", "chardev:con", "-no-reboot",
-            "-blockdev", f"driver=file,filename={self.overlay},node-name=file0,"
-                         "cache.direct=off,cache.no-flush=on",
-            "-blockdev", f"driver=qcow2,file=file0,node-name={DISK_NODE}",
-            "-device", f"virtio-blk-pci,drive={DISK_NODE}",
-            "-netdev",
-            f"user,id=n0,hostfwd=tcp:127.0.0.1:0-:{definition.access.port}",
-            "-device", "virtio-net-pci,netdev=n0",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        ]
-        for index, nic in enumerate(spec.nics):
-            backend = (f"vde,id=lab{index},sock={nic.vde}" if nic.vde is not None else
-                       f"dgram,id=lab{index},local.type=fd,local.str={nic.fd}")
-            argv += ["-netdev", backend,
-                     "-device", f"virtio-net-pci,netdev=lab{index},mac={nic.mac}"]
-        if self._accel == "kvm":
-            argv += ["-cpu", "host"]
-        if loadvm is not None:
-            argv += ["-loadvm", loadvm]
-        return argv
+    def channel(self, user_key: paramiko.PKey | None) -> Channel:
+        if user_key is None:
+            raise ConfigError(f"{self.name}: an SSH key is needed to reach a QEMU machine")
+        return SSHChannel(self.name, self.ssh_endpoint, self._ssh_user, user_key,
+                          public_key_from_line(self._host_key_line), self.check_alive)
+
+    def on_ready(self, channel: Channel) -> None:
+        """Append the guest's kernel log to the console log if the kernel booted ``quiet``.
+
+        A quiet kernel prints only errors on the serial console (it boots faster:
+        see benchmarks/console.py); its whole log is read over the channel once the
+        guest answers, so the console log still tells the boot's story.
+        """
+        if "quiet" not in self.launch.cmdline.split():
+            return
+        result = channel.run("dmesg", timeout=20)
+        with self.console_log.open("a") as console:
+            console.write("\n--- kernel log (dmesg), read over the command channel once the "
+                          "guest answered: this kernel booted quiet ---\n")
+            console.write(result.stdout if result.rc == 0 else
+                          f"(dmesg failed with exit status {result.rc}: {result.stderr})\n")
+            console.write("--- end of the kernel log ---\n")
+
+    def shell_hint(self, lab_id: str, base: Path) -> str:
+        return f"vboxlab ssh {lab_id} {self.name} --lab-dir {base}"
+
+    def _wiring(self) -> NicWiring:
+        fd_nics = [n for n in self.launch.nics if n.backend == "fd"]
+        if not fd_nics:
+            return NicWiring()
+        if self._adopted:
+            if not self._unplugged:
+                names = ", ".join(n.name for n in fd_nics)
+                raise NotSupported(
+                    f"{self.name} was wired to its lab's network ({names}); that network's "
+                    "fabric ended with the run that made it, so QEMU cannot be started with "
+                    "those NICs connected. Restore it with its lab NICs unplugged (vboxlab "
+                    "snapshots restore --unplugged: the links come up down, eth0 and SSH "
+                    "work), or keep the whole lab running with --lab-keep")
+            return NicWiring(unplugged=True)
+        return NicWiring(fds=tuple(self._nic_fds))
 
     # -- life -----------------------------------------------------------
     def start(self, loadvm: str | None = None) -> None:
@@ -240,26 +337,32 @@ class QemuMachine:
         """
         if self.state() is MachineState.RUNNING:
             raise ProviderError(f"{self.name} is already running")
+        wiring = self._wiring()
+        argv = build_argv(self.launch, wiring, loadvm=loadvm)
         self.qmp_path.unlink(missing_ok=True)
-        self._proc_rid = self._ledger.add("process", f"qemu {self.name}",
-                                          marker=f"{self.spec.workdir}/")
+        self._proc_rid = self._ledger.add("process", f"qemu {self.name}")
         self._ledger.add("socket", f"qmp {self.name}", path=str(self.qmp_path))
-        self._stderr = self.qemu_log.open("ab")
-        argv = self._argv(loadvm)
         self._log.info("%s: starting %s", self.name, " ".join(argv))
         try:
-            self._proc = procs.spawn(argv, tied=self.spec.tied, stderr=self._stderr,
-                                     cwd=self.spec.workdir,
-                                     pass_fds=[nic.fd for nic in self.spec.nics if nic.vde is None])
+            if self._adopted:  # outlives this short-lived process (the CLI)
+                pid = procs.spawn_detached(argv, self.qemu_log)
+                self._proc = procs.Adopted(pid, procs.start_time(pid))
+            else:
+                self._stderr = self.qemu_log.open("ab")
+                self._proc = procs.spawn(argv, tied=self.tied, stderr=self._stderr,
+                                         cwd=self.workdir, pass_fds=wiring.fds)
         except OSError as exc:
-            raise HostError(f"could not run {self._binary}: {exc}") from exc
+            raise HostError(f"could not run {self.launch.binary}: {exc}") from exc
         self._ledger.set(self._proc_rid, pid=self._proc.pid,
                          start=procs.start_time(self._proc.pid))
         self._state = MachineState.RUNNING
         try:
             self._qmp = wait_until(self._connect_qmp, timeout=30, what=f"QMP of {self.name}",
                                    interval=0.02, abort=self._abort_if_dead)
-            self._ssh_port = self._forward_for(self.spec.template.template.definition.access.port)
+            self._ssh_port = self._forward_for(self.launch.ssh_port)
+            if wiring.unplugged:
+                for index, _ in enumerate(self.launch.nics):
+                    self.qmp("set_link", name=f"lab{index}", up=False)
         except BaseException:
             self.kill()
             raise
@@ -346,6 +449,12 @@ class QemuMachine:
 
     def _require_qmp(self) -> QmpConnection:
         self.check_alive()
+        if self._qmp is None and self._adopted:
+            qmp = self._connect_qmp()
+            if qmp is None:
+                raise ProviderError(f"cannot reach the QMP socket of {self.name} "
+                                    f"({self.qmp_path})")
+            self._qmp = qmp
         if self._qmp is None:
             raise ProviderError(f"{self.name} is not running")
         return self._qmp
@@ -361,6 +470,8 @@ class QemuMachine:
 
     def forward_port(self, guest_port: int) -> int:
         """Forward a port on 127.0.0.1 to ``guest_port`` in the guest; returns the host port."""
+        if not isinstance(guest_port, int) or not 0 < guest_port < 65536:
+            raise ConfigError(f"guest port must be 1..65535, got {guest_port!r}")
         if guest_port in self._forwards:
             return self._forwards[guest_port]
         before = {h for h, _ in self._forwards_now()}
@@ -384,7 +495,7 @@ class QemuMachine:
             if self._state is MachineState.RUNNING and self._proc is not None and \
                     self._proc.poll() is not None:
                 self._state = MachineState.CRASHED
-                self._reap()
+                self._reap_locked()
             return self._state
 
     def _check_died(self, grace: float = 2.0) -> None:
@@ -416,8 +527,10 @@ class QemuMachine:
             if proc.poll() is not None:
                 break
             try:
-                if self._qmp is not None:
-                    self._qmp.cmd(command)
+                qmp = self._qmp or (self._connect_qmp() if self._adopted else None)
+                self._qmp = qmp
+                if qmp is not None:
+                    qmp.cmd(command)
             except Exception as exc:
                 self._log.info("%s: QMP %s: %s", self.name, command, exc)
             try:
@@ -447,7 +560,7 @@ class QemuMachine:
                 self._proc.kill()
                 if self._state is MachineState.RUNNING:
                     self._state = MachineState.STOPPED
-            self._reap()
+            self._reap_locked()
 
     def _reap(self) -> None:
         with self._life:
@@ -475,23 +588,58 @@ class QemuMachine:
         self._ssh_port = None
 
     def destroy(self) -> None:
-        """Kill QEMU and delete the VM's files."""
+        """Kill QEMU, close the NIC sockets and delete the VM's files."""
         self.kill()
-        shutil.rmtree(self.spec.workdir, ignore_errors=True)
+        self.detach()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def detach(self) -> None:
+        """Close QMP and this process's NIC sockets; QEMU, if running, keeps its own."""
+        with self._life:
+            if self._qmp is not None:
+                self._qmp.close()
+                self._qmp = None
+        for sock in self._own_sockets:
+            sock.close()
+        self._own_sockets.clear()
+        self._fabric_ends.clear()
 
     def _write_info(self) -> None:
+        proc = self._proc
         info = {
             "name": self.name,
-            "template": self.spec.template.template.name,
-            "version": self.spec.template.template.version,
-            "pid": self._proc.pid if self._proc else None,
+            "provider": "qemu",
+            "template": self.template[0],
+            "version": self.template[1],
+            "pid": proc.pid if proc else None,
+            "start": procs.start_time(proc.pid) if proc else None,
             "ssh": {"host": "127.0.0.1", "port": self._ssh_port,
-                    "guest_port": self.spec.template.template.definition.access.port,
-                    "user": self.spec.template.template.definition.access.user},
+                    "guest_port": self.launch.ssh_port, "user": self._ssh_user},
             "forwards": {str(g): h for g, h in self._forwards.items()},
-            "argv": self._argv(),
+            "launch": self.launch.to_dict(),
             "qmp": str(self.qmp_path),
             "updated": time.time(),
         }
-        (self.spec.workdir / "machine.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp = self.workdir / f".{INFO_FILE}.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(self.workdir / INFO_FILE)
 
+
+def _vm_files(spec: MachineSpec) -> list[tuple[str, bytes, int]]:
+    """A VM's own files: host key, authorized key, names, lab interfaces and routes."""
+    assert spec.host_key is not None
+    files = [
+        ("etc/ssh/ssh_host_ed25519_key", spec.host_key.private_openssh, 0o600),
+        ("etc/ssh/ssh_host_ed25519_key.pub", spec.host_key.public_line.encode() + b"\n", 0o644),
+        ("etc/ssh/authorized_keys", spec.authorized_key.encode() + b"\n", 0o644),
+        ("etc/hostname", spec.name.encode() + b"\n", 0o644),
+        ("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n{spec.hosts}".encode(),
+         0o644),
+        ("etc/vboxlab/interfaces", "".join(f"{nic.name} {nic.address or '-'} {nic.mac}\n"
+                                           for nic in spec.nics).encode(), 0o644),
+        ("etc/vboxlab/routes", "".join(f"{network} {via}\n"
+                                       for network, via in spec.routes).encode(), 0o644),
+    ]
+    if spec.forward:
+        files.append(("etc/vboxlab/forward", b"1\n", 0o644))
+    return files

@@ -4,8 +4,13 @@ Layout: ``vboxlab-template/manifest.json`` first, then ``vboxlab-template/<file>
 for every file the manifest lists with its SHA-256. Import trusts nothing: it
 refuses absolute paths, ``..``, links of any kind, devices, duplicate entries,
 files the manifest does not list and files it lists that are missing; every
-checksum is verified while the file is written into a scratch folder, and only a
-complete, verified template is renamed into the repository.
+checksum is verified while the file is written into a scratch folder. Then the
+template itself is checked (:mod:`vboxlab.templates.trust`): its disk must be a
+self-contained image of the manifest's format (no backing or data file), its
+definition must carry the manifest's name and version, and the kernel, initrd
+and disk must be listed. Only a complete, verified template is renamed into the
+repository, marked with where it came from: a template built on another
+machine boots with its user network restricted unless a lab says otherwise.
 """
 
 from __future__ import annotations
@@ -22,16 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.errors import ConfigError, HostFileNotFound, UntrustedImage
+from vboxlab.names import is_valid_name
 from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateRepository
+from vboxlab.templates.trust import check_disk, check_manifest, local_origin
 from vboxlab.templates.versions import parse_version
 
 TOP = "vboxlab-template"
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 
 
-class ArchiveError(VboxlabError):
+class ArchiveError(UntrustedImage):
     """An archive that cannot be imported (bad, tampered or incomplete)."""
 
 
@@ -70,10 +76,11 @@ def _check_manifest(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArchiveError("manifest.json is not a JSON object")
     name, version, files = data.get("name"), data.get("version"), data.get("files")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not is_valid_name(name):
         raise ArchiveError(f"manifest.json: name {name!r} is not a template name")
-    if not isinstance(version, str):
-        raise ArchiveError("manifest.json: version missing")
+    if not isinstance(version, str) or not re.fullmatch(r"\d{1,9}\.\d{1,9}\.\d{1,9}", version):
+        raise ArchiveError(f"manifest.json: version {version!r} is not a version such as "
+                           "1.0.0")
     try:
         parse_version(version)
     except ConfigError as exc:
@@ -81,7 +88,7 @@ def _check_manifest(data: Any) -> dict[str, Any]:
     if not isinstance(files, dict) or not files:
         raise ArchiveError("manifest.json: no files listed")
     for file, digest in files.items():
-        if not isinstance(file, str) or not _FILE.match(file) or file == MANIFEST:
+        if not isinstance(file, str) or not _FILE.fullmatch(file) or file == MANIFEST:
             raise ArchiveError(f"manifest.json lists a bad file name {file!r}")
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise ArchiveError(f"manifest.json: {file}: {digest!r} is not a SHA-256")
@@ -114,14 +121,22 @@ def import_template(archive: Path, repository: TemplateRepository, *,
     """Verify and install an archive; raises ArchiveError naming what is wrong."""
     archive = Path(archive)
     if not archive.is_file():
-        raise ConfigError(f"{archive}: no such archive")
+        raise HostFileNotFound(f"{archive}: no such archive")
     scratch = repository.images / f".import-{os.getpid()}-{time.monotonic_ns()}"
     scratch.mkdir(parents=True)
     try:
         manifest, files = _unpack(archive, scratch)
         name, version = manifest["name"], manifest["version"]
+        what = f"{archive.name} ({name} {version})"
+        try:
+            check_manifest(manifest, what=what)
+            check_disk(scratch / "disk.qcow2", str(manifest.get("disk_format", "qcow2")),
+                       what=what)
+        except UntrustedImage as exc:
+            raise ArchiveError(str(exc)) from None
         manifest["imported"] = {"from": archive.name, "at": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "foreign": manifest.get("origin") != local_origin()}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         with repository.lock(name):
             target = repository.images / name / version
@@ -158,7 +173,7 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
                                            f"not {member.name!r}")
                     try:
                         manifest = _check_manifest(json.loads(stream.read(1 << 20)))
-                    except json.JSONDecodeError as exc:
+                    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8
                         raise ArchiveError(f"manifest.json is not valid JSON: {exc}") from None
                     continue
                 files: dict[str, str] = manifest["files"]

@@ -16,9 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vboxlab.errors import ConfigError
+from vboxlab.names import NAME_RULE, is_valid_name
 
 DEFINITION_FILE = "template.toml"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -49,6 +49,14 @@ class Access(_Strict):
     port: int = Field(22, ge=1, le=65535)
 
 
+class NetworkSettings(_Strict):
+    """The guest's user network (eth0: how the lab reaches it)."""
+
+    restrict: bool = Field(
+        False, description="the guest reaches nothing outside: only the lab's forwards work "
+        "(always on for templates imported from another machine unless a lab turns it off)")
+
+
 class Build(_Strict):
     """The build recipe and what it is based on."""
 
@@ -74,19 +82,20 @@ class TemplateDefinition(_Strict):
     resources: Resources = Field(default_factory=Resources)
     boot: Boot = Field(default_factory=Boot)
     access: Access = Field(default_factory=Access)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
     build: Build
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError("must be lower case letters, digits and '-', starting with a letter")
+        if not is_valid_name(value):
+            raise ValueError(f"use {NAME_RULE}")
         return value
 
     @field_validator("version")
     @classmethod
     def _check_version(cls, value: str) -> str:
-        if not _SEMVER_RE.match(value):
+        if not _SEMVER_RE.fullmatch(value):
             raise ValueError("must be a semantic version such as 1.0.0")
         return value
 
@@ -127,8 +136,12 @@ def load_template(folder: Path) -> Template:
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file; a template folder needs a "
                           f"{DEFINITION_FILE}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a template definition") from None
     try:
         definition = TemplateDefinition.model_validate(raw)
     except ValidationError as exc:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from vboxlab import __version__, procs
 from vboxlab.errors import BuildError, TemplateNotBuilt, TemplateNotFound
 from vboxlab.paths import cache_dir, repo_root
@@ -28,6 +30,7 @@ from vboxlab.templates.definition import (
 )
 from vboxlab.templates.initramfs import Progress, build_image, inputs_digest, resolve_inputs
 from vboxlab.templates.pins import read_pins
+from vboxlab.templates.trust import local_origin
 from vboxlab.templates.versions import TemplateRequest, newest, parse_version
 
 log = logging.getLogger(__name__)
@@ -144,7 +147,12 @@ class TemplateRepository:
             log.warning("ignoring %s: unreadable manifest (%s)", folder, exc)
             return None
         if "definition" in manifest:
-            definition = TemplateDefinition.model_validate(manifest["definition"])
+            try:
+                definition = TemplateDefinition.model_validate(manifest["definition"])
+            except ValidationError as exc:
+                log.warning("ignoring %s: its manifest's definition is not valid (%s)", folder,
+                            exc.errors()[0]["msg"])
+                return None
             return BuiltTemplate(Template(definition, folder), folder, manifest)
         try:  # built before manifests carried their definition
             template = self.definition(manifest["name"])
@@ -335,6 +343,8 @@ class TemplateRepository:
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_seconds": round(time.monotonic() - started, 1),
                     "builder": f"vboxlab {__version__}",
+                    "origin": local_origin(),
+                    "disk_format": "qcow2",
                     "definition": template.definition.model_dump(mode="json"),
                     **extra,
                 }

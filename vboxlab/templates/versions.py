@@ -27,7 +27,7 @@ class TemplateRequest:
 
     @classmethod
     def parse(cls, text: str) -> TemplateRequest:
-        match = _REQUEST.match(text)
+        match = _REQUEST.fullmatch(text)
         if match is None:
             raise ConfigError(f"template {text!r}: write NAME, NAME@VERSION or NAME with version "
                               "constraints such as 'debian-12>=1.1,<2'")

@@ -3,9 +3,10 @@
 The data path is C because Python cannot keep up: a minimal asyncio forwarder
 here moved frames at a third of a direct QEMU-to-QEMU link. The binary is
 compiled on first use with the host's C compiler into the user cache, keyed by
-the source's hash, so a wheel needs no build step. Sockets: for every port the
-lab makes a connected pair of UDP sockets on 127.0.0.1; one end goes to QEMU's
-``-netdev dgram``, the other is inherited by the fabric.
+the source's hash, so a wheel needs no build step. Ports: each NIC's fabric-side
+descriptor (one end of a pair of UDP sockets whose other end is QEMU's
+``-netdev dgram``, or a namespace host's tap) is sent to the running fabric with
+its ``port`` command (SCM_RIGHTS), so ports can be added at any time.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vboxlab import procs
 from vboxlab.errors import HostError, VboxlabError
 from vboxlab.hosttools import run
+from vboxlab.ledger import Ledger
 from vboxlab.paths import cache_dir
 from vboxlab.waiting import wait_until
 
@@ -56,21 +57,33 @@ def build_binary() -> Path:
 class Fabric:
     """One fabric process: ports (NICs), trunks, and link directions to steer."""
 
-    def __init__(self, workdir: Path, *, tied: bool = True) -> None:
+    def __init__(self, workdir: Path, *, tied: bool = True, ledger: Ledger | None = None) -> None:
         self.workdir = workdir
         self.control_path = workdir / "fabric.sock"
         self.tied = tied
+        self._ledger = ledger
+        self._rid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._reader: Any = None
         self._log: Any = None
 
-    def start(self, inherited: Sequence[int]) -> None:
-        """Start the process, handing it the fabric ends of the port sockets."""
+    def __repr__(self) -> str:
+        state = "running" if self._proc is not None and self._proc.poll() is None else "stopped"
+        return f"<Fabric {state} pid={self.pid} control={self.control_path}>"
+
+    def start(self) -> None:
+        """Start the process and connect to its control socket."""
         binary = build_binary()
         self._log = (self.workdir / "fabric.log").open("ab")
+        if self._ledger is not None:
+            self._rid = self._ledger.add("process", "fabric")
+            self._ledger.add("socket", "fabric control", path=str(self.control_path))
         self._proc = procs.spawn([str(binary), str(self.control_path)], tied=self.tied,
-                                 stderr=self._log, cwd=self.workdir, pass_fds=list(inherited))
+                                 stderr=self._log, cwd=self.workdir)
+        if self._ledger is not None and self._rid is not None:
+            self._ledger.set(self._rid, pid=self._proc.pid,
+                             start=procs.start_time(self._proc.pid))
 
         def connected() -> socket.socket | None:
             self.check_alive()
@@ -101,12 +114,17 @@ class Fabric:
             raise FabricError(f"the network fabric is not running (exit status {code}); the "
                               f"links of this lab carry no traffic. It said: {said.strip()}")
 
-    def command(self, line: str) -> str:
-        """Send one command; return the text after ``ok`` or raise FabricError."""
+    def command(self, line: str, fd: int | None = None) -> str:
+        """Send one command (with ``fd`` attached); return the text after ``ok``, or raise."""
         self.check_alive()
         assert self._control is not None
+        if "\n" in line:
+            raise FabricError(f"fabric commands are one line: {line!r}")
         try:
-            self._control.sendall(line.encode() + b"\n")
+            if fd is None:
+                self._control.sendall(line.encode() + b"\n")
+            else:
+                socket.send_fds(self._control, [line.encode() + b"\n"], [fd])
             reply = self._reader.readline()
         except OSError as exc:
             self.check_alive()
@@ -120,7 +138,8 @@ class Fabric:
         return str(reply[3:])
 
     def add_port(self, port: int, fd: int, segment: int) -> None:
-        self.command(f"port {port} {fd} {segment}")
+        """Add a port on ``segment`` whose frames come and go through ``fd`` (sent along)."""
+        self.command(f"port {port} {segment}", fd=fd)
 
     def add_trunk(self, trunk: int, segment_a: int, segment_b: int) -> None:
         self.command(f"trunk {trunk} {segment_a} {segment_b}")
@@ -161,18 +180,8 @@ class Fabric:
             self._control.close()
         if self._log is not None:
             self._log.close()
+        if self._proc is not None and self._ledger is not None and self._rid is not None:
+            self._ledger.done(self._rid)
+            self._rid = None
         self._proc = None
         self._control = self._reader = self._log = None
-
-
-def socket_pair() -> tuple[socket.socket, socket.socket]:
-    """Two UDP sockets on 127.0.0.1 connected to each other (a NIC end and a fabric end)."""
-    one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    two = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    for sock in (one, two):
-        sock.bind(("127.0.0.1", 0))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    one.connect(two.getsockname())
-    two.connect(one.getsockname())
-    return one, two

@@ -11,7 +11,18 @@
  * up/down; its own counters; and an optional pcap capture.
  *
  * Control: text lines on a UNIX stream socket (see handle_command); one reply
- * line each, "ok ..." or "error ...". Deterministic with "seed N".
+ * line each, "ok ..." or "error ...". A port's descriptor (a NIC's socket, a tap)
+ * travels with its "port" command as SCM_RIGHTS ancillary data, so ports can be
+ * added while the fabric runs.
+ *
+ * Randomness: every direction has a generator of its own, seeded from the lab
+ * seed ("seed N") and the direction's name, so one seed gives the same drops,
+ * delays and corruptions on a direction whatever traffic the others carry.
+ *
+ * Safety: a trunk that would close a loop between segments is refused (a
+ * broadcast would circle forever), and every frame carries a hop count that
+ * ends its trip after MAX_HOPS switches in any case, so no input can make the
+ * fabric recurse without bound.
  *
  * Build: cc -O2 -o vboxlab-fabric fabric.c   (no dependencies beyond libc)
  */
@@ -39,11 +50,14 @@
 #define MAC_SLOTS 1024
 #define BATCH 32
 #define MAX_CLIENTS 16
+#define MAX_HOPS (MAX_TRUNKS + 2)
+#define MAX_PENDING_FDS 16
 
 typedef struct frame {
     struct frame *next;
     uint64_t release;
     uint32_t len;
+    uint32_t hops;
     uint8_t data[];
 } frame_t;
 
@@ -55,12 +69,13 @@ typedef struct {
     double loss, dup, corrupt, ge_p, ge_r, ge_h, ge_k;
     int ge, ge_bad, reorder, up;
     uint32_t mtu;
+    uint64_t rng; /* this direction's own generator (xorshift64*) */
     /* state */
     frame_t *head, *tail;
     uint64_t last_release, busy_until, queued_bytes;
     /* counters */
     uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
-    uint64_t drop_loss, drop_queue, drop_down, drop_mtu, duplicated, corrupted;
+    uint64_t drop_loss, drop_queue, drop_down, drop_mtu, drop_hops, duplicated, corrupted;
     FILE *pcap;
     /* where released frames go: a port's NIC, or a segment's switch */
     int to_port;          /* >= 0: send to this port's socket */
@@ -80,7 +95,9 @@ static int epfd, tfd, listen_fd;
 static int clients[MAX_CLIENTS];
 static char client_buf[MAX_CLIENTS][4096];
 static size_t client_len[MAX_CLIENTS];
-static uint64_t rng = 0x9E3779B97F4A7C15ULL;
+static int client_fds[MAX_CLIENTS][MAX_PENDING_FDS]; /* descriptors received, oldest first */
+static int client_nfds[MAX_CLIENTS];
+static uint64_t lab_seed = 0x9E3779B97F4A7C15ULL;
 static int running = 1;
 static long queued_frames = 0; /* frames waiting in any dir: 0 lets the loop skip the scan */
 static int dir_count = 0;      /* dirs in use are 0 .. dir_count-1 */
@@ -94,9 +111,20 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-static double rnd(void) { /* xorshift64*, uniform in [0, 1) */
-    rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
-    return (double)((rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+static double rnd(dir_t *d) { /* xorshift64*, uniform in [0, 1) */
+    d->rng ^= d->rng >> 12; d->rng ^= d->rng << 25; d->rng ^= d->rng >> 27;
+    return (double)((d->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
+/* a direction's generator state: the lab seed and its name, mixed (FNV-1a, splitmix64) */
+static uint64_t derive_rng(const char *name) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const char *c = name; *c; c++) { h ^= (uint8_t)*c; h *= 0x100000001b3ULL; }
+    uint64_t z = lab_seed ^ h;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return z ? z : 0x9E3779B97F4A7C15ULL;
 }
 
 static int dir_index(const char *name) {
@@ -114,6 +142,7 @@ static int new_dir(const char *name) {
             dirs[i].up = 1;
             dirs[i].mtu = 65535;
             dirs[i].to_port = -1;
+            dirs[i].rng = derive_rng(dirs[i].name);
             if (i + 1 > dir_count) dir_count = i + 1;
             return i;
         }
@@ -130,10 +159,10 @@ static void pcap_write(dir_t *d, const uint8_t *data, uint32_t len) {
     fwrite(data, 1, len, d->pcap);
 }
 
-static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len);
+static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len, uint32_t hops);
 
-/* a frame leaves a dir: to a NIC, or into a switch */
-static void deliver(dir_t *d, const uint8_t *data, uint32_t len) {
+/* a frame leaves a dir: to a NIC, or into a switch (one more hop) */
+static void deliver(dir_t *d, const uint8_t *data, uint32_t len, uint32_t hops) {
     d->tx_packets++;
     d->tx_bytes += len;
     pcap_write(d, data, len);
@@ -147,34 +176,36 @@ static void deliver(dir_t *d, const uint8_t *data, uint32_t len) {
                    errno != ECONNREFUSED) {
             perror("fabric: send");
         }
+    } else if (hops >= MAX_HOPS) {
+        d->drop_hops++;
     } else {
-        switch_input(d->to_seg, d->from_ep, data, len);
+        switch_input(d->to_seg, d->from_ep, data, len, hops + 1);
     }
 }
 
 /* a frame enters a dir: impairments decide if, when and how often it leaves */
-static void dir_input(int di, const uint8_t *data, uint32_t len) {
+static void dir_input(int di, const uint8_t *data, uint32_t len, uint32_t hops) {
     dir_t *d = &dirs[di];
     d->rx_packets++;
     d->rx_bytes += len;
     if (!d->up) { d->drop_down++; return; }
     if (len > 14 && len - 14 > d->mtu) { d->drop_mtu++; return; }
     if (d->ge) {
-        if (d->ge_bad) { if (rnd() < d->ge_r) d->ge_bad = 0; }
-        else if (rnd() < d->ge_p) d->ge_bad = 1;
+        if (d->ge_bad) { if (rnd(d) < d->ge_r) d->ge_bad = 0; }
+        else if (rnd(d) < d->ge_p) d->ge_bad = 1;
         double lose = d->ge_bad ? 1.0 - d->ge_h : 1.0 - d->ge_k;
-        if (rnd() < lose) { d->drop_loss++; return; }
-    } else if (d->loss > 0 && rnd() < d->loss) {
+        if (rnd(d) < lose) { d->drop_loss++; return; }
+    } else if (d->loss > 0 && rnd(d) < d->loss) {
         d->drop_loss++;
         return;
     }
-    int copies = (d->dup > 0 && rnd() < d->dup) ? 2 : 1;
+    int copies = (d->dup > 0 && rnd(d) < d->dup) ? 2 : 1;
     if (copies == 2) d->duplicated++;
     uint64_t now = now_ns();
     for (int c = 0; c < copies; c++) {
         if (d->delay == 0 && d->jitter == 0 && d->rate == 0 && d->head == NULL &&
             d->corrupt == 0) {
-            deliver(d, data, len); /* the fast path: nothing to wait for */
+            deliver(d, data, len, hops); /* the fast path: nothing to wait for */
             continue;
         }
         if (d->queue_limit && d->queued_bytes + len > d->queue_limit) { d->drop_queue++; continue; }
@@ -182,9 +213,10 @@ static void dir_input(int di, const uint8_t *data, uint32_t len) {
         if (!f) { d->drop_queue++; continue; }
         memcpy(f->data, data, len);
         f->len = len;
+        f->hops = hops;
         f->next = NULL;
-        if (d->corrupt > 0 && len > 14 && rnd() < d->corrupt) {
-            uint32_t bit = 14 * 8 + (uint32_t)(rnd() * (double)((len - 14) * 8));
+        if (d->corrupt > 0 && len > 14 && rnd(d) < d->corrupt) {
+            uint32_t bit = 14 * 8 + (uint32_t)(rnd(d) * (double)((len - 14) * 8));
             f->data[bit / 8] ^= (uint8_t)(1u << (bit % 8));
             d->corrupted++;
         }
@@ -195,7 +227,7 @@ static void dir_input(int di, const uint8_t *data, uint32_t len) {
             d->busy_until = start;
         }
         int64_t jitter = 0;
-        if (d->jitter) jitter = (int64_t)((rnd() * 2.0 - 1.0) * (double)d->jitter);
+        if (d->jitter) jitter = (int64_t)((rnd(d) * 2.0 - 1.0) * (double)d->jitter);
         int64_t release = (int64_t)(start + d->delay) + jitter;
         if (release < (int64_t)now) release = (int64_t)now;
         f->release = (uint64_t)release;
@@ -246,23 +278,23 @@ static int egress_dir(int seg, int ep) {
     return side == 0 ? trunks[t].ab : trunks[t].ba;
 }
 
-static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len) {
+static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len, uint32_t hops) {
     if (len < 14) return;
     seg_t *s = &segs[seg];
     learn(s, data + 6, from_ep);
     int dst = (data[0] & 1) ? -1 : lookup(s, data);
     if (dst >= 0 && dst != from_ep) {
         int di = egress_dir(seg, dst);
-        if (di >= 0) dir_input(di, data, len);
+        if (di >= 0) dir_input(di, data, len, hops);
         return;
     }
     if (dst == from_ep) return;
     for (int p = 0; p < MAX_PORTS; p++)
-        if (ports[p].used && ports[p].seg == seg && p != from_ep) dir_input(ports[p].out, data, len);
+        if (ports[p].used && ports[p].seg == seg && p != from_ep) dir_input(ports[p].out, data, len, hops);
     for (int t = 0; t < MAX_TRUNKS; t++) {
         if (!trunks[t].used) continue;
-        if (trunks[t].seg_a == seg && EP_TRUNK(t, 0) != from_ep) dir_input(trunks[t].ab, data, len);
-        if (trunks[t].seg_b == seg && EP_TRUNK(t, 1) != from_ep) dir_input(trunks[t].ba, data, len);
+        if (trunks[t].seg_a == seg && EP_TRUNK(t, 0) != from_ep) dir_input(trunks[t].ab, data, len, hops);
+        if (trunks[t].seg_b == seg && EP_TRUNK(t, 1) != from_ep) dir_input(trunks[t].ba, data, len, hops);
     }
 }
 
@@ -281,7 +313,7 @@ static uint64_t run_queues(void) {
                 if (!d->head) d->tail = NULL;
                 d->queued_bytes -= f->len;
                 queued_frames--;
-                deliver(d, f->data, f->len);
+                deliver(d, f->data, f->len, f->hops);
                 free(f);
                 moved = 1;
             }
@@ -301,14 +333,37 @@ static void arm_timer(uint64_t when) {
     timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
 }
 
+/* true if segments a and b are already joined through trunks (a new trunk would close a loop) */
+static int segments_joined(int a, int b) {
+    int queue[MAX_SEGS], seen[MAX_SEGS] = {0}, head = 0, tail = 0;
+    queue[tail++] = a;
+    seen[a] = 1;
+    while (head < tail) {
+        int s = queue[head++];
+        if (s == b) return 1;
+        for (int t = 0; t < MAX_TRUNKS; t++) {
+            if (!trunks[t].used) continue;
+            int other = trunks[t].seg_a == s ? trunks[t].seg_b : trunks[t].seg_b == s ? trunks[t].seg_a : -1;
+            if (other >= 0 && !seen[other]) { seen[other] = 1; queue[tail++] = other; }
+        }
+    }
+    return 0;
+}
+
 static int set_param(dir_t *d, const char *key, const char *value) {
-    double v = strtod(value, NULL);
+    char *end;
+    double v = strtod(value, &end);
+    int numeric = strcmp(key, "ge") != 0;
+    if (numeric && (end == value || *end != 0 || v != v || v < 0 || v > 1e18)) return -2;
     if (!strcmp(key, "delay_ns")) d->delay = (uint64_t)v;
     else if (!strcmp(key, "jitter_ns")) d->jitter = (uint64_t)v;
     else if (!strcmp(key, "reorder")) d->reorder = v != 0;
     else if (!strcmp(key, "loss")) { d->loss = v; d->ge = 0; }
     else if (!strcmp(key, "ge")) {
-        if (sscanf(value, "%lf,%lf,%lf,%lf", &d->ge_p, &d->ge_r, &d->ge_h, &d->ge_k) != 4) return -1;
+        double p, r, h, k;
+        if (sscanf(value, "%lf,%lf,%lf,%lf", &p, &r, &h, &k) != 4 || !(p >= 0 && p <= 1) ||
+            !(r >= 0 && r <= 1) || !(h >= 0 && h <= 1) || !(k >= 0 && k <= 1)) return -2;
+        d->ge_p = p; d->ge_r = r; d->ge_h = h; d->ge_k = k;
         d->ge = 1; d->ge_bad = 0;
     }
     else if (!strcmp(key, "rate_bps")) { d->rate = (uint64_t)v; d->busy_until = 0; }
@@ -330,31 +385,46 @@ static void stats(FILE *out) {
         fprintf(out, "%s\"%s\":{\"rx_packets\":%" PRIu64 ",\"rx_bytes\":%" PRIu64
                 ",\"tx_packets\":%" PRIu64 ",\"tx_bytes\":%" PRIu64 ",\"drop_loss\":%" PRIu64
                 ",\"drop_queue\":%" PRIu64 ",\"drop_down\":%" PRIu64 ",\"drop_mtu\":%" PRIu64
-                ",\"duplicated\":%" PRIu64 ",\"corrupted\":%" PRIu64 ",\"queued_bytes\":%" PRIu64 "}",
+                ",\"drop_hops\":%" PRIu64 ",\"duplicated\":%" PRIu64 ",\"corrupted\":%" PRIu64
+                ",\"queued_bytes\":%" PRIu64 "}",
                 first ? "" : ",", d->name, d->rx_packets, d->rx_bytes, d->tx_packets, d->tx_bytes,
-                d->drop_loss, d->drop_queue, d->drop_down, d->drop_mtu, d->duplicated, d->corrupted,
-                d->queued_bytes);
+                d->drop_loss, d->drop_queue, d->drop_down, d->drop_mtu, d->drop_hops, d->duplicated,
+                d->corrupted, d->queued_bytes);
         first = 0;
     }
     fputc('}', out);
 }
 
-/* one control command; the reply goes to out (one line) */
-static void handle_command(char *line, FILE *out) {
+/* the oldest descriptor client c sent and no command used yet, or -1 */
+static int take_fd(int c) {
+    if (client_nfds[c] == 0) return -1;
+    int fd = client_fds[c][0];
+    memmove(client_fds[c], client_fds[c] + 1, (size_t)(client_nfds[c] - 1) * sizeof(int));
+    client_nfds[c]--;
+    return fd;
+}
+
+/* one control command from client c; the reply goes to out (one line) */
+static void handle_command(int c, char *line, FILE *out) {
     char *argv[24];
     int argc = 0;
     for (char *tok = strtok(line, " \t\r"); tok && argc < 24; tok = strtok(NULL, " \t\r")) argv[argc++] = tok;
     if (argc == 0) { fputs("error empty command", out); return; }
     char name[32];
-    if (!strcmp(argv[0], "port") && argc == 4) {            /* port ID FD SEG */
-        int p = atoi(argv[1]), fd = atoi(argv[2]), s = atoi(argv[3]);
-        if (p < 0 || p >= MAX_PORTS || s < 0 || s >= MAX_SEGS || ports[p].used) { fputs("error bad port", out); return; }
-        if (fcntl(fd, F_GETFD) < 0) { fprintf(out, "error fd %d is not open", fd); return; }
+    if (!strcmp(argv[0], "port") && argc == 3) {            /* port ID SEG, the fd attached */
+        int fd = take_fd(c);
+        if (fd < 0) { fputs("error port needs its descriptor sent with the command", out); return; }
+        int p = atoi(argv[1]), s = atoi(argv[2]);
+        if (p < 0 || p >= MAX_PORTS || s < 0 || s >= MAX_SEGS || ports[p].used) {
+            close(fd);
+            fputs("error bad port", out);
+            return;
+        }
         snprintf(name, sizeof name, "p%d.in", p);
         int in = new_dir(name);
         snprintf(name, sizeof name, "p%d.out", p);
         int o = new_dir(name);
-        if (in < 0 || o < 0) { fputs("error too many links", out); return; }
+        if (in < 0 || o < 0) { close(fd); fputs("error too many links", out); return; }
         dirs[in].to_seg = s; dirs[in].from_ep = p;
         dirs[o].to_port = p;
         int sock_type, tap = 0;
@@ -370,6 +440,10 @@ static void handle_command(char *line, FILE *out) {
         int t = atoi(argv[1]), a = atoi(argv[2]), b = atoi(argv[3]);
         if (t < 0 || t >= MAX_TRUNKS || a < 0 || a >= MAX_SEGS || b < 0 || b >= MAX_SEGS || a == b || trunks[t].used) {
             fputs("error bad trunk", out); return;
+        }
+        if (segments_joined(a, b)) {
+            fprintf(out, "error trunk %d would close a loop: segments %d and %d are already joined", t, a, b);
+            return;
         }
         snprintf(name, sizeof name, "t%d.ab", t);
         int ab = new_dir(name);
@@ -387,7 +461,9 @@ static void handle_command(char *line, FILE *out) {
             char *eq = strchr(argv[i], '=');
             if (!eq) { fprintf(out, "error %s is not key=value", argv[i]); return; }
             *eq = 0;
-            if (set_param(&dirs[di], argv[i], eq + 1) < 0) { fprintf(out, "error unknown setting %s", argv[i]); return; }
+            int result = set_param(&dirs[di], argv[i], eq + 1);
+            if (result == -1) { fprintf(out, "error unknown setting %s", argv[i]); return; }
+            if (result == -2) { fprintf(out, "error bad value %s for %s", eq + 1, argv[i]); return; }
         }
         fputs("ok", out);
     } else if (!strcmp(argv[0], "capture") && argc == 3) {  /* capture DIR PATH|off */
@@ -409,7 +485,8 @@ static void handle_command(char *line, FILE *out) {
         fputs("ok ", out);
         stats(out);
     } else if (!strcmp(argv[0], "seed") && argc == 2) {
-        rng = strtoull(argv[1], NULL, 10) * 2654435761ULL + 0x9E3779B97F4A7C15ULL;
+        lab_seed = strtoull(argv[1], NULL, 10);
+        for (int i = 0; i < dir_count; i++) if (dirs[i].used) { dirs[i].rng = derive_rng(dirs[i].name); dirs[i].ge_bad = 0; }
         fputs("ok", out);
     } else if (!strcmp(argv[0], "quit")) {
         running = 0;
@@ -419,9 +496,28 @@ static void handle_command(char *line, FILE *out) {
     }
 }
 
+static void drop_client(int c) {
+    close(clients[c]);
+    clients[c] = -1;
+    client_len[c] = 0;
+    while (client_nfds[c] > 0) close(take_fd(c));
+}
+
 static void client_input(int c) {
-    ssize_t n = read(clients[c], client_buf[c] + client_len[c], sizeof client_buf[c] - client_len[c] - 1);
-    if (n <= 0) { close(clients[c]); clients[c] = -1; client_len[c] = 0; return; }
+    char control[CMSG_SPACE(sizeof(int) * MAX_PENDING_FDS)];
+    struct iovec iov = {client_buf[c] + client_len[c], sizeof client_buf[c] - client_len[c] - 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
+    ssize_t n = recvmsg(clients[c], &msg, MSG_CMSG_CLOEXEC);
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); n > 0 && cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *fds = (int *)CMSG_DATA(cm);
+        for (size_t k = 0; k < count; k++) {
+            if (client_nfds[c] < MAX_PENDING_FDS) client_fds[c][client_nfds[c]++] = fds[k];
+            else close(fds[k]);
+        }
+    }
+    if (n <= 0) { drop_client(c); return; }
     client_len[c] += (size_t)n;
     char *start = client_buf[c], *nl;
     while ((nl = memchr(start, '\n', client_len[c] - (size_t)(start - client_buf[c])))) {
@@ -429,7 +525,7 @@ static void client_input(int c) {
         char *reply = NULL;
         size_t size = 0;
         FILE *out = open_memstream(&reply, &size);
-        handle_command(start, out);
+        handle_command(c, start, out);
         fputc('\n', out);
         fclose(out);
         if (write(clients[c], reply, size) < 0) perror("fabric: reply");
@@ -485,12 +581,12 @@ int main(int argc, char **argv) {
                                 epoll_ctl(epfd, EPOLL_CTL_DEL, ports[tag].fd, NULL);
                             break;
                         }
-                        dir_input(ports[tag].in, bufs[0], (uint32_t)got);
+                        dir_input(ports[tag].in, bufs[0], (uint32_t)got, 0);
                     }
                     continue;
                 }
                 int got = recvmmsg(ports[tag].fd, msgs, BATCH, MSG_DONTWAIT, NULL);
-                for (int k = 0; k < got; k++) dir_input(ports[tag].in, bufs[k], msgs[k].msg_len);
+                for (int k = 0; k < got; k++) dir_input(ports[tag].in, bufs[k], msgs[k].msg_len, 0);
             } else if (tag == 1000000) {
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
                 int slot = -1;

@@ -1,0 +1,181 @@
+"""QEMU's command line for one VM, as a pure function of what the VM is (no I/O).
+
+``QemuLaunch`` holds everything the command line depends on; it is saved in the
+VM's ``machine.json`` so that a later process (the CLI acting on a kept lab)
+builds the very same command line. Rules the builder keeps:
+
+* every value placed in QEMU's comma-separated options goes through
+  :func:`opt`, which doubles commas (QEMU's escape), so a path with a comma is a
+  path and never extra options;
+* the disk is an overlay whose backing chain is given explicitly: the template
+  image is opened read-only with ``"backing": null``, and the overlay's backing
+  is that node, so what the image headers say about backing files is never read;
+* the user network forwards only what the lab asks for, on 127.0.0.1, and with
+  ``restrict`` the guest reaches nothing outside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+DISK_NODE = "disk0"
+BASE_NODE = "base0"
+
+
+def opt(value: object) -> str:
+    """``value`` made safe inside a QEMU option list: commas doubled.
+
+    >>> opt("/tmp/a,b/disk.qcow2")
+    '/tmp/a,,b/disk.qcow2'
+    """
+    return str(value).replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class LaunchNic:
+    """A lab NIC as QEMU sees it: guest name, MAC, and where its frames go."""
+
+    name: str
+    mac: str
+    backend: str = "fd"  # "fd": a datagram socket passed in; "vde": a vde_switch
+    vde: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchMedia:
+    """Boot media attached read-only (a CD image or a USB stick) and the firmware."""
+
+    path: str
+    kind: str  # cdrom | usb
+    firmware: str  # bios | uefi
+    ovmf: str | None = None
+
+
+@dataclass(frozen=True)
+class QemuLaunch:
+    """What a VM's command line is made of; JSON-serialisable (``asdict``/``from_dict``)."""
+
+    name: str
+    binary: str
+    accel: str
+    memory: int
+    cpus: int
+    overlay: str
+    base_disk: str
+    base_format: str
+    console: str
+    qmp: str
+    ssh_port: int
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+    media: LaunchMedia | None = None
+    nics: tuple[LaunchNic, ...] = ()
+    restrict: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QemuLaunch:
+        values = dict(data)
+        media = values.get("media")
+        values["media"] = LaunchMedia(**media) if isinstance(media, dict) else None
+        values["nics"] = tuple(LaunchNic(**nic) for nic in values.get("nics", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class NicWiring:
+    """How the lab NICs are plugged in for one start of QEMU.
+
+    ``fds``: the datagram socket of each ``fd`` NIC, in order. ``unplugged``:
+    no sockets exist (the lab that owned them ended); each NIC is attached to
+    an empty hub of its own and comes up with its link down.
+    """
+
+    fds: tuple[int, ...] = field(default=())
+    unplugged: bool = False
+
+
+def _boot(launch: QemuLaunch) -> list[str]:
+    media = launch.media
+    if media is None:
+        if launch.kernel is None or launch.initrd is None:
+            raise ValueError(f"{launch.name}: neither a kernel nor boot media to boot from")
+        return ["-kernel", launch.kernel, "-initrd", launch.initrd, "-append", launch.cmdline]
+    argv = ["-bios", media.ovmf] if media.firmware == "uefi" and media.ovmf else []
+    drive = f"if=none,id=media0,format=raw,readonly=on,file={opt(media.path)}"
+    if media.kind == "cdrom":
+        return [*argv, "-drive", f"{drive},media=cdrom",
+                "-device", "ide-cd,drive=media0,bootindex=0"]
+    return [*argv, "-device", "qemu-xhci,id=usb", "-drive", drive,
+            "-device", "usb-storage,bus=usb.0,drive=media0,bootindex=0,removable=on"]
+
+
+def _disk(launch: QemuLaunch) -> list[str]:
+    """The template image read-only with no backing, the overlay on top of it.
+
+    JSON syntax: ``"backing": null`` (a real null, which dotted keys cannot say)
+    and paths need no escaping at all.
+    """
+    nodes: list[dict[str, Any]] = [
+        {"driver": "file", "filename": launch.base_disk, "node-name": "base-file",
+         "read-only": True},
+        {"driver": launch.base_format, "file": "base-file", "node-name": BASE_NODE,
+         "backing": None, "read-only": True},
+        {"driver": "file", "filename": launch.overlay, "node-name": "file0",
+         "cache": {"direct": False, "no-flush": True}},
+        {"driver": "qcow2", "file": "file0", "backing": BASE_NODE, "node-name": DISK_NODE},
+    ]
+    argv: list[str] = []
+    for node in nodes:
+        argv += ["-blockdev", json.dumps(node, separators=(",", ":"))]
+    return [*argv, "-device", f"virtio-blk-pci,drive={DISK_NODE}"]
+
+
+def _nics(launch: QemuLaunch, wiring: NicWiring) -> list[str]:
+    argv: list[str] = []
+    fds = iter(wiring.fds)
+    for index, nic in enumerate(launch.nics):
+        if nic.backend == "vde":
+            backend = f"vde,id=lab{index},sock={opt(nic.vde)}"
+        elif wiring.unplugged:
+            backend = f"hubport,id=lab{index},hubid={1000 + index}"
+        else:
+            fd = next(fds, None)
+            if fd is None:
+                raise ValueError(f"{launch.name}: no socket for lab NIC {nic.name}")
+            backend = f"dgram,id=lab{index},local.type=fd,local.str={fd}"
+        argv += ["-netdev", backend,
+                 "-device", f"virtio-net-pci,netdev=lab{index},mac={opt(nic.mac)}"]
+    return argv
+
+
+def build_argv(launch: QemuLaunch, wiring: NicWiring = NicWiring(), *,
+               loadvm: str | None = None) -> list[str]:
+    """QEMU's argv for ``launch``; with ``loadvm``, it resumes from that snapshot."""
+    restrict = "on" if launch.restrict else "off"
+    argv = [
+        launch.binary, "-name", f"{opt(launch.name)},process=vboxlab-{opt(launch.name)}",
+        "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", launch.accel,
+        "-m", str(launch.memory), "-smp", str(launch.cpus), "-display", "none",
+        *_boot(launch),
+        "-chardev", f"file,id=con,path={opt(launch.console)},append=on",
+        "-serial", "chardev:con", "-no-reboot",
+        *_disk(launch),
+        "-netdev", f"user,id=n0,restrict={restrict},"
+                   f"hostfwd=tcp:127.0.0.1:0-:{launch.ssh_port}",
+        "-device", "virtio-net-pci,netdev=n0",
+        "-chardev", f"socket,id=qmp,path={opt(launch.qmp)},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        *_nics(launch, wiring),
+    ]
+    if launch.accel == "kvm":
+        argv += ["-cpu", "host"]
+    if loadvm is not None:
+        argv += ["-loadvm", loadvm]
+    return argv

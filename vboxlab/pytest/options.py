@@ -1,0 +1,104 @@
+"""Command-line options, ini keys and markers of the plugin, and the settings read from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from vboxlab.lab import Lab
+    from vboxlab.pytest.rollback import SharedVm
+
+#: fixtures that put a test on a lab (it gets the ``vm`` marker)
+VM_FIXTURES = frozenset({"lab", "vm", "network", "boot_media"})
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("vboxlab", "vboxlab: labs of real machines")
+    group.addoption("--lab-provider", default=None,
+                    help="Provider that runs the lab's machines (default: qemu)")
+    group.addoption("--lab-template", default=None,
+                    help="Template of the vm fixture and of lab.vm() without template= "
+                         "(default: tiny)")
+    group.addoption("--lab-dir", default=None,
+                    help="Folder that holds one state folder per lab, private to you (mode "
+                         "0700; default: $XDG_RUNTIME_DIR/vboxlab or /tmp/vboxlab-UID)")
+    group.addoption("--lab-keep", action="store_true", default=False,
+                    help="Keep machines and state after the run and print how to reach them")
+    group.addoption("--lab-accel", default=None, choices=["auto", "kvm", "tcg"],
+                    help="QEMU accelerator; auto uses KVM only if a probe boots a guest with it")
+    group.addoption("--lab-boot-timeout", default=None, type=float,
+                    help="Seconds a VM may take to answer SSH (default: 90)")
+    group.addoption("--lab-snapshot-on-failure", action="store_true", default=False,
+                    help="Snapshot every machine of a failing test and keep the lab's state "
+                         "for post-mortem (machines stopped, restorable with vboxlab snapshots)")
+    group.addoption("--lab-snapshot-every", default=None, type=int, metavar="N",
+                    help="Snapshot the machines after every N tests")
+    group.addoption("--lab-snapshot-interval", default=None, type=float, metavar="SECONDS",
+                    help="Snapshot the machines every SECONDS while a test runs")
+    group.addoption("--lab-timeline-dir", default=None,
+                    help="Where snapshot timelines (SVG) go (default: beside --junitxml, "
+                         "else ./reports)")
+    parser.addini("lab_provider", "Default for --lab-provider", default="qemu")
+    parser.addini("lab_template", "Default for --lab-template", default="tiny")
+    parser.addini("lab_accel", "Default for --lab-accel", default="auto")
+    parser.addini("lab_snapshot_on_failure", "Default for --lab-snapshot-on-failure",
+                  type="bool", default=False)
+    parser.addini("lab_snapshot_every", "Default for --lab-snapshot-every", default="0")
+    parser.addini("lab_snapshot_interval", "Default for --lab-snapshot-interval", default="0")
+
+
+def add_markers(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "vm: the test boots virtual machines (added to tests using lab or vm)")
+    config.addinivalue_line("markers", "root: the test needs root on the host")
+    config.addinivalue_line(
+        "markers", "lab(topology, seed): the topology file the network fixture builds for the "
+        "test, and the seed of its links' randomness")
+    config.addinivalue_line(
+        "markers", "fresh_vm: the vm fixture boots a machine for this test alone instead of "
+        "rolling back the shared one")
+
+
+def option(config: pytest.Config, name: str) -> str:
+    """``--lab-NAME`` if given, else the ``lab_NAME`` ini key."""
+    value = config.getoption(f"--lab-{name}")
+    return str(value) if value is not None else str(config.getini(f"lab_{name}"))
+
+
+def worker_id(config: pytest.Config) -> str | None:
+    """The pytest-xdist worker id (``gw0``...), or None outside xdist."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else None
+
+
+class RunState:
+    """What the plugin tracks across one session, with the settings read once."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.on_failure = bool(config.getoption("--lab-snapshot-on-failure") or
+                               config.getini("lab_snapshot_on_failure"))
+        self.every = int(config.getoption("--lab-snapshot-every") or
+                         config.getini("lab_snapshot_every") or 0)
+        self.interval = float(config.getoption("--lab-snapshot-interval") or
+                              config.getini("lab_snapshot_interval") or 0)
+        self.tests_done = 0
+        self.lab: Lab | None = None
+        self.shared: SharedVm | None = None
+        self.failure_snapshots: list[str] = []
+        self.timelines: list[Path] = []
+        self.kept: list[str] = []
+        xml = config.getoption("--junitxml", None) if config.pluginmanager.has_plugin(
+            "junitxml") else None
+        chosen = config.getoption("--lab-timeline-dir")
+        self.timeline_dir = Path(chosen) if chosen else (
+            Path(xml).resolve().parent if xml else config.rootpath / "reports")
+
+
+STATE_KEY = pytest.StashKey[RunState]()
+
+
+def state_of(config: pytest.Config) -> RunState:
+    return config.stash[STATE_KEY]
