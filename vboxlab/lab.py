@@ -480,13 +480,20 @@ class Lab:
             machine.channel.close()
 
     def _stop_for_keeping(self) -> None:
+        stopping = self.keep_stopped and not self.keep
         for machine in list(self.machines.values()):
             try:
-                if self.keep_stopped and not self.keep:
+                if stopping:
                     machine.handle.stop(timeout=0.5)  # a clean QEMU exit keeps qcow2 whole
                 machine.handle.detach()
             except Exception:
                 self.log.exception("could not stop %s", machine.name)
+        network = self._network
+        if network is not None:  # stopped machines need no fabric; running ones keep theirs
+            if stopping:
+                network.fabric.close()
+            else:
+                network.fabric.detach()
 
     def _kill_machines(self) -> None:
         for machine in reversed(list(self.machines.values())):

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+CLI = [sys.executable, "-m", "vboxlab.cli"]
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``vboxlab ARGS``; with ``check``, its exit status must be 0."""
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+                            check=False)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
 
 def qemu_pids(marker: str) -> list[int]:

@@ -38,8 +38,14 @@ def cmdline(machine):
 
 
 @pytest.mark.root
-def test_bios_from_cd(boot_media, tree):
-    machine = boot_media(tree, append="vboxlab.proof=cd-42 lab.role=server")
+def test_bios_from_cd(boot_media, tree, lab):
+    ready = []  # the machine_ready announcement fires for boot media machines too
+    lab.on_machine_ready.append(ready.append)
+    try:
+        machine = boot_media(tree, append="vboxlab.proof=cd-42 lab.role=server")
+    finally:
+        lab.on_machine_ready.remove(ready.append)
+    assert ready == [machine]
     assert {"vboxlab.proof=cd-42", "lab.role=server", "console=ttyS0"} <= set(cmdline(machine))
     machine.fail("test -d /sys/firmware/efi")  # SeaBIOS, not UEFI
 
@@ -50,7 +56,7 @@ def test_bios_from_a_usb_stick_written_by_the_writer(boot_media, tree, loop_devi
                          allow_fixed=True)
     # the only kernel this VM has is on the stick (no -kernel), loaded by ISOLINUX from it
     assert "vboxlab.proof=usb-7" in cmdline(machine)
-    assert "ISOLINUX" in machine.console_tail(200)
+    assert "ISOLINUX" in machine.console_log.read_text(errors="replace")
     machine.fail("test -d /sys/firmware/efi")
 
 

@@ -2,8 +2,7 @@
 
 import re
 
-from .helpers import qemu_pids
-from .test_rollback import base, cli  # noqa: F401 - base is a fixture
+from .helpers import cli, qemu_pids
 
 WIRED = """
     def test_wired_and_broken(lab):
@@ -15,7 +14,7 @@ WIRED = """
 """
 
 
-def test_a_kept_vm_with_lab_nics_is_restored_unplugged_or_not_at_all(pytester, base):  # noqa: F811
+def test_a_kept_vm_with_lab_nics_is_restored_unplugged_or_not_at_all(pytester, base):
     pytester.makepyfile(WIRED)
     result = pytester.runpytest_subprocess("--lab-dir", str(base), "-p", "no:cacheprovider",
                                            "--lab-snapshot-on-failure")
@@ -56,8 +55,7 @@ TEARDOWN = """
 """
 
 
-def test_failing_schedules_and_reports_never_skip_rollback_or_closing(pytester, base,  # noqa: F811
-                                                                      tmp_path):
+def test_failing_schedules_and_reports_never_skip_rollback_or_closing(pytester, base, tmp_path):
     pytester.makepyfile(TEARDOWN)
     not_a_folder = tmp_path / "timelines"
     not_a_folder.write_text("a file where the timelines would go")

@@ -19,14 +19,6 @@ from vboxlab.templates import TemplateRepository
 from .helpers import qemu_pids
 
 
-@pytest.fixture
-def base(tmp_path):
-    folder = tmp_path / "labs"
-    yield folder
-    assert qemu_pids(str(folder)) == []
-    assert not folder.exists() or list(folder.iterdir()) == []
-
-
 def test_two_machines_talk_through_a_forwarded_port(base):
     with Lab(base=base) as lab:
         web = lab.vm("web")

@@ -15,6 +15,7 @@ from vboxlab.errors import (
     ConfigError,
     GuestCommandError,
     HostError,
+    NotSupported,
     ProviderError,
 )
 from vboxlab.lab import Lab
@@ -135,8 +136,13 @@ def test_namespace_host_verbs_and_what_it_refuses(lab, tmp_path):
     with pytest.raises(ProviderError, match="cannot do snapshots: its provider lacks it; give "
                                             "the node provider: qemu"):
         a.snapshot("x")
-    with pytest.raises(ProviderError, match="forward_port is for VMs"):
+    with pytest.raises(NotSupported, match="cannot do port forwarding: its provider lacks it; "
+                                           "reach its services from the other nodes"):
         a.forward_port(80)
+    with pytest.raises(NotSupported, match="forward_port is for VMs"):
+        a.handle.forward_port(80)  # the handle says so too, for callers that skip the check
+    assert repr(a) == f"<Machine a running ({a.handle!r})>"
+    assert repr(a.handle) == "<NetnsHost a running (1 interfaces)>"
     a.succeed("sleep 300 >/dev/null 2>&1 &")
     a.stop()
     assert a.state.value == "stopped"

@@ -84,7 +84,7 @@ def test_link_settings_are_checked(lab):
         lab.link("alpha", "site-a").set(loss="120%")
     with pytest.raises(ConfigError, match="no node 'gamma'"):
         lab.node("gamma")
-    with pytest.raises(ConfigError, match="already has a network"):
+    with pytest.raises(ConfigError, match="already runs a network"):
         lab.network(Topology.from_dict(TWO_SITES))
 
 

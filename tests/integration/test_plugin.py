@@ -4,14 +4,7 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from .helpers import qemu_pids
-
-
-@pytest.fixture
-def base(tmp_path):
-    return tmp_path / "labs"
 
 
 def test_options_are_registered(pytester):

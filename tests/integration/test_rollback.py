@@ -1,31 +1,11 @@
 """Rollback between tests, snapshot schedules and the snapshot CLI, through whole sessions."""
 
 import re
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 
-import pytest
+from .helpers import cli, qemu_pids
 
-from .helpers import qemu_pids
-
-CLI = [sys.executable, "-m", "vboxlab.cli"]
 NS = {"s": "http://www.w3.org/2000/svg"}
-
-
-def cli(*args, check=True):
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
-                            check=False)
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-@pytest.fixture
-def base(tmp_path):
-    folder = tmp_path / "labs"
-    yield folder
-    assert qemu_pids(str(folder)) == []
 
 
 def test_each_test_sees_a_clean_machine_without_a_reboot(pytester, base):

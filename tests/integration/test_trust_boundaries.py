@@ -81,8 +81,13 @@ def test_a_restricted_guest_reaches_nothing_but_its_forwards(lab, pooled, host_w
     url = f"http://10.0.2.2:{host_web}/"
     # (busybox wget -T crashes in Debian 12's busybox-static: bound it with timeout instead)
     assert pooled[0].succeed(f"timeout 10 wget -q -O - {url}") == "hello from the host\n"
-    walled = lab.vm("walled", restrict=True)
+    walled = lab.vm("walled", restrict=True, kernel_args="quiet loglevel=3")
     try:
+        # a kernel booted quiet printed only errors; its log was appended once SSH answered
+        console = walled.console_log.read_text(errors="replace")
+        head, _, appended = console.partition("--- kernel log (dmesg)")
+        assert "Linux version" not in head and "Linux version" in appended
+        assert "--- end of the kernel log ---" in appended
         walled.fail(f"timeout 5 wget -q -O - {url}")
         walled.succeed("mkdir -p /tmp/www && echo inside > /tmp/www/i && httpd -p 8080 -h "
                        "/tmp/www")
@@ -203,3 +208,11 @@ def test_a_failed_boot_is_readable_from_the_console(lab):
     text = lab["broken"].console_log.read_text(errors="replace")
     assert "Kernel command line: " in text and "rdinit=/no/such/init" in text
     lab.remove_vm("broken")
+
+
+def test_large_output_arrives_whole_and_background_commands_still_return(pooled):
+    """sshd may send the exit status before the last output: nothing may be cut off."""
+    vm = pooled[1]
+    assert vm.succeed("head -c 3000000 /dev/zero | tr '\\0' a") == "a" * 3_000_000
+    assert len(vm.succeed("dmesg")) == int(vm.succeed("dmesg | wc -c"))
+    vm.succeed("sleep 60 &", timeout=10)  # holds stdout open: returns at its exit all the same

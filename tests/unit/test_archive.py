@@ -7,23 +7,9 @@ import tarfile
 
 import pytest
 
-from vboxlab.templates import TemplateRepository
 from vboxlab.templates.archive import ArchiveError, export_template, import_template
 
-from .test_repository import install
-
-
-@pytest.fixture
-def source(tmp_path, monkeypatch):
-    monkeypatch.setenv("VBOXLAB_PINS", str(tmp_path / "pins.lock"))
-    repo = TemplateRepository(cache=tmp_path / "a", search=[])
-    install(repo, "shared", "1.2.0")
-    return repo
-
-
-@pytest.fixture
-def target(tmp_path):
-    return TemplateRepository(cache=tmp_path / "b", search=[])
+from .helpers import install
 
 
 def test_an_exported_template_imports_elsewhere_verified_and_usable(source, target, tmp_path):

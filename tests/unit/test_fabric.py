@@ -1,5 +1,6 @@
 """The fabric's data path, driven with plain UDP sockets standing in for QEMU NICs."""
 
+import contextlib
 import itertools
 import math
 import struct
@@ -43,6 +44,23 @@ class Nic:
                 got.append(self.sock.recv(65536))
             except TimeoutError:
                 return got
+
+
+@contextlib.contextmanager
+def running_fabric(folder, segments):
+    """A fabric with one socket port per entry of ``segments`` (its segment); the near ends."""
+    pairs = [socket_pair() for _ in segments]
+    fab = Fabric(folder, tied=True)
+    fab.start()
+    try:
+        for port, ((_, far), segment) in enumerate(zip(pairs, segments, strict=True)):
+            fab.add_port(port, far.fileno(), segment)
+        yield fab, [near for near, _ in pairs]
+    finally:
+        fab.close()
+        for near, far in pairs:
+            near.close()
+            far.close()
 
 
 @pytest.fixture
@@ -212,16 +230,11 @@ def loss_pattern(tmp_path, seed, *, other_traffic):
     With ``other_traffic``, c sends as many frames through its own lossy direction in
     between: a direction's generator must not care.
     """
-    pairs = [socket_pair() for _ in range(3)]
-    fab = Fabric(tmp_path, tied=True)
-    fab.start()
-    try:
-        for port, (_, far) in enumerate(pairs):
-            fab.add_port(port, far.fileno(), 0)
+    with running_fabric(tmp_path, [0, 0, 0]) as (fab, nears):
         fab.seed(seed)
         for direction in ("p0.in", "p2.in"):
             fab.set(direction, **fabric_settings(Impairment.model_validate({"loss": "30%"})))
-        a, b, c = (Nic(near, i + 1) for i, (near, _) in enumerate(pairs))
+        a, b, c = (Nic(near, i + 1) for i, near in enumerate(nears))
         got = []
         for i in range(1500):
             a.send(BROADCAST, struct.pack("!I", i))
@@ -231,11 +244,6 @@ def loss_pattern(tmp_path, seed, *, other_traffic):
                 got += b.recv_all(0.05)
         got += b.recv_all(0.3)
         return numbered(got, a)
-    finally:
-        fab.close()
-        for near, far in pairs:
-            near.close()
-            far.close()
 
 
 def test_one_seed_gives_one_loss_pattern_whatever_other_traffic_does(tmp_path):
@@ -325,23 +333,13 @@ def test_a_trunk_that_closes_a_loop_is_refused(fabric):
 
 
 def test_a_broadcast_crosses_a_chain_of_a_hundred_trunks(tmp_path):
-    pairs = [socket_pair() for _ in range(2)]
-    fab = Fabric(tmp_path, tied=True)
-    fab.start()
-    try:
-        fab.add_port(0, pairs[0][1].fileno(), 0)
-        fab.add_port(1, pairs[1][1].fileno(), 100)
+    with running_fabric(tmp_path, [0, 100]) as (fab, nears):
         for trunk in range(100):
             fab.add_trunk(trunk, trunk, trunk + 1)
-        a, b = Nic(pairs[0][0], 1), Nic(pairs[1][0], 2)
+        a, b = Nic(nears[0], 1), Nic(nears[1], 2)
         a.send(BROADCAST, b"far away")
         assert [f[14:] for f in b.recv_all()] == [b"far away"]
         assert fab.stats()["t99.ab"]["tx_packets"] == 1
-    finally:
-        fab.close()
-        for near, far in pairs:
-            near.close()
-            far.close()
 
 
 def test_a_port_needs_its_descriptor_and_bad_values_are_refused(fabric):

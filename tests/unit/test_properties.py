@@ -22,19 +22,19 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.errors import ConfigError
 from vboxlab.media.bootspec import BootSpec
 from vboxlab.media.tree import MediaError
 from vboxlab.net import Topology, load_topology
-from vboxlab.net.fabric import Fabric, FabricError
+from vboxlab.net.fabric import FabricError
 from vboxlab.net.plan import describe, plan_network
-from vboxlab.net.wire import socket_pair
 from vboxlab.templates import TemplateRepository
 from vboxlab.templates.archive import ArchiveError, export_template, import_template
 from vboxlab.templates.definition import load_template
 from vboxlab.waiting import wait_until
 
-from .test_repository import install
+from .helpers import install
+from .test_fabric import running_fabric
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGIES = sorted((ROOT / "topologies").glob("*.yaml"))
@@ -224,53 +224,30 @@ lines = st.lists(words | st.text(alphabet=st.characters(min_codepoint=33, max_co
 @given(st.lists(lines, max_size=12), st.lists(st.binary(max_size=200), max_size=20),
        st.binary(max_size=300))
 def test_the_fabric_survives_random_commands_and_frames(commands, frames, raw):
-    with tempfile.TemporaryDirectory() as folder:
-        pairs = [socket_pair() for _ in range(2)]
-        fab = Fabric(Path(folder), tied=True)
-        fab.start()
-        try:
-            for port, (_, far) in enumerate(pairs):
-                fab.add_port(port, far.fileno(), 0)
-            fab.add_trunk(0, 0, 1)
-            for line in commands:
-                if line.startswith("quit"):
-                    continue
-                try:
-                    fab.command(line)
-                except FabricError as exc:
-                    assert "refused" in str(exc) or "one line" in str(exc)
-            for index, frame in enumerate(frames):
-                pairs[index % 2][0].send(frame or b"\0")
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw_client:
-                raw_client.connect(str(fab.control_path))
-                raw_client.sendall(raw.replace(b"quit", b"q"))
-            stats = fab.stats()  # still answering on its own connection
-            assert "p0.in" in stats
-        except VboxlabError:
-            raise
-        finally:
-            fab.close()
-            for near, far in pairs:
-                near.close()
-                far.close()
+    with tempfile.TemporaryDirectory() as folder, \
+            running_fabric(Path(folder), [0, 0]) as (fab, nears):
+        fab.add_trunk(0, 0, 1)
+        for line in commands:
+            if line.startswith("quit"):
+                continue
+            try:
+                fab.command(line)
+            except FabricError as exc:
+                assert "refused" in str(exc) or "one line" in str(exc)
+        for index, frame in enumerate(frames):
+            nears[index % 2].send(frame or b"\0")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw_client:
+            raw_client.connect(str(fab.control_path))
+            raw_client.sendall(raw.replace(b"quit", b"q"))
+        assert "p0.in" in fab.stats()  # still answering on its own connection
 
 
 def test_a_frame_header_is_not_trusted_by_the_switch(tmp_path):
     """Multicast sources, tiny frames and giant ones are dropped or passed, never a crash."""
-    pairs = [socket_pair() for _ in range(2)]
-    fab = Fabric(tmp_path, tied=True)
-    fab.start()
-    try:
-        for port, (_, far) in enumerate(pairs):
-            fab.add_port(port, far.fileno(), 0)
+    with running_fabric(tmp_path, [0, 0]) as (fab, nears):
         for frame in (b"", b"\x01", b"\xff" * 13, b"\x01" * 14, b"\xff" * 6 + b"\x01" * 8,
                       b"\x00" * 65000, struct.pack("!6s6sH", b"\xff" * 6, b"\x02" * 6, 0)):
-            pairs[0][0].send(frame or b"\0")
+            nears[0].send(frame or b"\0")
         wait_until(lambda: fab.stats()["p0.in"]["rx_packets"] >= 6, timeout=10,
                    what="the fabric to read the frames")
         assert fab.stats()["p0.in"]["rx_packets"] <= 7
-    finally:
-        fab.close()
-        for near, far in pairs:
-            near.close()
-            far.close()

@@ -1,16 +1,14 @@
 """The template repository: definitions, installed versions, constraints, pins, prune, outdated."""
 
-import hashlib
-import json
 import shutil
-import subprocess
 
 import pytest
 
 from vboxlab.errors import ConfigError, TemplateNotBuilt, TemplateNotFound
-from vboxlab.pytest.policy import require_tool
 from vboxlab.templates import TemplateRepository
 from vboxlab.templates.pins import read_pins, write_pin
+
+from .helpers import install
 
 DEFINITION = """
 name = "mini"
@@ -28,32 +26,6 @@ def repo(tmp_path, monkeypatch):
     (defs / "mini").mkdir(parents=True)
     (defs / "mini" / "template.toml").write_text(DEFINITION)
     return TemplateRepository(cache=tmp_path / "cache", search=[defs])
-
-
-def small_qcow2(path, size="1M"):
-    """A real, self-contained qcow2 image (what template disks must be)."""
-    subprocess.run([require_tool("qemu-img", "qemu-utils"), "create", "-q", "-f", "qcow2",
-                    str(path), size], check=True)
-    return path
-
-
-def install(repo, name, version, *, digest=None):
-    """An installed image as a build leaves it: files, then the manifest."""
-    folder = repo.images / name / version
-    folder.mkdir(parents=True)
-    files = {}
-    for file in ("vmlinuz", "initrd.cpio"):
-        data = f"{name} {version} {file}".encode()
-        (folder / file).write_bytes(data)
-        files[file] = hashlib.sha256(data).hexdigest()
-    small_qcow2(folder / "disk.qcow2")
-    files["disk.qcow2"] = hashlib.sha256((folder / "disk.qcow2").read_bytes()).hexdigest()
-    definition = {"name": name, "version": version, "description": f"{name} {version}",
-                  "build": {"recipe": "initramfs"}}
-    manifest = {"name": name, "version": version, "files": files, "definition": definition,
-                "source_digest": digest, "built_at": "2026-11-27T00:00:00Z"}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return folder
 
 
 def test_unknown_template_lists_the_known_ones(repo):

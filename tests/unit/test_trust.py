@@ -14,26 +14,13 @@ from vboxlab.templates import TemplateRepository
 from vboxlab.templates.archive import ArchiveError, export_template, import_template
 from vboxlab.templates.trust import check_disk, is_foreign, local_origin
 
+from .helpers import install, small_qcow2
 from .test_archive import write_tar
-from .test_repository import install, small_qcow2
 
 
 def qemu_img(*args):
     subprocess.run([require_tool("qemu-img", "qemu-utils"), *args], check=True,
                    capture_output=True)
-
-
-@pytest.fixture
-def source(tmp_path, monkeypatch):
-    monkeypatch.setenv("VBOXLAB_PINS", str(tmp_path / "pins.lock"))
-    repo = TemplateRepository(cache=tmp_path / "a", search=[])
-    install(repo, "shared", "1.2.0")
-    return repo
-
-
-@pytest.fixture
-def target(tmp_path):
-    return TemplateRepository(cache=tmp_path / "b", search=[])
 
 
 def archive_with(source, tmp_path, *, disk=None, manifest_changes=None, drop=()):

@@ -35,6 +35,9 @@ logging.getLogger(PARAMIKO_LOG).setLevel(logging.CRITICAL)
 
 #: exit status reported when the guest closed a command's channel without one
 NO_EXIT_STATUS = -1
+#: after a command's exit status, how long output may pause before it counts as complete
+#: when no end of file comes (a background process holds the command's stdout)
+OUTPUT_GRACE = 0.3
 
 
 class SSHChannel:
@@ -153,6 +156,7 @@ class SSHChannel:
         out: list[bytes] = []
         err: list[bytes] = []
         deadline = time.monotonic() + timeout
+        last_data = time.monotonic()
         try:
             chan.settimeout(0.2)
             chan.exec_command(command)
@@ -165,8 +169,13 @@ class SSHChannel:
                 while chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(65536))
                     progressed = True
-                if chan.exit_status_ready() and not chan.recv_ready() and \
-                        not chan.recv_stderr_ready():
+                if progressed:
+                    last_data = time.monotonic()
+                # sshd may send the exit status before the last of the output: the command
+                # is done at EOF, or once output has been quiet for a moment after its exit
+                # (a background process it started may hold stdout open for ever)
+                if chan.exit_status_ready() and not progressed and (
+                        chan.eof_received or time.monotonic() - last_data > OUTPUT_GRACE):
                     break
                 if chan.closed or not transport.is_active():
                     break

@@ -162,6 +162,13 @@ class Fabric:
         result: dict[str, dict[str, int]] = json.loads(self.command("stats"))
         return result
 
+    def detach(self) -> None:
+        """Close this process's handles to the fabric and leave it running (a kept lab)."""
+        for handle in (self._reader, self._control, self._log):
+            if handle is not None:
+                handle.close()
+        self._control = self._reader = self._log = None
+
     def close(self) -> None:
         """Stop the process and release everything it held."""
         if self._proc is not None and self._proc.poll() is None:
