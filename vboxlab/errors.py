@@ -7,7 +7,8 @@ Every message says what happened, why, and how to fix it::
      │    ├── TemplateNotFound       no template definition by that name
      │    ├── TemplateNotBuilt       the definition exists, the image does not
      │    ├── UntrustedImage         a template's files are not what its manifest says
-     │    └── HostFileNotFound       a host path given to vboxlab does not exist
+     │    ├── HostFileNotFound       a host path given to vboxlab does not exist
+     │    └── MachineNotFound        no machine by that name in the lab (also a KeyError)
      ├── HostError                   the host lacks a tool, a device or memory
      │    └── UnsafeStateDir         the state folder is not private to this user
      ├── BuildError                  a template build failed
@@ -48,6 +49,13 @@ class UntrustedImage(ConfigError):
 
 class HostFileNotFound(ConfigError, FileNotFoundError):
     """A host file or folder handed to vboxlab does not exist."""
+
+
+class MachineNotFound(ConfigError, KeyError):
+    """The lab has no machine by that name."""
+
+    def __str__(self) -> str:  # KeyError would show the message's repr
+        return str(self.args[0]) if self.args else ""
 
 
 class HostError(VboxlabError):

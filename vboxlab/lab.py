@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from vboxlab import procs
-from vboxlab.errors import ConfigError, HostError, VboxlabError
+from vboxlab.errors import ConfigError, HostError, MachineNotFound, VboxlabError
 from vboxlab.kernelargs import check_kernel_args
 from vboxlab.keys import KeyPair, load_or_create
 from vboxlab.ledger import Ledger
@@ -290,8 +290,8 @@ class Lab:
         """Destroy a machine now: kill it and delete its files."""
         with self._lock:
             if name not in self.machines:
-                raise ConfigError(f"lab {self.id} has no machine {name!r}; machines: "
-                                  f"{', '.join(self.machines) or 'none'}")
+                raise MachineNotFound(f"lab {self.id} has no machine {name!r}; machines: "
+                                      f"{', '.join(self.machines) or 'none'}")
             machine = self.machines.pop(name)
         machine.channel.close()
         machine.handle.destroy()
@@ -299,8 +299,8 @@ class Lab:
     def __getitem__(self, name: str) -> Machine:
         with self._lock:
             if name not in self.machines:
-                raise KeyError(f"lab {self.id} has no machine {name!r}; machines: "
-                               f"{', '.join(self.machines) or 'none'}")
+                raise MachineNotFound(f"lab {self.id} has no machine {name!r}; machines: "
+                                      f"{', '.join(self.machines) or 'none'}")
             return self.machines[name]
 
     def __iter__(self) -> Iterator[Machine]:

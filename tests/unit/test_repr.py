@@ -1,5 +1,8 @@
 """Readable objects: repr() and str() say what a thing is."""
 
+import pytest
+
+from vboxlab.errors import MachineNotFound, VboxlabError
 from vboxlab.lab import Lab
 from vboxlab.net.plan import LinkPlan
 from vboxlab.net.topology import Impairment
@@ -20,6 +23,9 @@ def test_a_snapshot_tree_shows_its_names_like_render(tmp_path):
 
 def test_a_lab_says_its_id_machines_and_state(tmp_path):
     with Lab(base=tmp_path / "labs") as lab:
+        with pytest.raises(MachineNotFound, match="has no machine 'web'; machines: none") as info:
+            lab["web"]
+        assert isinstance(info.value, KeyError) and isinstance(info.value, VboxlabError)
         text = repr(lab)
         assert text.startswith(f"<Lab {lab.id} open: 0 machines (none)")
         assert str(lab.dir) in text
