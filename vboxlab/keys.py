@@ -35,10 +35,6 @@ class KeyPair:
 
         return paramiko.Ed25519Key.from_private_key(StringIO(self.private_openssh.decode()))
 
-    def public_key(self) -> paramiko.PKey:
-        """The public half as a paramiko key (for pinning a host key)."""
-        return public_key_from_line(self.public_line)
-
 
 def public_key_from_line(line: str) -> paramiko.PKey:
     """A paramiko public key from an OpenSSH line (``ssh-ed25519 AAAA... comment``)."""

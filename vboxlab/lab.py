@@ -34,6 +34,7 @@ from vboxlab import procs
 from vboxlab.errors import ConfigError, HostError, MachineNotFound, VboxlabError
 from vboxlab.kernelargs import check_kernel_args
 from vboxlab.keys import KeyPair, load_or_create
+from vboxlab.labdirs import LEASE, LEDGER
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
 from vboxlab.names import check_name
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
     from vboxlab.net.fabric import Fabric
     from vboxlab.net.network import LinkHandle, Network
 
-LEASE = "lease.json"
-LEDGER = "ledger.jsonl"
 
 
 def new_lab_id(worker: str | None = None) -> str:
@@ -289,19 +288,22 @@ class Lab:
     def remove_vm(self, name: str) -> None:
         """Destroy a machine now: kill it and delete its files."""
         with self._lock:
-            if name not in self.machines:
-                raise MachineNotFound(f"lab {self.id} has no machine {name!r}; machines: "
-                                      f"{', '.join(self.machines) or 'none'}")
-            machine = self.machines.pop(name)
+            machine = self.machines.pop(name, None)
+        if machine is None:
+            raise self._unknown(name)
         machine.channel.close()
         machine.handle.destroy()
 
     def __getitem__(self, name: str) -> Machine:
         with self._lock:
-            if name not in self.machines:
-                raise MachineNotFound(f"lab {self.id} has no machine {name!r}; machines: "
-                                      f"{', '.join(self.machines) or 'none'}")
-            return self.machines[name]
+            machine = self.machines.get(name)
+        if machine is None:
+            raise self._unknown(name)
+        return machine
+
+    def _unknown(self, name: str) -> MachineNotFound:
+        return MachineNotFound(f"lab {self.id} has no machine {name!r}; machines: "
+                               f"{', '.join(self.machines) or 'none'}")
 
     def __iter__(self) -> Iterator[Machine]:
         with self._lock:

@@ -77,12 +77,6 @@ class Ledger:
         with self._lock:
             self._append({"op": "done", "id": rid})
 
-    def record_process(self, name: str, pid: int) -> int:
-        """Record a process that was just started (pid and start time); returns its id."""
-        rid = self.add("process", name)
-        self.set(rid, pid=pid, start=procs.start_time(pid))
-        return rid
-
     def _read(self) -> dict[int, Resource]:
         resources: dict[int, Resource] = {}
         if not self.path.is_file():

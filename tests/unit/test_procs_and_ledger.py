@@ -80,7 +80,8 @@ def test_a_process_is_killed_only_when_pid_and_start_time_match(tmp_path):
         while procs.start_time(sleeper.pid) is None:
             time.sleep(0.01)
     recorded, no_start, other_start = sleepers
-    ledger.record_process("recorded", recorded.pid)
+    ledger.set(ledger.add("process", "recorded"), pid=recorded.pid,
+               start=procs.start_time(recorded.pid))
     ledger.set(ledger.add("process", "no start"), pid=no_start.pid)
     ledger.set(ledger.add("process", "reused pid"), pid=other_start.pid,
                start=procs.start_time(other_start.pid) - 1)

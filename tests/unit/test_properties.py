@@ -22,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vboxlab.errors import ConfigError
+from vboxlab.errors import ConfigError, UntrustedImage
 from vboxlab.media.bootspec import BootSpec
 from vboxlab.media.tree import MediaError
 from vboxlab.net import Topology, load_topology
@@ -31,9 +31,10 @@ from vboxlab.net.plan import describe, plan_network
 from vboxlab.templates import TemplateRepository
 from vboxlab.templates.archive import ArchiveError, export_template, import_template
 from vboxlab.templates.definition import load_template
+from vboxlab.templates.trust import check_disk
 from vboxlab.waiting import wait_until
 
-from .helpers import install
+from .helpers import install, small_qcow2
 from .test_fabric import running_fabric
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +100,7 @@ def test_mutated_topologies_give_only_config_errors(data):
 
 @FAST
 @given(values)
-def test_random_data_is_never_a_topology_by_accident(document):
+def test_random_data_gives_a_topology_or_a_config_error(document):
     with contextlib.suppress(ConfigError):
         Topology.from_dict(document)
 
@@ -209,6 +210,30 @@ def test_archives_with_mutated_manifests_are_refused_cleanly(data):
             member.size = len(content)
             tar.addfile(member, io.BytesIO(content))
     try_import(gzip.compress(buffer.getvalue()))
+
+
+# -- template disk headers ---------------------------------------------------------------------
+def _qcow2_header() -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        return small_qcow2(Path(folder) / "d.qcow2").read_bytes()[:4096]
+
+
+QCOW2 = _qcow2_header()
+
+
+@SLOW
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=8),
+       st.integers(0, len(QCOW2)))
+def test_damaged_disk_headers_are_refused_or_accepted_never_a_crash(flips, keep):
+    raw = bytearray(QCOW2[:keep])
+    for offset, value in flips:
+        if offset < len(raw):
+            raw[offset] = value
+    with tempfile.TemporaryDirectory() as folder:
+        disk = Path(folder) / "disk.qcow2"
+        disk.write_bytes(bytes(raw))
+        with contextlib.suppress(UntrustedImage):
+            check_disk(disk)
 
 
 # -- the fabric -------------------------------------------------------------------------------

@@ -128,6 +128,19 @@ def test_a_template_whose_disk_changed_after_import_is_refused_at_boot(tmp_path,
     assert list((tmp_path / "labs").iterdir()) == []
 
 
-def test_an_exported_template_still_round_trips(source, target, tmp_path):
+def test_an_archive_too_big_for_the_disk_is_refused_before_writing(source, target, tmp_path,
+                                                                   monkeypatch):
+    import vboxlab.templates.archive as archive_module
+
     archive = export_template(source.built("shared"), tmp_path / "shared.tar.gz")
-    assert import_template(archive, target).name == "shared"
+    monkeypatch.setattr(archive_module, "FREE_SPACE_RESERVE", 1 << 62)
+    with pytest.raises(ArchiveError, match=r"MiB free .* free some space"):
+        import_template(archive, target)
+    assert target.installed() == [] and not list(target.images.glob(".import-*"))
+
+
+def test_a_disk_cut_short_is_refused(tmp_path):
+    short = tmp_path / "short.qcow2"
+    short.write_bytes(b"QFI\xfb\x00\x00\x00\x03")
+    with pytest.raises(UntrustedImage, match="is cut short"):
+        check_disk(short)

@@ -17,6 +17,7 @@ recorded launch), so the CLI and a live session share one snapshot path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -162,14 +163,16 @@ class QemuProvider:
         """Take over a VM a finished run kept in ``workdir``, running or stopped."""
         try:
             info = json.loads((workdir / INFO_FILE).read_text())
-            launch = QemuLaunch.from_dict(info["launch"])
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{workdir / INFO_FILE}: not a VM description vboxlab can use "
-                              f"({type(exc).__name__}: {exc})") from None
+            # the binary is this provider's own, whatever the file says
+            launch = dataclasses.replace(QemuLaunch.from_dict(info["launch"]), binary=self.binary)
+            host_key_line = (workdir / "known_hosts.pub").read_text().strip()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{workdir}: not a VM vboxlab can take over: machine.json or "
+                              f"known_hosts.pub is missing or damaged ({type(exc).__name__}: "
+                              f"{exc})") from None
         machine = QemuMachine(launch, workdir, ledger, log, tied=False,
                               ssh_user=str(info.get("ssh", {}).get("user", "root")),
-                              host_key_line=(workdir / "known_hosts.pub").read_text().strip()
-                              if (workdir / "known_hosts.pub").is_file() else "",
+                              host_key_line=host_key_line,
                               template=(str(info.get("template")), str(info.get("version"))))
         machine.adopt(info, unplug_nics=unplug_nics)
         return machine

@@ -34,6 +34,8 @@ from vboxlab.templates.trust import check_disk, check_manifest, local_origin
 from vboxlab.templates.versions import parse_version
 
 TOP = "vboxlab-template"
+#: what an import leaves free on the cache's disk at the least
+FREE_SPACE_RESERVE = 256 << 20
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 
 
@@ -179,6 +181,13 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
                 files: dict[str, str] = manifest["files"]
                 if name not in files:
                     raise ArchiveError(f"entry {member.name!r} is not listed in the manifest")
+                free = shutil.disk_usage(scratch).free
+                if member.size > free - FREE_SPACE_RESERVE:
+                    raise ArchiveError(
+                        f"entry {member.name!r} is {member.size >> 20} MiB but the template "
+                        f"cache ({scratch.parent}) has {free >> 20} MiB free (and keeps "
+                        f"{FREE_SPACE_RESERVE >> 20} MiB in reserve); free some space or move "
+                        "the cache with VBOXLAB_CACHE")
                 digest = _copy_hashing(stream, scratch / name)
                 if digest != files[name]:
                     raise ArchiveError(f"{name}: SHA-256 {digest} does not match the manifest's "

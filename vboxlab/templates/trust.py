@@ -41,6 +41,8 @@ def _header_problems(path: Path) -> tuple[str | None, list[str]]:
         head = handle.read(65536)
     if head[:4] != QCOW2_MAGIC:
         return None, []
+    if len(head) < 72:
+        return "qcow2", [f"is cut short ({len(head)} bytes, less than a qcow2 header)"]
     problems = []
     version, backing_offset, backing_size = struct.unpack(">IQI", head[4:20])
     if backing_offset or backing_size:
