@@ -20,7 +20,6 @@ from vboxlab.errors import (
     ChannelError,
     CommandTimeout,
     GuestFileNotFound,
-    HostFileNotFound,
     VboxlabError,
     WaitTimeout,
 )
@@ -224,8 +223,6 @@ class SSHChannel:
 
     def put(self, local: Path, remote: str) -> None:
         """Copy a file or a folder tree into the guest, keeping permission bits."""
-        if not local.exists():
-            raise HostFileNotFound(f"copy_to: {local} does not exist on the host")
         with self._sftp(f"copying {local} to {remote}") as sftp:
             if local.is_dir():
                 self._put_tree(sftp, local, PurePosixPath(remote))

@@ -33,7 +33,6 @@ from vboxlab.errors import (
     CommandTimeout,
     GuestFileNotFound,
     HostError,
-    HostFileNotFound,
     MachineDied,
     NotSupported,
     ProviderError,
@@ -134,8 +133,6 @@ class NetnsHost:
         self._ledger = ledger
         self._log = spec.log
         self._lab_id = spec.lab_id
-        hosts = spec.hosts
-        workdir = spec.workdir
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
         self._rid: int | None = None
@@ -144,7 +141,8 @@ class NetnsHost:
         self._stopped_on_request = False
         #: tap descriptors, in the order of ``taps``, for the fabric (closed by ``destroy``)
         self.tap_fds: list[int] = []
-        (workdir / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{hosts}")
+        (self.workdir / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n{spec.hosts}")
 
     # -- life -------------------------------------------------------------
     @property
@@ -366,8 +364,6 @@ class NsenterChannel:
 
     def put(self, local: Path, remote: str) -> None:
         """Copy a file or folder (the host shares the machine's filesystem)."""
-        if not local.exists():
-            raise HostFileNotFound(f"copy_to: {local} does not exist on the host")
         if local.is_dir():
             shutil.copytree(local, remote, dirs_exist_ok=True)
         else:

@@ -43,23 +43,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.vm)
 
 
-_provider_checked: dict[str, str | None] = {}
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root"):
         require_root()
     if item.get_closest_marker("vm"):
         name = options.option(item.config, "provider")
-        if name not in _provider_checked:
-            try:
-                load_provider(name)
-                _provider_checked[name] = None
-            except HostError as exc:
-                _provider_checked[name] = str(exc)
-        problem = _provider_checked[name]
-        if problem is not None:
-            missing_capability(f"provider {name} cannot run here: {problem}")
+        try:
+            load_provider(name)  # finds its tools (QEMU, ...) or says which are missing
+        except HostError as exc:
+            missing_capability(f"provider {name} cannot run here: {exc}")
 
 
 def _lab_of(item: pytest.Item) -> Lab | None:
