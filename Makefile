@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
-	debootstrap
+	debootstrap nmap clamav lynis
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -44,15 +44,24 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+# The OSV JSON schema (vulnerability records are checked against it): the osv wheel on PyPI
+# ships ossf/osv-schema; only its validation/schema.json is taken, nothing is installed.
+OSV_SCHEMA := $(VENV)/share/vboxlab/osv-schema.json
+$(OSV_SCHEMA): | $(VENV)/.installed
+	@rm -rf $(VENV)/.osv-wheel && mkdir -p $(dir $@)
+	$(BIN)/pip download -q --no-deps --only-binary :all: -d $(VENV)/.osv-wheel 'osv==0.0.22'
+	$(BIN)/python -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/osv-*.whl")[0]); open(sys.argv[2], "wb").write(z.read("osv/osv-schema/validation/schema.json"))' $(VENV)/.osv-wheel $@
+	@rm -rf $(VENV)/.osv-wheel
+
+venv: $(VENV)/.installed $(OSV_SCHEMA)
 
 template: deps venv
 	$(BIN)/vboxlab templates build tiny
 
 # the Debian templates (debootstrap, about 1.5 min each the first time; cached after)
 templates: deps venv template
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/vboxlab templates build debian-12 netlab; \
-	else echo "not building debian-12 and netlab: debootstrap needs root (their tests will skip)"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/vboxlab templates build debian-12 netlab vulnlab; \
+	else echo "not building debian-12, netlab and vulnlab: debootstrap needs root (their tests will skip)"; fi
 
 setup: deps venv template
 

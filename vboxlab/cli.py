@@ -230,11 +230,13 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
 
 def _add_commands() -> None:
     from vboxlab.media.cli import iso, usb
+    from vboxlab.security.cli import scan
     from vboxlab.templates.cli import templates
 
     main.add_command(templates)
     main.add_command(iso)
     main.add_command(usb)
+    main.add_command(scan)
 
 
 _add_commands()

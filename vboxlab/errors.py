@@ -123,3 +123,11 @@ def _tail(text: str, lines: int = 40) -> str:
     if len(parts) <= lines:
         return "\n".join(parts)
     return f"[... {len(parts) - lines} lines cut ...]\n" + "\n".join(parts[-lines:])
+
+
+class ScanError(VboxlabError):
+    """A scanner could not run (its tool is missing or failed); not a finding."""
+
+
+class ScanFailed(VboxlabError, AssertionError):
+    """A scan's assertion failed: the findings that broke it are in the message."""

@@ -145,6 +145,16 @@ class Machine:
             raise WaitTimeout(f"timed out after {timeout:g} s waiting for a listener on TCP "
                               f"port {port} in {self.name}") from None
 
+    def listening_ports(self) -> set[int]:
+        """TCP ports something in the guest listens on (from /proc/net/tcp and tcp6)."""
+        out = self.execute("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null").stdout
+        found: set[int] = set()
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and ":" in fields[1]:
+                found.add(int(fields[1].rsplit(":", 1)[1], 16))
+        return found
+
     # -- files ----------------------------------------------------------
     def copy_to(self, local: str | Path, remote: str) -> None:
         """Copy a host file or folder into the guest."""

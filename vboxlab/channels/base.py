@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,15 @@ class CommandResult:
         return self.rc != 0
 
 
+@dataclass(frozen=True)
+class GuestFile:
+    """A guest file read for a scan: its bytes, or why it was skipped."""
+
+    path: str
+    data: bytes | None
+    skipped: str = ""
+
+
 class Channel(Protocol):
     """Runs commands in a guest and moves files in and out."""
 
@@ -39,5 +49,7 @@ class Channel(Protocol):
     def put(self, local: Path, remote: str) -> None: ...
 
     def get(self, remote: str, local: Path) -> None: ...
+
+    def read_files(self, paths: Sequence[str], limit: int) -> Iterator[GuestFile]: ...
 
     def close(self) -> None: ...

@@ -9,12 +9,12 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 import paramiko
 
-from vboxlab.channels.base import CommandResult
+from vboxlab.channels.base import CommandResult, GuestFile
 from vboxlab.errors import (
     BootTimeout,
     ChannelError,
@@ -245,6 +245,30 @@ class SSHChannel:
         """Copy a file or a folder tree out of the guest, keeping permission bits."""
         with self._sftp(f"copying {remote} to {local}") as sftp:
             self._get_any(sftp, remote, local)
+
+    def read_files(self, paths: Sequence[str], limit: int) -> Iterator[GuestFile]:
+        """Read regular guest files of at most ``limit`` bytes over one SFTP session."""
+        with self._sftp(f"reading {len(paths)} guest files") as sftp:
+            for path in paths:
+                try:
+                    attrs = sftp.lstat(path)
+                    size = attrs.st_size or 0
+                    if not stat.S_ISREG(attrs.st_mode or 0):
+                        yield GuestFile(path, None, "not a regular file")
+                        continue
+                    if size > limit:
+                        yield GuestFile(path, None, f"{size} bytes, over the {limit} byte limit")
+                        continue
+                    with sftp.open(path, "rb") as handle:
+                        handle.prefetch(size)
+                        data = handle.read(limit + 1)
+                except OSError as exc:  # gone meanwhile, or not readable
+                    yield GuestFile(path, None, f"unreadable: {exc.strerror or exc}")
+                    continue
+                if len(data) > limit:
+                    yield GuestFile(path, None, f"grew past the {limit} byte limit")
+                else:
+                    yield GuestFile(path, data)
 
     def _get_any(self, sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
         mode = sftp.stat(remote).st_mode or 0

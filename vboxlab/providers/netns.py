@@ -20,15 +20,17 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vboxlab import procs
-from vboxlab.channels.base import CommandResult
+from vboxlab.channels.base import CommandResult, GuestFile
 from vboxlab.errors import (
     CommandTimeout,
     GuestFileNotFound,
@@ -377,6 +379,26 @@ class NsenterChannel:
             shutil.copytree(source, local, dirs_exist_ok=True)
         else:
             shutil.copy2(source, local)
+
+    def read_files(self, paths: Sequence[str], limit: int) -> Iterator[GuestFile]:
+        """Read regular files of at most ``limit`` bytes (the host's own files)."""
+        for path in paths:
+            try:
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode):
+                    yield GuestFile(path, None, "not a regular file")
+                    continue
+                if info.st_size > limit:
+                    yield GuestFile(path, None, f"{info.st_size} bytes, over the {limit} byte "
+                                    "limit")
+                    continue
+                with open(path, "rb") as handle:  # noqa: PTH123 - a guest path string
+                    data = handle.read(limit + 1)
+            except OSError as exc:
+                yield GuestFile(path, None, f"unreadable: {exc.strerror or exc}")
+                continue
+            yield (GuestFile(path, data) if len(data) <= limit
+                   else GuestFile(path, None, f"grew past the {limit} byte limit"))
 
     def close(self) -> None:
         """Nothing to close: every command is its own process."""

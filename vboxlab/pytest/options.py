@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from vboxlab.pytest.rollback import SharedVm
 
 #: fixtures that put a test on a lab (it gets the ``vm`` marker)
-VM_FIXTURES = frozenset({"lab", "vm", "network", "boot_media"})
+VM_FIXTURES = frozenset({"lab", "vm", "network", "boot_media", "scan"})
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -41,6 +41,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--lab-timeline-dir", default=None,
                     help="Where snapshot timelines (SVG) go (default: beside --junitxml, "
                          "else ./reports)")
+    add_scan_options(group)
     parser.addini("lab_provider", "Default for --lab-provider", default="qemu")
     parser.addini("lab_template", "Default for --lab-template", default="tiny")
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
@@ -48,6 +49,27 @@ def add_options(parser: pytest.Parser) -> None:
                   type="bool", default=False)
     parser.addini("lab_snapshot_every", "Default for --lab-snapshot-every", default="0")
     parser.addini("lab_snapshot_interval", "Default for --lab-snapshot-interval", default="0")
+
+
+def add_scan_options(group: pytest.OptionGroup) -> None:
+    """Where the ``scan`` fixture's security data comes from and where its results go."""
+    group.addoption("--lab-advisories", default=None, metavar="PATH",
+                    help="OSV records (a folder or zip of .json, ecosystem Debian:12) for "
+                         "vulnerability scans, checked against the OSV schema")
+    group.addoption("--lab-security-suite", default="bookworm-security", metavar="SUITE",
+                    help="The Debian security suite whose apt lists mark packages behind a "
+                         "security update (default: bookworm-security; 'none' to skip)")
+    group.addoption("--lab-allowlist", default=None, metavar="FILE",
+                    help="YAML list of accepted findings (id/package, reason, expires)")
+    group.addoption("--lab-rules", action="append", default=[], metavar="DIR",
+                    help="A folder of YARA rules to add to the shipped ones (repeatable)")
+    group.addoption("--lab-signatures", action="append", default=[], metavar="DIR",
+                    help="A folder of ClamAV signature files to add (repeatable)")
+    group.addoption("--lab-profiles", action="append", default=[], metavar="DIR",
+                    help="A folder of compliance profiles, searched before the shipped ones")
+    group.addoption("--lab-scan-dir", default=None, metavar="DIR",
+                    help="Where each test's scan results go as JSON and JUnit XML (default: "
+                         "scans/ beside --junitxml, else ./reports/scans)")
 
 
 def add_markers(config: pytest.Config) -> None:
@@ -95,6 +117,9 @@ class RunState:
         chosen = config.getoption("--lab-timeline-dir")
         self.timeline_dir = Path(chosen) if chosen else (
             Path(xml).resolve().parent if xml else config.rootpath / "reports")
+        scans = config.getoption("--lab-scan-dir")
+        self.scan_dir = Path(scans) if scans else (
+            Path(xml).resolve().parent / "scans" if xml else config.rootpath / "reports" / "scans")
 
 
 STATE_KEY = pytest.StashKey[RunState]()

@@ -20,6 +20,7 @@ from vboxlab.pytest import options, reports, rollback, schedules
 from vboxlab.pytest.fixtures import _vboxlab_shared_vm, boot_media, lab, network, vm
 from vboxlab.pytest.options import STATE_KEY, RunState, state_of
 from vboxlab.pytest.policy import missing_capability, require_root
+from vboxlab.pytest.scan import _vboxlab_scan, report_sections, scan
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -92,6 +93,8 @@ def pytest_runtest_makereport(item: pytest.Item,
                               call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport,
                                                                          pytest.TestReport]:
     report = yield
+    if report.when == "call":
+        report.sections.extend(report_sections(item))
     the_lab = _lab_of(item)
     if the_lab is None:
         return report
@@ -146,4 +149,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         reports.terminal_summary(terminalreporter, state)
 
 
-__all__ = ["_vboxlab_shared_vm", "boot_media", "lab", "network", "vm"]
+__all__ = ["_vboxlab_scan", "_vboxlab_shared_vm", "boot_media", "lab", "network", "scan", "vm"]

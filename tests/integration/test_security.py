@@ -1,0 +1,189 @@
+"""Security scans as assertions against real machines: a namespace host scanning a VM, the tiny
+template, debian-12 and the deliberately weak vulnlab, each scanner proven both ways."""
+
+import json
+import subprocess
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from vboxlab.errors import ScanFailed
+from vboxlab.lab import Lab
+from vboxlab.pytest.policy import missing_capability, require_root
+from vboxlab.security.aptlists import package_lists, read_list, stanzas
+from vboxlab.security.debian_security import newer
+from vboxlab.templates import TemplateRepository
+
+EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+@pytest.fixture(scope="module")
+def scan_lab(tmp_path_factory):
+    """topologies/scan-lab.yaml: the VM ``web`` serving HTTP, the namespace host ``client``."""
+    require_root("a namespace host")
+    with Lab(base=tmp_path_factory.mktemp("scanlab") / "labs") as lab:
+        with lab.network("topologies/scan-lab.yaml", seed=11):
+            lab.node("web").succeed("mkdir -p /srv && echo hi > /srv/index.html && "
+                                    "httpd -p 80 -h /srv")
+            yield lab
+
+
+@pytest.fixture(scope="module")
+def debian_and_vulnlab(tmp_path_factory):
+    """A clean debian-12 machine and a vulnlab one, booted side by side."""
+    for name in ("debian-12", "vulnlab"):
+        status = TemplateRepository().status(name)
+        if status != "built":
+            missing_capability(f"template {name} is {status} (`vboxlab templates build {name}` "
+                               "as root)")
+    with Lab(base=tmp_path_factory.mktemp("weak") / "labs", boot_timeout=240) as lab:
+        with ThreadPoolExecutor(2) as pool:
+            clean = pool.submit(lab.vm, "clean", template="debian-12")
+            weak = pool.submit(lab.vm, "weak", template="vulnlab")
+            machines = clean.result(), weak.result()
+        machines[1].wait_for_port(31337)
+        yield machines
+
+
+def test_ports_of_a_vm_scanned_from_a_namespace_host(scan_lab, scan):
+    scan.lab = scan_lab  # this module's own lab, not the session's
+    web = scan_lab.node("web")
+    report = scan.ports(web, from_node="client")
+    assert report.open_ports == {22, 80}
+    assert report.address == "192.168.60.10"
+    assert report.scanned_from == "client"
+    assert report.service(80).service == "http"
+    with pytest.raises(ScanFailed, match=r"unexpected open ports: 80/tcp http.*"
+                                          r"expected but not open: 443"):
+        report.assert_open({22, 443})
+    detail = scan.ports(web, from_node="client", ports=[22], versions="light")
+    assert detail.service(22).product == "OpenSSH"
+
+
+def test_ports_from_the_host_count_only_what_the_guest_listens_on(vm, scan):
+    # QEMU accepts on a forwarded port even when nothing in the guest listens behind it
+    report = scan.ports(vm, ports=[22, 8080])
+    assert report.open_ports == {22}
+    assert report.service(8080).state == "closed"
+
+
+def test_malware_in_guest_files_built_at_test_time(vm, scan):
+    vm.succeed(f"mkdir -p /data/www && printf '%s' '{EICAR}' > /data/www/eicar.com && "
+               "echo '<?php system($_GET[\"c\"]); ?>' > /data/www/x.php && "
+               "dd if=/dev/zero of=/data/www/big.bin bs=1024 count=2048 2>/dev/null && "
+               "echo hello > /data/www/index.html")
+    report = scan.malware(vm, ["/data/www", "/etc"], file_limit=1024 * 1024)
+    assert {(d.path, d.engine, d.name) for d in report.detections} == {
+        ("/data/www/eicar.com", "yara", "EICAR_test_file"),
+        ("/data/www/eicar.com", "clamav", "Vboxlab.Test.EICAR-body.UNOFFICIAL"),
+        ("/data/www/x.php", "yara", "php_webshell_request_exec")}
+    assert report.skipped == [("/data/www/big.bin",
+                               "2097152 bytes, over the 1048576 byte limit")]
+    assert report.scanned >= 3
+    assert any("vboxlab-eicar.ndb" in e for e in report.engines)
+    with pytest.raises(ScanFailed, match="eicar.com"):
+        report.assert_clean()
+    assert not scan.malware(vm, ["/etc", "/bin"])
+
+
+def test_ssh_baseline_passes_on_tiny_and_names_a_weakened_setting(vm, scan):
+    scan.compliance(vm, profile="ssh-baseline").assert_passed()
+    scan.compliance(vm, profile="tiny-baseline").assert_passed()
+    vm.succeed("sed -i '1i PermitRootLogin yes' /etc/ssh/sshd_config && "
+               "chmod 0666 /etc/passwd")
+    ssh = scan.compliance(vm, profile="ssh-baseline")
+    assert {r.rule.id for r in ssh.failed} == {"ssh-permit-root-login"}
+    with pytest.raises(ScanFailed, match="FAIL ssh-permit-root-login.*permitrootlogin yes"):
+        ssh.assert_passed()
+    tiny = scan.compliance(vm, profile="tiny-baseline")
+    assert {r.rule.id for r in tiny.failed} == {"tiny-passwd-mode",
+                                                "tiny-etc-not-world-writable"}
+
+
+def expected_behind(inventory_text):
+    """Independently of vboxlab: packages whose installed version apt's security list beats,
+    compared with the host's own dpkg."""
+    security = {}
+    for path in package_lists("bookworm-security"):
+        for listed in stanzas(read_list(path)):
+            security[listed.name] = listed.version
+    behind = set()
+    for line in inventory_text.splitlines():
+        name, version = line.split("\t")
+        if name in security and subprocess.run(
+                ["dpkg", "--compare-versions", version, "lt", security[name]],
+                check=False).returncode == 0:
+            behind.add(name)
+    return behind
+
+
+def test_vulnerabilities_of_debian_12_come_from_the_security_suite(debian_and_vulnlab, scan):
+    clean, weak = debian_and_vulnlab
+    listing = "dpkg-query -W -f='${Package}\\t${Version}\\n'"
+    for machine in (clean, weak):
+        installed = machine.succeed(listing)
+        report = scan.vulnerabilities(machine)
+        assert len(report.inventory) == len(installed.splitlines())
+        assert report.packages == expected_behind(installed)
+        assert report.findings
+        assert all(newer(f.fixed, f.installed) for f in report.findings)
+    # the CVE ids come from the updated packages' changelogs
+    assert any(i.startswith("CVE-") for f in report.findings for i in f.ids)
+    assert "unzip" in report.packages  # vulnlab pins it behind its security update
+
+
+def test_every_scanner_finds_the_weaknesses_of_vulnlab_and_none_on_debian_12(
+        debian_and_vulnlab, scan):
+    clean, weak = debian_and_vulnlab
+    assert scan.ports(clean, ports=[22, 31337]).open_ports == {22}
+    assert scan.ports(weak, ports=[22, 31337]).open_ports == {22, 31337}
+    assert not scan.malware(clean, ["/root", "/etc"])
+    assert scan.malware(weak, ["/root", "/etc"]).detected_paths == {"/root/eicar.com"}
+    scan.compliance(clean, profile="ssh-baseline").assert_passed()
+    weak_ssh = scan.compliance(weak, profile="ssh-baseline")
+    assert {r.rule.id for r in weak_ssh.failed} == {"ssh-permit-root-login",
+                                                   "ssh-password-authentication"}
+    clean_cis = scan.compliance(clean, profile="debian-12-baseline")
+    weak_cis = scan.compliance(weak, profile="debian-12-baseline")
+    new_failures = {r.rule.id for r in weak_cis.failed} - {r.rule.id for r in clean_cis.failed}
+    assert new_failures == {"cis-5.1.20-permit-root-login", "cis-7.1.11-world-writable"}
+    assert "/etc/vulnlab-shared.conf" in next(
+        r.evidence for r in weak_cis.failed if r.rule.id == "cis-7.1.11-world-writable")
+    # what a fresh debootstrap system fails of the benchmark, every rule reported
+    assert {r.rule.id for r in clean_cis.failed} >= {"cis-5.1.8-x11-forwarding"}
+    assert not clean_cis.errors
+
+
+def test_scan_results_land_in_the_report_as_json_and_junit(pytester, tmp_path):
+    require_root("a namespace host")
+    profile = tmp_path / "host-rules.yaml"
+    profile.write_text(textwrap.dedent("""\
+        name: host-rules
+        title: two rules, one failing
+        rules:
+          - id: has-passwd
+            title: /etc/passwd exists
+            check: {kind: file_exists, path: /etc/passwd}
+          - id: no-passwd
+            title: /etc/passwd does not exist
+            severity: high
+            check: {kind: file_exists, path: /etc/passwd, present: false}
+        """))
+    pytester.makepyfile(f"""
+        def test_host(lab, scan):
+            node = lab.netns_host("n1")
+            scan.compliance(node, profile={str(profile)!r}).assert_passed()
+    """)
+    scans = tmp_path / "scans"
+    result = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}",
+                                           f"--lab-scan-dir={scans}", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FAIL no-passwd ?high? /etc/passwd does not exist: "
+                                 "/etc/passwd exists*",
+                                 "*vboxlab scan: compliance of n1*",
+                                 "*no-passwd*fail*high*/etc/passwd exists*"])
+    data = json.loads(next(scans.glob("*.json")).read_text())
+    assert [r["status"] for r in data[0]["results"]] == ["pass", "fail"]
+    junit = next(scans.glob("*.xml")).read_text()
+    assert 'tests="2"' in junit and 'failures="1"' in junit
