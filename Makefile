@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
-	debootstrap nmap clamav lynis
+	debootstrap nmap clamav lynis yara
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

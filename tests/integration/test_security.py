@@ -4,6 +4,7 @@ template, debian-12 and the deliberately weak vulnlab, each scanner proven both 
 import json
 import subprocess
 import textwrap
+import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,11 +23,11 @@ EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H
 def scan_lab(tmp_path_factory):
     """topologies/scan-lab.yaml: the VM ``web`` serving HTTP, the namespace host ``client``."""
     require_root("a namespace host")
-    with Lab(base=tmp_path_factory.mktemp("scanlab") / "labs") as lab:
-        with lab.network("topologies/scan-lab.yaml", seed=11):
-            lab.node("web").succeed("mkdir -p /srv && echo hi > /srv/index.html && "
-                                    "httpd -p 80 -h /srv")
-            yield lab
+    with Lab(base=tmp_path_factory.mktemp("scanlab") / "labs") as lab, \
+            lab.network("topologies/scan-lab.yaml", seed=11):
+        lab.node("web").succeed("mkdir -p /srv && echo hi > /srv/index.html && "
+                                "httpd -p 80 -h /srv")
+        yield lab
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_malware_in_guest_files_built_at_test_time(vm, scan):
                                "2097152 bytes, over the 1048576 byte limit")]
     assert report.scanned >= 3
     assert any("vboxlab-eicar.ndb" in e for e in report.engines)
-    with pytest.raises(ScanFailed, match="eicar.com"):
+    with pytest.raises(ScanFailed, match=r"eicar\.com"):
         report.assert_clean()
     assert not scan.malware(vm, ["/etc", "/bin"])
 
@@ -94,7 +95,7 @@ def test_ssh_baseline_passes_on_tiny_and_names_a_weakened_setting(vm, scan):
                "chmod 0666 /etc/passwd")
     ssh = scan.compliance(vm, profile="ssh-baseline")
     assert {r.rule.id for r in ssh.failed} == {"ssh-permit-root-login"}
-    with pytest.raises(ScanFailed, match="FAIL ssh-permit-root-login.*permitrootlogin yes"):
+    with pytest.raises(ScanFailed, match=r"FAIL ssh-permit-root-login.*permitrootlogin yes"):
         ssh.assert_passed()
     tiny = scan.compliance(vm, profile="tiny-baseline")
     assert {r.rule.id for r in tiny.failed} == {"tiny-passwd-mode",
@@ -171,8 +172,11 @@ def test_scan_results_land_in_the_report_as_json_and_junit(pytester, tmp_path):
             check: {kind: file_exists, path: /etc/passwd, present: false}
         """))
     pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.compliance(profile={str(profile)!r})
         def test_host(lab, scan):
-            node = lab.netns_host("n1")
+            node = lab.netns_host("n1") if "n1" not in lab.machines else lab["n1"]
             scan.compliance(node, profile={str(profile)!r}).assert_passed()
     """)
     scans = tmp_path / "scans"
@@ -187,3 +191,11 @@ def test_scan_results_land_in_the_report_as_json_and_junit(pytester, tmp_path):
     assert [r["status"] for r in data[0]["results"]] == ["pass", "fail"]
     junit = next(scans.glob("*.xml")).read_text()
     assert 'tests="2"' in junit and 'failures="1"' in junit
+    # a test per rule: JUnit shows one line each
+    per_rule = pytester.runpytest_subprocess(
+        f"--lab-dir={tmp_path / 'labs'}", "--lab-compliance-as-tests",
+        f"--junitxml={tmp_path / 'rules.xml'}", "-p", "no:cacheprovider")
+    per_rule.assert_outcomes(passed=1, failed=1)
+    cases = ET.parse(tmp_path / "rules.xml").getroot().iter("testcase")
+    assert sorted(c.get("name") for c in cases) == ["test_host[has-passwd]",
+                                                    "test_host[no-passwd]"]

@@ -67,6 +67,9 @@ def add_scan_options(group: pytest.OptionGroup) -> None:
                     help="A folder of ClamAV signature files to add (repeatable)")
     group.addoption("--lab-profiles", action="append", default=[], metavar="DIR",
                     help="A folder of compliance profiles, searched before the shipped ones")
+    group.addoption("--lab-compliance-as-tests", action="store_true", default=False,
+                    help="Run each test marked compliance(profile) once per rule of the "
+                         "profile, so JUnit and Allure show a line per rule")
     group.addoption("--lab-scan-dir", default=None, metavar="DIR",
                     help="Where each test's scan results go as JSON and JUnit XML (default: "
                          "scans/ beside --junitxml, else ./reports/scans)")
@@ -79,6 +82,9 @@ def add_markers(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lab(topology, seed): the topology file the network fixture builds for the "
         "test, and the seed of its links' randomness")
+    config.addinivalue_line(
+        "markers", "compliance(profile): with --lab-compliance-as-tests the test runs once per "
+        "rule of the profile, and scan.compliance() in it checks that rule")
     config.addinivalue_line(
         "markers", "fresh_vm: the vm fixture boots a machine for this test alone instead of "
         "rolling back the shared one")

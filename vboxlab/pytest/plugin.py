@@ -20,7 +20,13 @@ from vboxlab.pytest import options, reports, rollback, schedules
 from vboxlab.pytest.fixtures import _vboxlab_shared_vm, boot_media, lab, network, vm
 from vboxlab.pytest.options import STATE_KEY, RunState, state_of
 from vboxlab.pytest.policy import missing_capability, require_root
-from vboxlab.pytest.scan import _vboxlab_scan, report_sections, scan
+from vboxlab.pytest.scan import (
+    _vboxlab_compliance_rule,
+    _vboxlab_scan,
+    compliance_rules,
+    report_sections,
+    scan,
+)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -36,6 +42,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     options.add_markers(config)
     config.stash[STATE_KEY] = RunState(config)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    compliance_rules(metafunc)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -149,4 +159,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         reports.terminal_summary(terminalreporter, state)
 
 
-__all__ = ["_vboxlab_scan", "_vboxlab_shared_vm", "boot_media", "lab", "network", "scan", "vm"]
+__all__ = ["_vboxlab_compliance_rule", "_vboxlab_scan", "_vboxlab_shared_vm", "boot_media",
+           "lab", "network", "scan", "vm"]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from vboxlab.errors import ConfigError
 from vboxlab.lab import Lab
 from vboxlab.pytest.options import state_of
+from vboxlab.security.compliance import load_profile
 from vboxlab.security.results import write_json, write_junit
 from vboxlab.security.session import Scan, ScanSettings
 
@@ -38,13 +40,39 @@ def _vboxlab_scan(lab: Lab, request: pytest.FixtureRequest) -> Scan:
 
 
 @pytest.fixture
-def scan(_vboxlab_scan: Scan, request: pytest.FixtureRequest) -> Iterator[Scan]:
+def _vboxlab_compliance_rule() -> str | None:
+    """The one rule this test checks (``--lab-compliance-as-tests`` parametrizes it)."""
+    return None
+
+
+def compliance_rules(metafunc: pytest.Metafunc) -> None:
+    """With --lab-compliance-as-tests, a test marked ``compliance(profile)`` runs per rule."""
+    marker = metafunc.definition.get_closest_marker("compliance")
+    if marker is None or not metafunc.config.getoption("--lab-compliance-as-tests"):
+        return
+    name = marker.kwargs.get("profile") or (marker.args[0] if marker.args else None)
+    if name is None:
+        raise ConfigError(f"{metafunc.definition.nodeid}: mark it "
+                          "@pytest.mark.compliance(profile='ssh-baseline')")
+    if "_vboxlab_compliance_rule" not in metafunc.fixturenames:
+        raise ConfigError(f"{metafunc.definition.nodeid} is marked compliance but does not use "
+                          "the scan fixture")
+    profile = load_profile(name, settings_from(metafunc.config).profiles)
+    metafunc.parametrize("_vboxlab_compliance_rule", [r.id for r in profile.rules],
+                         ids=[r.id for r in profile.rules])
+
+
+@pytest.fixture
+def scan(_vboxlab_scan: Scan, lab: Lab, _vboxlab_compliance_rule: str | None,
+         request: pytest.FixtureRequest) -> Iterator[Scan]:
     """Security scans of the lab's machines: ``scan.ports(node, from_node="client")``,
     ``scan.vulnerabilities(vm)``, ``scan.malware(vm, ["/srv"])``,
     ``scan.compliance(vm, profile="ssh-baseline")``. Each result is falsy when clean,
     prints as a table, and lands as JSON and JUnit XML in the scan folder.
     """
     _vboxlab_scan.results = []
+    _vboxlab_scan.lab = lab  # a test may point it at a lab of its own
+    _vboxlab_scan.only_rule = _vboxlab_compliance_rule
     request.node.stash[RESULTS_KEY] = _vboxlab_scan
     try:
         yield _vboxlab_scan

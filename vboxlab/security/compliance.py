@@ -49,6 +49,13 @@ class Profile(BaseModel):
     description: str = ""
     rules: list[Rule] = Field(min_length=1)
 
+    def only(self, rule_id: str) -> Profile:
+        """This profile cut down to one rule."""
+        chosen = [r for r in self.rules if r.id == rule_id]
+        if not chosen:
+            raise ConfigError(f"profile {self.name} has no rule {rule_id!r}")
+        return self.model_copy(update={"rules": chosen})
+
 
 def profile_folders(extra: list[Path] | None = None) -> list[Path]:
     return [*(extra or []), shipped("profiles")]

@@ -47,6 +47,8 @@ class Scan:
         self.lab = lab
         self.settings = settings or ScanSettings()
         self.results: list[ScanResult] = []
+        #: check only this rule of a profile (a test per rule: --lab-compliance-as-tests)
+        self.only_rule: str | None = None
 
     def __repr__(self) -> str:
         return f"<Scan: {len(self.results)} results>"
@@ -109,5 +111,8 @@ class Scan:
 
     def compliance(self, machine: Machine, profile: str | Path) -> ComplianceReport:
         """Each rule of a profile (``ssh-baseline``, a name or a .yaml path) on ``machine``."""
-        scanner = ComplianceScanner(load_profile(profile, self.settings.profiles))
+        loaded = load_profile(profile, self.settings.profiles)
+        if self.only_rule is not None:
+            loaded = loaded.only(self.only_rule)
+        scanner = ComplianceScanner(loaded)
         return cast(ComplianceReport, self.run(scanner, machine))
