@@ -62,6 +62,19 @@ def test_ports_of_a_vm_scanned_from_a_namespace_host(scan_lab, scan):
     assert detail.service(22).product == "OpenSSH"
 
 
+def test_yara_over_the_payloads_that_crossed_a_link(scan_lab, scan, tmp_path):
+    scan.lab = scan_lab
+    network = scan_lab.current_network
+    scan_lab.node("web").succeed(f"printf '%s' '{EICAR}' > /srv/eicar.com")
+    with network.capture("web", "lan", tmp_path):
+        scan_lab.node("client").succeed("curl -sf -o /dev/null http://192.168.60.10/eicar.com")
+    report = scan.captures(network)
+    [detection] = report.detections
+    assert detection.name == "EICAR_embedded"  # behind the HTTP headers, not at offset 0
+    assert detection.path.startswith("web-to-lan.pcap: tcp 192.168.60.10:80 -> ")
+    assert report.scanned >= 2  # the request's stream and the response's
+
+
 def test_ports_from_the_host_count_only_what_the_guest_listens_on(vm, scan):
     # QEMU accepts on a forwarded port even when nothing in the guest listens behind it
     report = scan.ports(vm, ports=[22, 8080])
@@ -199,3 +212,14 @@ def test_scan_results_land_in_the_report_as_json_and_junit(pytester, tmp_path):
     cases = ET.parse(tmp_path / "rules.xml").getroot().iter("testcase")
     assert sorted(c.get("name") for c in cases) == ["test_host[has-passwd]",
                                                     "test_host[no-passwd]"]
+
+
+def test_lynis_audits_the_guest_and_sees_a_weakened_sshd(vm, scan):
+    vm.succeed("sed -i '1i PermitRootLogin yes' /etc/ssh/sshd_config")
+    report = scan.lynis(vm, groups="ssh")
+    assert report.version.startswith("3.")
+    assert 0 <= report.hardening_index <= 100
+    assert "SSH-7408" in report.tests_executed
+    assert any(s.test == "SSH-7408" and "PermitRootLogin" in s.details
+               for s in report.suggestions), report.table()
+    assert vm.execute("test -e /tmp/vboxlab-lynis").failed  # nothing left in the guest

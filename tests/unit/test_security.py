@@ -349,3 +349,47 @@ def test_results_serialise_to_json_and_junit_one_case_per_rule(tmp_path):
     assert data[0]["profile"] == "ssh-baseline"
     assert [r["status"] for r in data[0]["results"]][:4] == [
         "pass", "fail", "error", "notapplicable"]
+
+
+def test_lynis_report_is_parsed():
+    from vboxlab.security.lynis import parse_report
+
+    text = ("# Lynis Report\nlynis_version=3.0.8\nhardening_index=55\n"
+            "warning[]=AUTH-9308|No password set for single mode|-|-|\n"
+            "suggestion[]=SSH-7408|Consider hardening SSH configuration|"
+            "PermitRootLogin (set YES to NO)|-|\n"
+            "tests_executed=SSH-7408|AUTH-9308|\ntests_skipped=PKGS-7392|\n")
+    report = parse_report(text, "web")
+    assert report.hardening_index == 55
+    assert [w.describe() for w in report.warnings] == [
+        "AUTH-9308: No password set for single mode"]
+    assert report.suggestions[0].details == "PermitRootLogin (set YES to NO)"
+    assert report.tests_skipped == ["PKGS-7392"]
+    assert report and next(c.failure for c in report.cases()).startswith("AUTH-9308")
+
+
+def test_capture_streams_are_reassembled_so_rules_match_across_segments(tmp_path):
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from vboxlab.security.captures import flows, scan_captures
+
+    body = b"HTTP/1.0 200 OK\r\n\r\n" + EICAR.encode()
+    first, second = body[:40], body[40:]
+    def seg(seq, data):
+        return (Ether() / IP(src="10.0.0.1", dst="10.0.0.2")
+                / TCP(sport=80, dport=40000, seq=seq, flags="PA") / data)
+    packets = [seg(1000 + len(first), second), seg(1000, first), seg(1000, first),
+               Ether() / IP(src="10.0.0.2", dst="10.0.0.9") / UDP(sport=5, dport=53) / b"q"]
+    pcap = tmp_path / "a-to-b.pcap"
+    wrpcap(str(pcap), packets)
+    found = flows(pcap)
+    assert found[("tcp", "10.0.0.1", 80, "10.0.0.2", 40000)] == body
+    assert found[("udp", "10.0.0.2", 5, "10.0.0.9", 53)] == b"q"
+    report = scan_captures([tmp_path], YaraEngine(), target="lab")
+    assert [(d.path, d.name) for d in report.detections] == [
+        ("a-to-b.pcap: tcp 10.0.0.1:80 -> 10.0.0.2:40000", "EICAR_embedded")]
+    (tmp_path / "junk.pcap").write_text("not a capture")
+    with pytest.raises(ConfigError, match="not a pcap"):
+        flows(tmp_path / "junk.pcap")

@@ -92,6 +92,8 @@ class Network:
         self._on_close = on_close
         self._closed = False
         self._links = {frozenset((p.a, p.b)): LinkHandle(fabric, p) for p in plan.links}
+        #: every pcap file this network has written to
+        self.captured: set[Path] = set()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -131,6 +133,7 @@ class Network:
         paths = {"a_to_b": folder / f"{a}-to-{b}.pcap", "b_to_a": folder / f"{b}-to-{a}.pcap"}
         self.fabric.capture(handle.a_to_b_dir, paths["a_to_b"])
         self.fabric.capture(handle.b_to_a_dir, paths["b_to_a"])
+        self.captured.update(paths.values())
         try:
             yield paths
         finally:
@@ -147,6 +150,7 @@ class Network:
                 path = folder / f"{source}-to-{target}.pcap"
                 self.fabric.capture(direction, path)
                 paths.append(path)
+        self.captured.update(paths)
         return paths
 
     def close(self) -> None:

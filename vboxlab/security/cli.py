@@ -147,3 +147,19 @@ def scan_compliance(lab_id: str, vm_name: str, profile: str, profiles: tuple[Pat
     session = Scan(settings=ScanSettings(profiles=list(profiles)))
     result = session.compliance(machine, profile)
     _show(result, as_json, junit, not result.passed)
+
+
+@scan.command("lynis")
+@click.argument("lab_id")
+@click.argument("vm_name")
+@click.option("--groups", default=None, help="Only these Lynis test groups (like ssh,kernel)")
+@click.option("--skip", multiple=True, help="Lynis test ids to skip (PKGS-7392 always is)")
+@json_option
+@junit_option
+@lab_dir_option
+def scan_lynis(lab_id: str, vm_name: str, groups: str | None, skip: tuple[str, ...],
+               as_json: bool, junit: Path | None, lab_dir: str | None) -> None:
+    """Audit a VM with Lynis inside it (exit 1 on warnings)."""
+    machine = _machine(lab_dir, lab_id, vm_name)
+    result = Scan().lynis(machine, groups=groups, skip=skip)
+    _show(result, as_json, junit, bool(result))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from vboxlab.security.compliance import ComplianceReport, Profile, check_compliance
 from vboxlab.security.guestfiles import DEFAULT_FILE_LIMIT
+from vboxlab.security.lynis import LynisReport, run_lynis
 from vboxlab.security.malware import ClamavEngine, MalwareReport, YaraEngine, scan_malware
 from vboxlab.security.ports import PortReport, Versions, scan_ports
 from vboxlab.security.results import ScanResult
@@ -65,3 +66,16 @@ class ComplianceScanner:
 
     def scan(self, machine: Machine) -> ComplianceReport:
         return check_compliance(machine, self.profile)
+
+
+class LynisScanner:
+    """Lynis run inside the machine (a second compliance engine)."""
+
+    kind = "lynis"
+
+    def __init__(self, *, groups: str | None = None, skip: tuple[str, ...] = (),
+                 timeout: float = 3600) -> None:
+        self.groups, self.skip, self.timeout = groups, skip, timeout
+
+    def scan(self, machine: Machine) -> LynisReport:
+        return run_lynis(machine, groups=self.groups, skip=self.skip, timeout=self.timeout)

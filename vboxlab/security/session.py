@@ -16,15 +16,23 @@ from vboxlab.errors import ConfigError
 from vboxlab.security.allowlist import Allowlist
 from vboxlab.security.compliance import ComplianceReport, load_profile
 from vboxlab.security.guestfiles import DEFAULT_FILE_LIMIT
+from vboxlab.security.lynis import LynisReport
 from vboxlab.security.malware import ClamavEngine, MalwareReport, YaraEngine
 from vboxlab.security.ports import PortReport, Versions
 from vboxlab.security.results import ScanResult, Severity
-from vboxlab.security.scanner import ComplianceScanner, MalwareScanner, PortScanner, Scanner
+from vboxlab.security.scanner import (
+    ComplianceScanner,
+    LynisScanner,
+    MalwareScanner,
+    PortScanner,
+    Scanner,
+)
 from vboxlab.security.vulns import AdvisorySource, VulnerabilityScanner, VulnReport, load_sources
 
 if TYPE_CHECKING:
     from vboxlab.lab import Lab
     from vboxlab.machine import Machine
+    from vboxlab.net.network import Network
 
 
 @dataclass
@@ -52,6 +60,13 @@ class Scan:
 
     def __repr__(self) -> str:
         return f"<Scan: {len(self.results)} results>"
+
+    def lynis(self, machine: Machine, *, groups: str | None = None, skip: Sequence[str] = (),
+              timeout: float = 3600) -> LynisReport:
+        """Lynis audited inside the guest (``groups`` like "ssh" runs a subset; a full audit
+        of a Debian guest under TCG takes over 15 minutes)."""
+        scanner = LynisScanner(groups=groups, skip=tuple(skip), timeout=timeout)
+        return cast(LynisReport, self.run(scanner, machine))
 
     def run(self, scanner: Scanner, machine: Machine) -> ScanResult:
         """Run any scanner and remember its result."""
@@ -108,6 +123,23 @@ class Scan:
                                  clamav=self._clamav if "clamav" in engines else None,
                                  file_limit=file_limit)
         return cast(MalwareReport, self.run(scanner, machine))
+
+    def captures(self, source: Network | Path | Sequence[Path]) -> MalwareReport:
+        """YARA over the payloads in pcaps: a running network's captures, a folder or files."""
+        from vboxlab.security.captures import scan_captures
+
+        if isinstance(source, Path):
+            paths, target = [source], source.name
+        elif isinstance(source, list | tuple):
+            paths, target = list(source), "captures"
+        else:
+            network = cast("Network", source)
+            network.fabric.flush()
+            paths, target = sorted(p for p in network.captured if p.exists()), \
+                network.topology.name
+        report = scan_captures(paths, self._yara, target=target)
+        self.results.append(report)
+        return report
 
     def compliance(self, machine: Machine, profile: str | Path) -> ComplianceReport:
         """Each rule of a profile (``ssh-baseline``, a name or a .yaml path) on ``machine``."""
