@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from vboxlab import __version__
+from vboxlab.cli_options import lab_base, lab_dir_option
 from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.labdirs import attach_machine, find_lab, list_labs
@@ -19,16 +20,7 @@ from vboxlab.labdirs import clean as clean_labs
 from vboxlab.machine import Machine
 from vboxlab.net import load_topology
 from vboxlab.net.plan import describe
-from vboxlab.paths import state_base
 from vboxlab.tables import print_table
-
-
-def _base(lab_dir: str | None) -> Path:
-    return Path(lab_dir) if lab_dir else state_base()
-
-
-lab_dir_option = click.option("--lab-dir", default=None, envvar="VBOXLAB_STATE_DIR",
-                              help="Folder holding the labs (as pytest's --lab-dir)")
 
 
 class VboxlabClickError(click.ClickException):
@@ -75,9 +67,9 @@ def doctor(as_json: bool) -> None:
 @lab_dir_option
 def labs(lab_dir: str | None) -> None:
     """List labs that are running or kept."""
-    records = list_labs(_base(lab_dir))
+    records = list_labs(lab_base(lab_dir))
     if not records:
-        click.echo(f"no labs in {_base(lab_dir)}")
+        click.echo(f"no labs in {lab_base(lab_dir)}")
         return
     rows = []
     for record in records:
@@ -95,7 +87,7 @@ def labs(lab_dir: str | None) -> None:
 @lab_dir_option
 def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None) -> None:
     """Open a shell (or run COMMAND) in a VM of a kept or running lab."""
-    record = find_lab(_base(lab_dir), lab_id)
+    record = find_lab(lab_base(lab_dir), lab_id)
     folder = record.dir
     info = record.machines.get(vm_name)
     if info is None:
@@ -131,7 +123,7 @@ def snapshots() -> None:
 def _kept(lab_dir: str | None, lab_id: str, vm_name: str, *,
           unplug_nics: bool = False) -> Machine:
     """A kept lab's machine, attached through its provider, its snapshot tree reconciled."""
-    machine = attach_machine(_base(lab_dir), lab_id, vm_name, unplug_nics=unplug_nics)
+    machine = attach_machine(lab_base(lab_dir), lab_id, vm_name, unplug_nics=unplug_nics)
     machine.sync_snapshots()
     return machine
 
@@ -222,7 +214,7 @@ def topology_check(files: tuple[Path, ...], quiet: bool) -> None:
 def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
     """Remove what dead runs left (processes, files), and only that."""
     try:
-        removed = clean_labs(_base(lab_dir), include_kept=kept, only=lab_id)
+        removed = clean_labs(lab_base(lab_dir), include_kept=kept, only=lab_id)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"removed {len(removed)} lab(s)" + (f": {', '.join(removed)}" if removed else ""))

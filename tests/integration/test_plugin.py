@@ -1,5 +1,6 @@
 """The pytest plugin end to end, through pytester in subprocesses."""
 
+import json
 import re
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_lab_keep_leaves_machines_reachable_with_vboxlab_ssh(pytester, base):
     pytester.makepyfile("""
         def test_keep(vm):
             vm.succeed("echo kept-state > /tmp/state")
+            eicar = "X5O!P%@AP[4\\\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+            vm.succeed(f"mkdir -p /tmp/www && printf '%s' '{eicar}' > /tmp/www/eicar.com")
     """)
     result = pytester.runpytest_subprocess("--lab-dir", str(base), "--lab-keep")
     result.assert_outcomes(passed=1)
@@ -93,6 +96,23 @@ def test_lab_keep_leaves_machines_reachable_with_vboxlab_ssh(pytester, base):
                              check=False)
         assert ssh.returncode == 0, ssh.stderr
         assert ssh.stdout == "kept-state\n"
+        # vboxlab scan: the same scans as the fixture, on the kept machine
+        where = ["--lab-dir", str(base)]
+        compliance = subprocess.run([*cli, "scan", "compliance", lab_id, "vm", "--profile",
+                                     "ssh-baseline", "--json", *where], capture_output=True,
+                                    text=True, timeout=120, check=False)
+        assert compliance.returncode == 0, compliance.stderr
+        assert {r["status"] for r in json.loads(compliance.stdout)["results"]} == {"pass"}
+        junit = base.parent / "malware.xml"
+        malware = subprocess.run([*cli, "scan", "malware", lab_id, "vm", "/tmp/www", "--junit",
+                                  str(junit), *where], capture_output=True, text=True,
+                                 timeout=120, check=False)
+        assert malware.returncode == 1, malware.stderr  # a detection
+        assert "/tmp/www/eicar.com" in malware.stdout and 'failures="2"' in junit.read_text()
+        ports = subprocess.run([*cli, "scan", "ports", lab_id, "vm", "--ports", "22,8080",
+                                "--expect", "22", *where], capture_output=True, text=True,
+                               timeout=120, check=False)
+        assert ports.returncode == 0, ports.stdout + ports.stderr
         plain_clean = subprocess.run([*cli, "clean", "--lab-dir", str(base)],
                                      capture_output=True, text=True, check=True).stdout
         assert "removed 0 lab(s)" in plain_clean

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vboxlab.errors import ConfigError, ScanFailed
+from vboxlab.security.datafiles import load_yaml
 
 
 class AllowEntry(BaseModel):
@@ -45,12 +45,7 @@ class Allowlist:
 
     @classmethod
     def load(cls, path: Path) -> Allowlist:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"allowlist {path}: no such file") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"allowlist {path} is not valid YAML: {exc}") from None
+        raw = load_yaml(path, "allowlist")
         if raw is None:
             return cls([], path)
         if not isinstance(raw, list):

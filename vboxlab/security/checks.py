@@ -49,6 +49,13 @@ class Probe:
             self._seen[command] = (result.rc, (result.stdout + result.stderr).strip())
         return self._seen[command]
 
+    def file_lines(self, path: str) -> list[str] | Outcome:
+        """The lines of a guest file, or an ``error`` outcome saying why it cannot be read."""
+        rc, out = self.run(f"cat {shlex.quote(path)}")
+        if rc != 0:
+            return Outcome(Status.ERROR, f"cannot read {path}: {out}")
+        return out.splitlines()
+
     def has(self, tool: str) -> bool:
         return self.run(f"command -v {shlex.quote(tool)} >/dev/null 2>&1")[0] == 0
 
@@ -278,11 +285,10 @@ class NoEmptyPasswords(Check):
     kind: Literal["no_empty_passwords"]
 
     def evaluate(self, probe: Probe) -> Outcome:
-        rc, out = probe.run("cat /etc/shadow")
-        if rc != 0:
-            return Outcome(Status.ERROR, f"cannot read /etc/shadow: {out}")
-        empty = [line.split(":")[0] for line in out.splitlines()
-                 if line.count(":") >= 1 and line.split(":")[1] == ""]
+        lines = probe.file_lines("/etc/shadow")
+        if isinstance(lines, Outcome):
+            return lines
+        empty = [f[0] for f in (line.split(":") for line in lines) if len(f) > 1 and f[1] == ""]
         return Outcome(Status.FAIL if empty else Status.PASS,
                        f"accounts without a password: {', '.join(empty) or 'none'}")
 
@@ -293,11 +299,10 @@ class OnlyRootUid0(Check):
     kind: Literal["only_root_uid0"]
 
     def evaluate(self, probe: Probe) -> Outcome:
-        rc, out = probe.run("cat /etc/passwd")
-        if rc != 0:
-            return Outcome(Status.ERROR, f"cannot read /etc/passwd: {out}")
-        zero = [f[0] for f in (line.split(":") for line in out.splitlines())
-                if len(f) > 2 and f[2] == "0"]
+        lines = probe.file_lines("/etc/passwd")
+        if isinstance(lines, Outcome):
+            return lines
+        zero = [f[0] for f in (line.split(":") for line in lines) if len(f) > 2 and f[2] == "0"]
         return Outcome(Status.PASS if zero == ["root"] else Status.FAIL,
                        f"accounts with UID 0: {', '.join(zero) or 'none'}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vboxlab.cli import _base, lab_dir_option
+from vboxlab.cli_options import lab_base, lab_dir_option
 from vboxlab.labdirs import attach_machine
 from vboxlab.machine import Machine
 from vboxlab.security.ports import Versions
@@ -27,7 +27,7 @@ def scan() -> None:
 
 
 def _machine(lab_dir: str | None, lab_id: str, vm_name: str) -> Machine:
-    return attach_machine(_base(lab_dir), lab_id, vm_name)
+    return attach_machine(lab_base(lab_dir), lab_id, vm_name)
 
 
 def _show(result: ScanResult, as_json: bool, junit: Path | None, failed: bool) -> None:

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vboxlab.errors import ConfigError, ScanFailed, VboxlabError
 from vboxlab.security.checks import AnyCheck, Outcome, Probe, Status
-from vboxlab.security.datafiles import shipped
+from vboxlab.security.datafiles import load_yaml, shipped
 from vboxlab.security.results import Case, Severity, text_table
 
 if TYPE_CHECKING:
@@ -76,11 +75,9 @@ def load_profile(name_or_path: str | Path, folders: list[Path] | None = None) ->
             raise ConfigError(f"no compliance profile {name_or_path!r}; profiles: "
                               f"{', '.join(known)}")
         path = found
+    raw = load_yaml(path, "compliance profile")
     try:
-        raw = yaml.safe_load(path.read_text())
         profile = Profile.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"compliance profile {path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
         problems = "; ".join(_where(raw, e["loc"]) + f": {e['msg']}" for e in exc.errors()[:5])
         raise ConfigError(f"compliance profile {path}: {problems}") from None
