@@ -393,3 +393,47 @@ def test_capture_streams_are_reassembled_so_rules_match_across_segments(tmp_path
     (tmp_path / "junk.pcap").write_text("not a capture")
     with pytest.raises(ConfigError, match="not a pcap"):
         flows(tmp_path / "junk.pcap")
+
+
+def test_debsecan_feed_marks_packages_by_binary_or_source_version(tmp_path):
+    import zlib
+
+    from vboxlab.security.debsecan import DebsecanFeed
+
+    feed = "\n".join([
+        "VERSION 1",
+        "CVE-2024-0001,,openssl: heap overflow in X",
+        "CVE-2024-0002,,bash: minor",
+        "CVE-2024-0003,,zlib: no fix anywhere",
+        "",
+        "openssl,0,SHRF,3.0.15-1,3.0.15-1~deb12u1 3.0.11-1~deb12u9",
+        "bash,1,BL F,5.3-1,",
+        "zlib,2,S  ?,,",
+        "",
+        "openssl,libssl3 openssl",
+        "",
+    ]).encode()
+    path = tmp_path / "bookworm"
+    path.write_bytes(zlib.compress(feed))
+    database = DebsecanFeed(path)
+    inv = inventory(
+        ("libssl3", "3.0.11-1~deb12u2", "openssl", "3.0.11-1~deb12u2"),   # behind: found
+        ("openssl", "3.0.15-1~deb12u1", "openssl", "3.0.15-1~deb12u1"),   # a fixed version
+        ("bash", "5.2.15-2+b2", "bash", "5.2.15-2+b2"),                   # binary entry
+        ("zlib1g", "1:1.2.13.dfsg-1", "zlib", "1:1.2.13.dfsg-1"))          # no fix yet
+    found = {(f.package, f.ids[0], f.severity, f.fixed) for f in database.findings(
+        inv, cve_ids=False)}
+    assert found == {("libssl3", "CVE-2024-0001", Severity.HIGH, "3.0.15-1"),
+                     ("bash", "CVE-2024-0002", Severity.LOW, "5.3-1"),
+                     ("zlib1g", "CVE-2024-0003", Severity.UNKNOWN, "no fix yet")}
+    note = next(f.note for f in database.findings(inv, cve_ids=False) if f.package == "libssl3")
+    assert note == "openssl: heap overflow in X (remotely exploitable)"
+    report = VulnerabilityScanner([database], min_severity=Severity.HIGH,
+                                  keep_unknown=False).assess(inv)
+    assert report.packages == {"libssl3"}
+    path.write_bytes(b"VERSION 1\nCVE-1,,x\n\npkg,7,S   ,,\n")
+    with pytest.raises(ConfigError, match="line 4: index 7"):
+        DebsecanFeed(path)
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(ConfigError, match="neither text nor zlib"):
+        DebsecanFeed(path)

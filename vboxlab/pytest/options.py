@@ -56,6 +56,9 @@ def add_scan_options(group: pytest.OptionGroup) -> None:
     group.addoption("--lab-advisories", default=None, metavar="PATH",
                     help="OSV records (a folder or zip of .json, ecosystem Debian:12) for "
                          "vulnerability scans, checked against the OSV schema")
+    group.addoption("--lab-debsecan", default=None, metavar="FILE",
+                    help="A debsecan feed (as debsecan downloads it from the Debian security "
+                         "tracker) for vulnerability scans")
     group.addoption("--lab-security-suite", default="bookworm-security", metavar="SUITE",
                     help="The Debian security suite whose apt lists mark packages behind a "
                          "security update (default: bookworm-security; 'none' to skip)")

@@ -27,6 +27,7 @@ def settings_from(config: pytest.Config) -> ScanSettings:
     suite = config.getoption("--lab-security-suite")
     return ScanSettings(
         advisories=path("--lab-advisories"),
+        debsecan=path("--lab-debsecan"),
         suite=None if suite in (None, "", "none") else str(suite),
         allowlist=path("--lab-allowlist"),
         rules=[Path(p) for p in config.getoption("--lab-rules")],

@@ -84,6 +84,8 @@ def scan_ports(lab_id: str, vm_name: str, from_node: str | None, address: str | 
 @click.argument("vm_name")
 @click.option("--advisories", type=click.Path(path_type=Path), default=None,
               help="OSV records (folder or zip, ecosystem Debian:12)")
+@click.option("--debsecan", type=click.Path(path_type=Path), default=None,
+              help="A debsecan feed file (from the Debian security tracker)")
 @click.option("--suite", default="bookworm-security",
               help="Debian security suite to compare with ('none' to skip)")
 @click.option("--allowlist", type=click.Path(path_type=Path), default=None)
@@ -93,12 +95,13 @@ def scan_ports(lab_id: str, vm_name: str, from_node: str | None, address: str | 
 @json_option
 @junit_option
 @lab_dir_option
-def scan_vulns(lab_id: str, vm_name: str, advisories: Path | None, suite: str,
+def scan_vulns(lab_id: str, vm_name: str, advisories: Path | None, debsecan: Path | None,
+               suite: str,
                allowlist: Path | None, min_severity: str, no_cve_ids: bool, as_json: bool,
                junit: Path | None, lab_dir: str | None) -> None:
     """List a VM's packages that advisories say are vulnerable (exit 1 if any)."""
     machine = _machine(lab_dir, lab_id, vm_name)
-    session = Scan(settings=ScanSettings(advisories=advisories,
+    session = Scan(settings=ScanSettings(advisories=advisories, debsecan=debsecan,
                                          suite=None if suite == "none" else suite))
     result = session.vulnerabilities(machine, min_severity=min_severity, allowlist=allowlist,
                                      cve_ids=not no_cve_ids)

@@ -40,6 +40,7 @@ class ScanSettings:
     """Where a run's security data comes from (the plugin's --lab-* options)."""
 
     advisories: Path | None = None  # OSV folder or zip
+    debsecan: Path | None = None  # a debsecan feed file
     suite: str | None = "bookworm-security"
     allowlist: Path | None = None
     rules: list[Path] = field(default_factory=list)  # YARA folders
@@ -90,7 +91,7 @@ class Scan:
     @functools.cached_property
     def _sources(self) -> list[AdvisorySource]:
         return load_sources(suite=self.settings.suite, osv=self.settings.advisories,
-                            cache=self.settings.cache)
+                            debsecan=self.settings.debsecan, cache=self.settings.cache)
 
     def vulnerabilities(self, machine: Machine, *, min_severity: str = "unknown",
                         keep_unknown: bool = True, allowlist: Path | None = None,

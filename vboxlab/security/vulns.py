@@ -190,9 +190,11 @@ class VulnerabilityScanner:
 
 
 def load_sources(*, suite: str | None = "bookworm-security", osv: Path | None = None,
-                 cache: Path | None = None) -> list[AdvisorySource]:
-    """The advisory sources: the security suite (unless ``suite`` is None) and OSV records."""
+                 debsecan: Path | None = None, cache: Path | None = None) -> list[AdvisorySource]:
+    """The advisory sources: the security suite (unless ``suite`` is None), OSV records and a
+    debsecan feed."""
     from vboxlab.security.debian_security import SecuritySuite
+    from vboxlab.security.debsecan import DebsecanFeed
     from vboxlab.security.osv import OsvDatabase
 
     sources: list[AdvisorySource] = []
@@ -200,6 +202,8 @@ def load_sources(*, suite: str | None = "bookworm-security", osv: Path | None = 
         sources.append(SecuritySuiteSource(SecuritySuite(suite, cache=cache)))
     if osv is not None:
         sources.append(OsvSource(OsvDatabase(osv)))
+    if debsecan is not None:
+        sources.append(DebsecanFeed(debsecan))
     return sources
 
 
