@@ -98,7 +98,9 @@ def test_malware_in_guest_files_built_at_test_time(vm, scan):
     assert any("vboxlab-eicar.ndb" in e for e in report.engines)
     with pytest.raises(ScanFailed, match=r"eicar\.com"):
         report.assert_clean()
-    assert not scan.malware(vm, ["/etc", "/bin"])
+    clean = scan.malware(vm, ["/etc", "/bin", "/nowhere"])
+    assert not clean
+    assert clean.skipped == [("(listing)", "find: /nowhere: No such file or directory")]
 
 
 def test_ssh_baseline_passes_on_tiny_and_names_a_weakened_setting(vm, scan):

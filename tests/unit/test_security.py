@@ -27,7 +27,7 @@ from vboxlab.security.malware import ClamavEngine, YaraEngine
 from vboxlab.security.osv import OsvDatabase
 from vboxlab.security.ports import PortReport, nmap_argv, parse_nmap_xml, port_list
 from vboxlab.security.results import Severity, write_json, write_junit
-from vboxlab.security.vulns import OsvSource, VulnerabilityScanner
+from vboxlab.security.vulns import VulnerabilityScanner
 
 EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -181,11 +181,11 @@ def test_osv_records_match_source_versions_with_severity(tmp_path):
     inv = inventory(("libssl3", "3.0.11-1~deb12u2", "openssl", "3.0.11-1~deb12u2"),
                     ("openssl", "3.0.15-1~deb12u1", "openssl", "3.0.15-1~deb12u1"),
                     ("bash", "5.2.15-2+b2", "bash", "5.2.15-2+b2"))
-    report = VulnerabilityScanner([OsvSource(database)]).assess(inv)
+    report = VulnerabilityScanner([database]).assess(inv)
     assert [(f.package, f.severity, f.ids) for f in report.findings] == [
         ("libssl3", Severity.HIGH, ("DSA-0001-1", "CVE-2024-5535"))]
     assert report.findings[0].fixed == "3.0.15-1~deb12u1"
-    critical_only = VulnerabilityScanner([OsvSource(database)],
+    critical_only = VulnerabilityScanner([database],
                                          min_severity=Severity.CRITICAL).assess(inv)
     assert not critical_only
     assert critical_only.filtered_out == 1
@@ -231,7 +231,7 @@ def test_allowlist_moves_findings_aside_and_expired_entries_fail(tmp_path):
     folder.mkdir()
     (folder / "a.json").write_text(json.dumps(osv_record()))
     inv = inventory(("libssl3", "3.0.11-1~deb12u2", "openssl", "3.0.11-1~deb12u2"))
-    source = OsvSource(OsvDatabase(folder))
+    source = OsvDatabase(folder)
     good = tmp_path / "allow.yaml"
     tomorrow = datetime.date.today() + datetime.timedelta(days=1)
     good.write_text(f"- id: CVE-2024-5535\n  reason: not reachable in the lab\n"

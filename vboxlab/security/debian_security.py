@@ -24,7 +24,8 @@ from vboxlab.errors import ScanError
 from vboxlab.hosttools import require
 from vboxlab.paths import cache_dir
 from vboxlab.security.aptlists import LISTS, ListedPackage, package_lists, read_list, stanzas
-from vboxlab.security.inventory import InstalledPackage
+from vboxlab.security.inventory import InstalledPackage, Inventory
+from vboxlab.security.vulns import Finding
 
 CVE = re.compile(r"\bCVE-\d{4}-\d{4,7}\b")
 DOWNLOAD_TIMEOUT = 300
@@ -66,13 +67,21 @@ class SecuritySuite:
                     self.packages[listed.name] = listed
                 self.by_source.setdefault((listed.source, listed.source_version), []).append(
                     listed)
+        self.description = f"Debian {suite} package lists ({len(self.packages)} packages)"
 
     def __repr__(self) -> str:
         return f"<SecuritySuite {self.suite}: {len(self.packages)} packages>"
 
-    @property
-    def description(self) -> str:
-        return f"Debian {self.suite} package lists ({len(self.packages)} packages)"
+    def findings(self, inventory: Inventory, *, cve_ids: bool) -> list[Finding]:
+        """A finding per installed package behind the suite, with the update's CVE ids."""
+        found = []
+        for update in self.updates(inventory.packages):
+            ids, note = self.cve_ids(update) if cve_ids else ([], "CVE ids not looked up")
+            found.append(Finding(tuple(ids) or (f"{self.suite}:{update.fixed.source}",),
+                                 update.package.name, update.fixed.source,
+                                 update.package.version, update.fixed.version,
+                                 "debian-security", note=note))
+        return found
 
     def updates(self, installed: tuple[InstalledPackage, ...]) -> list[SuiteUpdate]:
         """The installed packages the suite has a newer version of."""

@@ -30,14 +30,17 @@ def check_guest_paths(paths: Sequence[str]) -> list[str]:
     return checked
 
 
-def list_files(machine: Machine, paths: Sequence[str], *, timeout: float = 300) -> list[str]:
-    """The regular files under ``paths`` in the guest (one filesystem each, like ``find -xdev``)."""
+def list_files(machine: Machine, paths: Sequence[str], *,
+               timeout: float = 300) -> tuple[list[str], list[str]]:
+    """(regular files under ``paths`` in the guest, one filesystem each like ``find -xdev``;
+    find's complaints, such as a path that does not exist)."""
     command = f"find {' '.join(shlex.quote(p) for p in paths)} -xdev -type f -print0"
     result = machine.execute(command, timeout=timeout)
     if result.failed and not result.stdout:
         raise ScanError(f"{machine.name}: could not list {', '.join(paths)}: "
                         f"{result.stderr.strip()[-500:]}")
-    return [name for name in result.stdout.split("\0") if name]
+    problems = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return [name for name in result.stdout.split("\0") if name], problems
 
 
 def read_files(machine: Machine, paths: Sequence[str],

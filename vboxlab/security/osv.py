@@ -19,8 +19,9 @@ from typing import Any
 from debian.debian_support import NativeVersion
 
 from vboxlab.errors import ConfigError
-from vboxlab.security.inventory import InstalledPackage
+from vboxlab.security.inventory import InstalledPackage, Inventory
 from vboxlab.security.results import Severity
+from vboxlab.security.vulns import Finding
 
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 MAX_RECORDS = 500_000
@@ -107,13 +108,17 @@ class OsvDatabase:
             self.records += 1
             for advisory in self._advisories(data, origin):
                 self.by_source.setdefault(advisory.source_package, []).append(advisory)
+        self.description = f"OSV records in {location} ({self.records}, {self.ecosystem})"
 
     def __repr__(self) -> str:
         return f"<OsvDatabase {self.location}: {self.records} records, {self.ecosystem}>"
 
-    @property
-    def description(self) -> str:
-        return f"OSV records in {self.location} ({self.records}, {self.ecosystem})"
+    def findings(self, inventory: Inventory, *, cve_ids: bool) -> list[Finding]:
+        """A finding per installed package and OSV record that affects its source version."""
+        return [Finding((advisory.id, *advisory.aliases), package.name, package.source,
+                        package.version, advisory.fixed_in(), "osv", advisory.severity,
+                        note=advisory.summary)
+                for package in inventory.packages for advisory in self.matches(package)]
 
     def _advisories(self, data: dict[str, Any], origin: str) -> Iterator[OsvAdvisory]:
         for affected in data.get("affected", []):

@@ -42,41 +42,6 @@ class AdvisorySource(Protocol):
     def findings(self, inventory: Inventory, *, cve_ids: bool) -> list[Finding]: ...
 
 
-class SecuritySuiteSource:
-    """The Debian security suite: packages behind a security update."""
-
-    def __init__(self, suite: Any) -> None:
-        self.suite = suite
-        self.description = suite.description
-
-    def findings(self, inventory: Inventory, *, cve_ids: bool) -> list[Finding]:
-        found = []
-        for update in self.suite.updates(inventory.packages):
-            ids, note = self.suite.cve_ids(update) if cve_ids else ([], "CVE ids not looked up")
-            found.append(Finding(tuple(ids) or (f"{self.suite.suite}:{update.fixed.source}",),
-                                 update.package.name, update.fixed.source,
-                                 update.package.version, update.fixed.version,
-                                 "debian-security", note=note))
-        return found
-
-
-class OsvSource:
-    """OSV records of the machine's Debian release."""
-
-    def __init__(self, database: Any) -> None:
-        self.database = database
-        self.description = database.description
-
-    def findings(self, inventory: Inventory, *, cve_ids: bool) -> list[Finding]:
-        found = []
-        for package in inventory.packages:
-            for advisory in self.database.matches(package):
-                found.append(Finding((advisory.id, *advisory.aliases), package.name,
-                                     package.source, package.version, advisory.fixed_in(),
-                                     "osv", advisory.severity, note=advisory.summary))
-        return found
-
-
 @dataclass
 class VulnReport:
     """The findings of one vulnerability scan; falsy when there are none."""
@@ -199,9 +164,9 @@ def load_sources(*, suite: str | None = "bookworm-security", osv: Path | None = 
 
     sources: list[AdvisorySource] = []
     if suite:
-        sources.append(SecuritySuiteSource(SecuritySuite(suite, cache=cache)))
+        sources.append(SecuritySuite(suite, cache=cache))
     if osv is not None:
-        sources.append(OsvSource(OsvDatabase(osv)))
+        sources.append(OsvDatabase(osv))
     if debsecan is not None:
         sources.append(DebsecanFeed(debsecan))
     return sources
