@@ -13,6 +13,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux i
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
 	debootstrap nmap clamav lynis yara
+# from bookworm-backports (Suricata 7; bookworm itself has 6)
+BACKPORTS_PACKAGES := suricata
+BACKPORTS_LIST := /etc/apt/sources.list.d/vboxlab-backports.sources
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -33,6 +36,18 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	else echo "Debian packages: all present"; fi
 	@[ -n "$$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit)" ] || $(SUDO) apt-get update -q
+	@if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then \
+	  echo "adding the bookworm-backports source ($(BACKPORTS_LIST))"; \
+	  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+	    | $(SUDO) tee $(BACKPORTS_LIST) >/dev/null && $(SUDO) apt-get update -q; fi
+	@missing=""; for p in $(BACKPORTS_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from bookworm-backports:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends -t bookworm-backports $$missing && \
+	  { $(SUDO) /etc/init.d/suricata stop >/dev/null 2>&1 || true; }; \
+	else echo "backports packages: all present"; fi
 
 $(BIN)/activate:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(SUDO) apt-get update -q && \

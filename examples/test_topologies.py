@@ -14,6 +14,7 @@ def rtt_ms(output):
     return [float(x) for x in re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)", output).groups()]
 
 
+@pytest.mark.ids()  # the traffic raises no IDS alert
 @pytest.mark.lab(topology="topologies/star.yaml")
 def test_star_clients_reach_the_server_even_over_the_lossy_access_link(network, lab):
     server = lab.node("server")
@@ -25,6 +26,7 @@ def test_star_clients_reach_the_server_even_over_the_lossy_access_link(network, 
     assert rtt_ms(lab.node("client2").succeed("ping -c 3 -i 0.3 server | tail -1"))[0] >= 60
 
 
+@pytest.mark.ids()
 @pytest.mark.lab(topology="topologies/line.yaml")
 def test_line_each_hop_adds_its_delay(network, lab):
     h1 = lab.node("h1")
@@ -36,6 +38,7 @@ def test_line_each_hop_adds_its_delay(network, lab):
     assert rtt_ms(end_to_end.splitlines()[-1])[0] >= 20  # both hops' delays
 
 
+@pytest.mark.ids()
 @pytest.mark.lab(topology="topologies/two-sites-wan.yaml", seed=7)
 def test_two_sites_see_the_wan_between_them(network, lab):
     a1, a2 = lab.node("a1"), lab.node("a2")
@@ -46,6 +49,7 @@ def test_two_sites_see_the_wan_between_them(network, lab):
     a2.succeed("ping -c 1 b1")
 
 
+@pytest.mark.ids()
 @pytest.mark.lab(topology="topologies/cluster-partition.yaml")
 def test_cluster_partition_and_heal(network, lab):
     n1, n2 = lab.node("n1"), lab.node("n2")
@@ -59,6 +63,7 @@ def test_cluster_partition_and_heal(network, lab):
 
 
 @pytest.mark.root  # namespace hosts need root; outside CI the test skips without it
+@pytest.mark.ids()
 @pytest.mark.lab(topology="topologies/branch-office.yaml", seed=11)
 def test_branch_office_clients_reach_the_vm_server_through_their_router(network, lab):
     server = lab.node("server")

@@ -222,6 +222,7 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
 
 def _add_commands() -> None:
     from vboxlab.media.cli import iso, usb
+    from vboxlab.net.cli import traffic
     from vboxlab.security.cli import scan
     from vboxlab.templates.cli import templates
 
@@ -229,6 +230,7 @@ def _add_commands() -> None:
     main.add_command(iso)
     main.add_command(usb)
     main.add_command(scan)
+    main.add_command(traffic)
 
 
 _add_commands()

@@ -24,6 +24,10 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "ssh": "openssh-client",
     "tc": "iproute2",
     "ip": "iproute2",
+    "suricata": "-t bookworm-backports suricata (Suricata 7; `make deps` adds the "
+                "bookworm-backports source and installs it)",
+    "mergecap": "wireshark-common",
+    "tshark": "tshark",
 }
 
 

@@ -225,3 +225,64 @@ def test_lynis_audits_the_guest_and_sees_a_weakened_sshd(vm, scan):
     assert any(s.test == "SSH-7408" and "PermitRootLogin" in s.details
                for s in report.suggestions), report.table()
     assert vm.execute("test -e /tmp/vboxlab-lynis").failed  # nothing left in the guest
+
+
+def test_flows_of_real_traffic_and_cleartext_credentials(scan_lab, tmp_path):
+    network = scan_lab.current_network
+    client = scan_lab.node("client")
+    with network.capture("client", "lan", tmp_path):
+        client.succeed("curl -sf -o /dev/null http://192.168.60.10/")
+        client.succeed("curl -sf -o /dev/null -u alice:s3cret http://192.168.60.10/")
+    flows = network.flows("client", "lan")
+    web = flows.between("client", "web")
+    assert web.ports == {80} and web.apps == {"http"}
+    assert not flows.to_outside()
+    assert len(web.protocol("tcp")) == 2
+    first = web[0]
+    assert (first.client_node, first.server_node, first.server_port) == ("client", "web", 80)
+    assert {"SYN", "ACK", "FIN"} <= first.tcp_flags and first.packets_to_client >= 2
+    counters = network.link("client", "lan").counters()
+    captured = sum(f.packets for f in flows)
+    assert captured <= counters["a_to_b"]["tx_packets"] + counters["b_to_a"]["tx_packets"]
+    [credential] = flows.cleartext_credentials()
+    assert (credential.kind, credential.user) == ("HTTP basic", "alice")
+    assert "s3cret" not in str(credential)
+    rates = network.rates("client", "lan", interval=0.5)
+    assert sum(r.packets for r in rates["a_to_b"]) == sum(
+        f.packets_to_server for f in flows if f.client_node == "client")
+
+
+def test_real_attacks_each_raise_their_alert_and_clean_traffic_none(scan_lab, tmp_path):
+    import sys
+
+    from vboxlab.security.ids import Suricata, inspect_network
+
+    network = scan_lab.current_network
+    client, web = scan_lab.node("client"), scan_lab.node("web")
+    engine = Suricata()
+    with network.capture("client", "lan", tmp_path / "clean"):
+        client.succeed("curl -sf -o /dev/null http://192.168.60.10/")
+        client.succeed("ping -c 2 192.168.60.10")
+    link = [("client", "lan")]  # the module's network has other captures from earlier tests
+    clean = inspect_network(network, engine, tmp_path / "ids-clean", link)
+    assert clean.links == ["client<->lan"]
+    clean.assert_clean()
+    web.succeed("(nc -l -p 4444 > /tmp/got 2>&1 &); sleep 0.3")
+    with network.capture("client", "lan", tmp_path / "attacks"):
+        client.succeed("nmap -sS -Pn -n -p 1-200 192.168.60.10")
+        client.succeed(  # failing logins, again and again
+            "for i in 1 2 3 4 5 6; do ssh -o BatchMode=yes -o ConnectTimeout=5 "
+            "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            "nobody@192.168.60.10 true || true; done")
+        client.fail("curl -sf -o /dev/null http://192.168.60.10/vboxlab-canary")
+        client.succeed(f"{sys.executable} -c \"import socket; s = socket.create_connection("
+                       f"('192.168.60.10', 4444)); s.sendall(b'id\\n'); s.close()\"")
+        web.wait_until_succeeds("grep -q id /tmp/got", timeout=10)
+    report = inspect_network(network, engine, tmp_path / "ids-attacks", link)
+    assert {1000001, 1000002, 1000003, 1000004} <= report.sids
+    [canary] = report.by_sid(1000003)
+    assert (canary.source, canary.target, canary.target_port, canary.link) == (
+        "192.168.60.1", "192.168.60.10", 80, "client<->lan")
+    report.check(expect=[1000001, 1000002, 1000003, 1000004], forbid=[1000007, 1000008])
+    with pytest.raises(ScanFailed, match="unexpected IDS alert"):
+        report.assert_clean()

@@ -372,3 +372,54 @@ def test_setting_loss_on_a_bursty_link_replaces_its_model(fabric):
     assert len(b.recv_all(0.3)) == 400  # the model is gone, not ignored
     with pytest.raises(ConfigError, match="loss and loss_model exclude each other"):
         link.set(loss="1%", loss_model={"p": 0.1, "r": 0.5})
+
+
+def test_a_capture_ring_keeps_the_newest_frames_and_counts_what_it_dropped(fabric, tmp_path):
+    from vboxlab.net.fabric import CaptureRing
+    from vboxlab.net.pcaps import frames, ring_files
+
+    fab, (a, b, _, _) = fabric
+    path = tmp_path / "ring.pcap"
+    ring = CaptureRing(max_bytes=300_000)
+    fab.capture("p0.in", path, ring=ring)
+    payload_size = 1000
+    for i in range(1000):  # about 1 MB: more than three times the ring
+        a.send(BROADCAST, struct.pack("!I", i) * (payload_size // 4))
+        if i % 50 == 0:
+            b.recv_all(quiet=0.01)
+    b.recv_all()
+    fab.flush()
+    files = ring_files(path)
+    assert [f.name for f in files] == ["ring.pcap.old", "ring.pcap"]
+    assert sum(f.stat().st_size for f in files) <= 300_000 + 48
+    kept = [struct.unpack("!I", frame[14:18])[0] for f in files for _, frame in frames(f)]
+    assert kept == sorted(kept) and kept[-1] == 999  # the newest, in order, none missing
+    assert kept == list(range(kept[0], 1000))
+    stats = fab.stats()["p0.in"]
+    assert stats["ring_dropped_packets"] == kept[0]  # every older frame is counted
+    assert stats["ring_dropped_bytes"] == kept[0] * (16 + 14 + payload_size)
+    fab.capture("p0.in", None)
+
+
+def test_a_capture_ring_by_age_and_bad_limits(fabric, tmp_path):
+    from vboxlab.net.fabric import CaptureRing
+    from vboxlab.net.pcaps import frames, ring_files
+
+    fab, (a, b, _, _) = fabric
+    path = tmp_path / "aged.pcap"
+    fab.capture("p0.in", path, ring=CaptureRing(max_seconds=0.4))
+    for i in range(12):
+        a.send(BROADCAST, struct.pack("!I", i) * 10)
+        time.sleep(0.1)
+    b.recv_all()
+    fab.flush()
+    stamps = [stamp for f in ring_files(path) for stamp, _ in frames(f)]
+    assert 0 < len(stamps) < 12
+    assert stamps[-1] - stamps[0] <= 0.4 + 0.1
+    assert fab.stats()["p0.in"]["ring_dropped_packets"] == 12 - len(stamps)
+    with pytest.raises(ConfigError, match="at least"):
+        CaptureRing(max_bytes=1000)
+    with pytest.raises(ConfigError, match="positive"):
+        CaptureRing(max_seconds=0)
+    with pytest.raises(FabricError, match="bad ring limits"):
+        fab.command(f"capture p0.in {path} 12 x")

@@ -18,7 +18,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from vboxlab.errors import ConfigError
-from vboxlab.net.fabric import Fabric
+from vboxlab.net.fabric import CaptureRing, Fabric
+from vboxlab.net.flows import Flows, Rate, finish, merge, rates, read_flows
+from vboxlab.net.pcaps import ring_files
 from vboxlab.net.plan import LinkPlan, NetworkPlan, fabric_settings
 from vboxlab.net.topology import Impairment, Topology, describe_impairment
 
@@ -71,7 +73,7 @@ class LinkHandle:
         return self.set(direction, up=True)
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Packets, bytes and drops by cause, per direction."""
+        """Packets, bytes and drops by cause (and capture ring drops), per direction."""
         stats = self._fabric.stats()
         return {"a_to_b": stats[self.a_to_b_dir], "b_to_a": stats[self.b_to_a_dir]}
 
@@ -94,6 +96,7 @@ class Network:
         self._links = {frozenset((p.a, p.b)): LinkHandle(fabric, p) for p in plan.links}
         #: every pcap file this network has written to
         self.captured: set[Path] = set()
+        self._captures: dict[frozenset[str], dict[str, Path]] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -124,34 +127,92 @@ class Network:
     def links(self) -> list[LinkHandle]:
         return list(self._links.values())
 
+    def _start_capture(self, handle: LinkHandle, folder: Path,
+                       ring: CaptureRing | None) -> dict[str, Path]:
+        paths = {"a_to_b": folder / f"{handle.a}-to-{handle.b}.pcap",
+                 "b_to_a": folder / f"{handle.b}-to-{handle.a}.pcap"}
+        self.fabric.capture(handle.a_to_b_dir, paths["a_to_b"], ring=ring)
+        self.fabric.capture(handle.b_to_a_dir, paths["b_to_a"], ring=ring)
+        self.captured.update(paths.values())
+        self._captures[frozenset((handle.a, handle.b))] = paths
+        return paths
+
     @contextmanager
-    def capture(self, a: str, b: str, folder: Path | None = None) -> Iterator[dict[str, Path]]:
-        """Capture both directions of a link to pcap files while the block runs."""
+    def capture(self, a: str, b: str, folder: Path | None = None, *,
+                ring: CaptureRing | None = None) -> Iterator[dict[str, Path]]:
+        """Capture both directions of a link to pcap files while the block runs.
+
+        ``ring`` bounds each direction's files (the newest bytes and/or seconds kept).
+        """
         handle = self.link(a, b)
         folder = folder or (self.state_dir / "captures")
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"a_to_b": folder / f"{a}-to-{b}.pcap", "b_to_a": folder / f"{b}-to-{a}.pcap"}
-        self.fabric.capture(handle.a_to_b_dir, paths["a_to_b"])
-        self.fabric.capture(handle.b_to_a_dir, paths["b_to_a"])
-        self.captured.update(paths.values())
+        paths = self._start_capture(handle, folder, ring)
         try:
             yield paths
         finally:
             self.fabric.capture(handle.a_to_b_dir, None)
             self.fabric.capture(handle.b_to_a_dir, None)
 
-    def capture_all(self, folder: Path) -> list[Path]:
+    def capture_all(self, folder: Path, *, ring: CaptureRing | None = None) -> list[Path]:
         """Capture every direction of every link into ``folder`` while the fabric runs."""
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        paths: list[Path] = []
         for handle in self._links.values():
-            for direction, source, target in ((handle.a_to_b_dir, handle.a, handle.b),
-                                              (handle.b_to_a_dir, handle.b, handle.a)):
-                path = folder / f"{source}-to-{target}.pcap"
-                self.fabric.capture(direction, path)
-                paths.append(path)
-        self.captured.update(paths)
+            paths.extend(self._start_capture(handle, folder, ring).values())
         return paths
+
+    def is_captured(self, a: str, b: str) -> bool:
+        """Whether the link ``a``-``b`` has been captured (its files may be read)."""
+        return frozenset((a, b)) in self._captures
+
+    def capture_files(self, a: str, b: str) -> dict[str, list[Path]]:
+        """The files holding a link's latest capture, per direction (a ring's older half first).
+
+        Pending frames are flushed first, so the files are complete up to now.
+        """
+        handle = self.link(a, b)
+        paths = self._captures.get(frozenset((handle.a, handle.b)))
+        if paths is None:
+            raise ConfigError(f"link {a}<->{b} of topology {self.topology.name} was not "
+                              f"captured; capture it with network.capture({a!r}, {b!r}) or "
+                              f"network.capture_all(folder) (the network fixture captures all)")
+        if not self._closed:
+            self.fabric.flush()
+        return {"a_to_b": ring_files(paths["a_to_b"]), "b_to_a": ring_files(paths["b_to_a"])}
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Address -> node name, for every interface of the topology."""
+        return {str(i.address): i.node for i in self.topology.interfaces}
+
+    def flows(self, a: str | None = None, b: str | None = None) -> Flows:
+        """Flows seen on the link ``a``-``b``, or on every captured link (one per conversation).
+
+        Read from the captures (flushed first), so it works while the test runs
+        and after the network is closed.
+        """
+        if (a is None) != (b is None):
+            raise ConfigError("network.flows(a, b) takes both ends of a link, or neither "
+                              "for every captured link")
+        if a is not None and b is not None:
+            handles = [self.link(a, b)]
+        else:
+            handles = [h for h in self._links.values() if self.is_captured(h.a, h.b)]
+        nodes = self.addresses
+        per_link, sources = [], []
+        for handle in handles:
+            files = self.capture_files(handle.a, handle.b)
+            both = files["a_to_b"] + files["b_to_a"]
+            sources.extend(both)
+            per_link.append(finish(read_flows(both), f"{handle.a}<->{handle.b}", nodes))
+        subnets = {i.network for i in self.topology.interfaces}
+        return Flows(merge(per_link), nodes, subnets, sources=sources)
+
+    def rates(self, a: str, b: str, interval: float = 1.0) -> dict[str, list[Rate]]:
+        """Packets and bytes per ``interval`` seconds on each direction of a link."""
+        files = self.capture_files(a, b)
+        return {direction: rates(paths, interval) for direction, paths in files.items()}
 
     def close(self) -> None:
         """Remove the network's machines and stop its fabric (once; later calls do nothing)."""

@@ -162,7 +162,8 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
             missing_capability(f"topology {path.name}: {exc}")
     built = lab.network(model, seed=marker.kwargs.get("seed") if marker is not None else None)
     try:
-        built.capture_all(lab.dir / "captures")  # attached to the report if the test fails
+        # attached to the report if the test fails; a ring keeps a long test off the disk
+        built.capture_all(lab.dir / "captures", ring=state_of(request.config).capture_ring)
         yield built
     finally:
         if not lab.keep:

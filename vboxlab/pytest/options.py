@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from vboxlab.errors import ConfigError
+from vboxlab.net.fabric.control import CaptureRing
+
 if TYPE_CHECKING:
     from vboxlab.lab import Lab
     from vboxlab.pytest.rollback import SharedVm
 
 #: fixtures that put a test on a lab (it gets the ``vm`` marker)
-VM_FIXTURES = frozenset({"lab", "vm", "network", "boot_media", "scan"})
+VM_FIXTURES = frozenset({"lab", "vm", "network", "boot_media", "scan", "ids"})
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -42,7 +45,10 @@ def add_options(parser: pytest.Parser) -> None:
                     help="Where snapshot timelines (SVG) go (default: beside --junitxml, "
                          "else ./reports)")
     add_scan_options(group)
+    add_traffic_options(group)
     parser.addini("lab_provider", "Default for --lab-provider", default="qemu")
+    parser.addini("lab_capture_limit", "Default for --lab-capture-limit", default="64MB")
+    parser.addini("lab_capture_window", "Default for --lab-capture-window", default="")
     parser.addini("lab_template", "Default for --lab-template", default="tiny")
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
     parser.addini("lab_snapshot_on_failure", "Default for --lab-snapshot-on-failure",
@@ -78,6 +84,19 @@ def add_scan_options(group: pytest.OptionGroup) -> None:
                          "scans/ beside --junitxml, else ./reports/scans)")
 
 
+def add_traffic_options(group: pytest.OptionGroup) -> None:
+    """Capture rings of the network fixture and the IDS's rules."""
+    group.addoption("--lab-capture-limit", default=None, metavar="SIZE",
+                    help="Keep at most SIZE of capture per link direction (the newest; "
+                         "e.g. 64MB, 0 for no limit; default: 64MB)")
+    group.addoption("--lab-capture-window", default=None, metavar="DURATION",
+                    help="Keep only the last DURATION of capture per link direction "
+                         "(e.g. 600s; default: no time limit)")
+    group.addoption("--lab-ids-rules", action="append", default=[], metavar="PATH",
+                    help="Suricata .rules files or folders to add to the shipped ones "
+                         "(repeatable)")
+
+
 def add_markers(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "vm: the test boots virtual machines (added to tests using lab or vm)")
@@ -88,6 +107,9 @@ def add_markers(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "compliance(profile): with --lab-compliance-as-tests the test runs once per "
         "rule of the profile, and scan.compliance() in it checks that rule")
+    config.addinivalue_line(
+        "markers", "ids(rules, expect, forbid): after the test, Suricata over the network's "
+        "captures; unexpected alerts (forbid='any' or sids) or missing expected ones fail it")
     config.addinivalue_line(
         "markers", "fresh_vm: the vm fixture boots a machine for this test alone instead of "
         "rolling back the shared one")
@@ -126,9 +148,30 @@ class RunState:
         chosen = config.getoption("--lab-timeline-dir")
         self.timeline_dir = Path(chosen) if chosen else (
             Path(xml).resolve().parent if xml else config.rootpath / "reports")
+        self.capture_ring = capture_ring(config)
         scans = config.getoption("--lab-scan-dir")
         self.scan_dir = Path(scans) if scans else (
             Path(xml).resolve().parent / "scans" if xml else config.rootpath / "reports" / "scans")
+
+
+def capture_ring(config: pytest.Config) -> CaptureRing | None:
+    """The ring every link capture of the network fixture gets (--lab-capture-*)."""
+    from vboxlab.net.units import parse_duration, parse_size
+
+    values: list[float | None] = []
+    for name, parse in (("limit", parse_size), ("window", parse_duration)):
+        text = str(config.getoption(f"--lab-capture-{name}") or
+                   config.getini(f"lab_capture_{name}")).strip()
+        try:
+            values.append(parse(text) if text not in ("", "0") else None)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--lab-capture-{name} (or ini lab_capture_{name}) "
+                                    f"{text!r}: {exc}") from None
+    try:
+        ring = CaptureRing(int(values[0]) if values[0] else None, values[1])
+    except ConfigError as exc:
+        raise pytest.UsageError(f"--lab-capture-limit/--lab-capture-window: {exc}") from None
+    return ring if ring.limited else None
 
 
 STATE_KEY = pytest.StashKey[RunState]()

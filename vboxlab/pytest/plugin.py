@@ -16,8 +16,10 @@ import pytest
 from vboxlab.errors import HostError, VboxlabError
 from vboxlab.lab import Lab
 from vboxlab.providers import load_provider
+from vboxlab.pytest import ids as ids_checks
 from vboxlab.pytest import options, reports, rollback, schedules
 from vboxlab.pytest.fixtures import _vboxlab_shared_vm, boot_media, lab, network, vm
+from vboxlab.pytest.ids import ids
 from vboxlab.pytest.options import STATE_KEY, RunState, state_of
 from vboxlab.pytest.policy import missing_capability, require_root
 from vboxlab.pytest.scan import (
@@ -90,6 +92,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         raise
     else:
         reports.check_fabric(item, the_lab, None)
+        ids_checks.check_marker(item, the_lab.current_network if the_lab is not None else None)
         return result
     finally:
         if worker is not None:
@@ -105,6 +108,7 @@ def pytest_runtest_makereport(item: pytest.Item,
     report = yield
     if report.when == "call":
         report.sections.extend(report_sections(item))
+        report.sections.extend(ids_checks.save_reports(item))
     the_lab = _lab_of(item)
     if the_lab is None:
         return report
@@ -160,4 +164,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 __all__ = ["_vboxlab_compliance_rule", "_vboxlab_scan", "_vboxlab_shared_vm", "boot_media",
-           "lab", "network", "scan", "vm"]
+           "ids", "lab", "network", "scan", "vm"]

@@ -19,6 +19,7 @@ from vboxlab.net.fabric.control import FabricError
 from vboxlab.net.network import Network
 from vboxlab.pytest.options import RunState
 from vboxlab.report.timeline import render_svg
+from vboxlab.security.results import text_table
 from vboxlab.snapshots import safe_name
 
 
@@ -32,6 +33,7 @@ def failure_sections(item: pytest.Item, lab: Lab, state: RunState,
             f"topology {network.topology.name} ran with seed {network.seed}; replay the same "
             f"drops and delays with @pytest.mark.lab(topology=..., seed={network.seed})"))
         attach_captures(network, lab, state, item, report)
+        report.sections.append(("vboxlab flows", flow_summary(network)))
     for machine in list(lab):
         text = tail(machine.console_log, 40)
         report.sections.append((f"vboxlab console of {machine.name}", text or "(empty)"))
@@ -67,6 +69,21 @@ def attach_captures(network: Network, lab: Lab, state: RunState, item: pytest.It
         shutil.copyfile(pcap, target / pcap.name)
         copied.append(str(target / pcap.name))
     report.sections.append(("vboxlab packet captures", "\n".join(copied) or "(none)"))
+
+
+def flow_summary(network: Network, limit: int = 40) -> str:
+    """The network's flows as a table (the first ``limit``), or why they could not be read."""
+    try:
+        flows = network.flows()
+    except VboxlabError as exc:
+        return f"could not read the flows: {exc}"
+    if not flows:
+        return "(no IP traffic captured)"
+    rows = flows.table()
+    shown = text_table(["proto", "app", "client", "server", "packets", "bytes", "links"],
+                       rows[:limit])
+    more = f"\n... and {len(rows) - limit} more" if len(rows) > limit else ""
+    return f"{len(rows)} flows\n{shown}{more}"
 
 
 def write_timelines(lab: Lab, state: RunState) -> None:

@@ -1,5 +1,5 @@
 """The userspace fabric: a C data path between lab NICs, controlled from Python."""
 
-from vboxlab.net.fabric.control import Fabric, FabricError, build_binary
+from vboxlab.net.fabric.control import CaptureRing, Fabric, FabricError, build_binary
 
-__all__ = ["Fabric", "FabricError", "build_binary"]
+__all__ = ["CaptureRing", "Fabric", "FabricError", "build_binary"]

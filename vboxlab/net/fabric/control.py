@@ -18,11 +18,12 @@ import os
 import shutil
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vboxlab import procs
-from vboxlab.errors import HostError, VboxlabError
+from vboxlab.errors import ConfigError, HostError, VboxlabError
 from vboxlab.hosttools import run
 from vboxlab.ledger import Ledger
 from vboxlab.paths import cache_dir
@@ -33,6 +34,38 @@ SOURCE = Path(__file__).with_name("fabric.c")
 
 class FabricError(VboxlabError):
     """The fabric refused a command or is gone."""
+
+
+#: the smallest ring the fabric accepts: two largest frames with their headers
+MIN_RING_BYTES = 2 * (65536 + 40)
+
+
+@dataclass(frozen=True)
+class CaptureRing:
+    """Limits of one capture: the newest ``max_bytes`` and/or ``max_seconds`` are kept.
+
+    The fabric keeps the capture in two files, ``NAME`` and ``NAME.old``; when
+    ``NAME`` reaches half a limit it becomes ``NAME.old`` and the previous
+    ``.old`` (the oldest frames) is dropped and counted in the link's
+    ``ring_dropped_packets``/``ring_dropped_bytes``. So between half and all of
+    each limit is kept.
+    """
+
+    max_bytes: int | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < MIN_RING_BYTES:
+            raise ConfigError(f"capture ring of {self.max_bytes} bytes: it must hold at least "
+                              f"{MIN_RING_BYTES} bytes (two of the largest frames); give a "
+                              f"larger size such as 16MB")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"capture ring of {self.max_seconds} seconds: give a positive "
+                              f"time, or none for no time limit")
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.max_bytes or self.max_seconds)
 
 
 def build_binary() -> Path:
@@ -149,8 +182,16 @@ class Fabric:
         pairs = " ".join(f"{key}={value}" for key, value in settings.items())
         self.command(f"set {direction} {pairs}")
 
-    def capture(self, direction: str, path: Path | None) -> None:
-        self.command(f"capture {direction} {path if path is not None else 'off'}")
+    def capture(self, direction: str, path: Path | None, *,
+                ring: CaptureRing | None = None) -> None:
+        """Capture ``direction`` to ``path`` (None: stop), within ``ring``'s limits if given."""
+        if path is None:
+            self.command(f"capture {direction} off")
+        elif ring is None or not ring.limited:
+            self.command(f"capture {direction} {path}")
+        else:
+            self.command(f"capture {direction} {path} {ring.max_bytes or 0} "
+                         f"{int((ring.max_seconds or 0) * 1e9)}")
 
     def flush(self) -> None:
         self.command("flush")

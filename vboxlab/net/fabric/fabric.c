@@ -8,7 +8,9 @@
  * the switch out to the NIC, each way of a trunk) is a "dir" with its own
  * impairments: delay, jitter (with or without reordering), random and
  * Gilbert-Elliott loss, rate with a byte queue, duplication, corruption, MTU and
- * up/down; its own counters; and an optional pcap capture.
+ * up/down; its own counters; and an optional pcap capture, which may be a ring
+ * (a size and/or age limit: the file is rotated to NAME.old when it holds half
+ * the limit, and the previous .old, the oldest frames, is dropped and counted).
  *
  * Control: text lines on a UNIX stream socket (see handle_command); one reply
  * line each, "ok ..." or "error ...". A port's descriptor (a NIC's socket, a tap)
@@ -77,6 +79,11 @@ typedef struct {
     uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
     uint64_t drop_loss, drop_queue, drop_down, drop_mtu, drop_hops, duplicated, corrupted;
     FILE *pcap;
+    char *pcap_path;                      /* the capture's file while one is on */
+    uint64_t ring_bytes, ring_ns;         /* ring limits (0: none) */
+    uint64_t seg_bytes, seg_packets, seg_start; /* the current file */
+    uint64_t old_packets, old_bytes;      /* what NAME.old holds */
+    uint64_t ring_dropped_packets, ring_dropped_bytes;
     /* where released frames go: a port's NIC, or a segment's switch */
     int to_port;          /* >= 0: send to this port's socket */
     int to_seg, from_ep;  /* else: enter switch to_seg as coming from endpoint from_ep */
@@ -150,13 +157,58 @@ static int new_dir(const char *name) {
     return -1;
 }
 
+static FILE *pcap_open(const char *path) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return NULL;
+    uint32_t hdr[6] = {0xa1b2c3d4, 0x00040002, 0, 0, MAX_FRAME, 1};
+    fwrite(hdr, sizeof hdr, 1, f);
+    return f;
+}
+
+static void pcap_close(dir_t *d) {
+    if (d->pcap) fclose(d->pcap);
+    d->pcap = NULL;
+    free(d->pcap_path);
+    d->pcap_path = NULL;
+}
+
+/* a ring's current file is full (half the limit) or old: it becomes NAME.old, the old .old goes */
+static void pcap_rotate(dir_t *d, uint64_t now) {
+    size_t n = strlen(d->pcap_path) + 5;
+    char *older = malloc(n);
+    if (!older) return;
+    snprintf(older, n, "%s.old", d->pcap_path);
+    fclose(d->pcap);
+    d->ring_dropped_packets += d->old_packets;
+    d->ring_dropped_bytes += d->old_bytes;
+    if (rename(d->pcap_path, older) < 0) perror("fabric: capture ring");
+    free(older);
+    d->old_packets = d->seg_packets;
+    d->old_bytes = d->seg_bytes;
+    d->pcap = pcap_open(d->pcap_path);
+    if (!d->pcap) { perror("fabric: capture ring"); free(d->pcap_path); d->pcap_path = NULL; }
+    d->seg_packets = d->seg_bytes = 0;
+    d->seg_start = now;
+}
+
 static void pcap_write(dir_t *d, const uint8_t *data, uint32_t len) {
     if (!d->pcap) return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    if (d->seg_packets > 0 && (d->ring_bytes || d->ring_ns)) {
+        uint64_t now = now_ns();
+        if ((d->ring_bytes && 2 * (d->seg_bytes + 16 + len) > d->ring_bytes) ||
+            (d->ring_ns && 2 * (now - d->seg_start) > d->ring_ns)) {
+            pcap_rotate(d, now);
+            if (!d->pcap) return;
+        }
+    }
+    if (d->seg_packets == 0) d->seg_start = now_ns();
     uint32_t rec[4] = {(uint32_t)ts.tv_sec, (uint32_t)(ts.tv_nsec / 1000), len, len};
     fwrite(rec, sizeof rec, 1, d->pcap);
     fwrite(data, 1, len, d->pcap);
+    d->seg_packets++;
+    d->seg_bytes += 16 + len;
 }
 
 static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len, uint32_t hops);
@@ -386,10 +438,11 @@ static void stats(FILE *out) {
                 ",\"tx_packets\":%" PRIu64 ",\"tx_bytes\":%" PRIu64 ",\"drop_loss\":%" PRIu64
                 ",\"drop_queue\":%" PRIu64 ",\"drop_down\":%" PRIu64 ",\"drop_mtu\":%" PRIu64
                 ",\"drop_hops\":%" PRIu64 ",\"duplicated\":%" PRIu64 ",\"corrupted\":%" PRIu64
-                ",\"queued_bytes\":%" PRIu64 "}",
+                ",\"queued_bytes\":%" PRIu64 ",\"ring_dropped_packets\":%" PRIu64
+                ",\"ring_dropped_bytes\":%" PRIu64 "}",
                 first ? "" : ",", d->name, d->rx_packets, d->rx_bytes, d->tx_packets, d->tx_bytes,
                 d->drop_loss, d->drop_queue, d->drop_down, d->drop_mtu, d->drop_hops, d->duplicated,
-                d->corrupted, d->queued_bytes);
+                d->corrupted, d->queued_bytes, d->ring_dropped_packets, d->ring_dropped_bytes);
         first = 0;
     }
     fputc('}', out);
@@ -466,16 +519,31 @@ static void handle_command(int c, char *line, FILE *out) {
             if (result == -2) { fprintf(out, "error bad value %s for %s", eq + 1, argv[i]); return; }
         }
         fputs("ok", out);
-    } else if (!strcmp(argv[0], "capture") && argc == 3) {  /* capture DIR PATH|off */
+    } else if (!strcmp(argv[0], "capture") && (argc == 3 || argc == 5)) { /* capture DIR PATH|off [RING_BYTES RING_NS] */
         int di = dir_index(argv[1]);
         if (di < 0) { fprintf(out, "error no link direction %s", argv[1]); return; }
-        if (dirs[di].pcap) { fclose(dirs[di].pcap); dirs[di].pcap = NULL; }
+        dir_t *d = &dirs[di];
+        pcap_close(d);
+        d->ring_bytes = d->ring_ns = d->seg_bytes = d->seg_packets = 0;
+        d->old_packets = d->old_bytes = d->ring_dropped_packets = d->ring_dropped_bytes = 0;
         if (strcmp(argv[2], "off") != 0) {
-            FILE *f = fopen(argv[2], "wb");
+            if (argc == 5) {
+                char *end1, *end2;
+                d->ring_bytes = strtoull(argv[3], &end1, 10);
+                d->ring_ns = strtoull(argv[4], &end2, 10);
+                if (*end1 || *end2 || (d->ring_bytes && d->ring_bytes < 2 * (MAX_FRAME + 40))) {
+                    fprintf(out, "error bad ring limits %s %s (bytes: 0 or at least %d)", argv[3], argv[4], 2 * (MAX_FRAME + 40));
+                    return;
+                }
+            }
+            size_t n = strlen(argv[2]) + 5;
+            char *older = malloc(n);
+            if (older) { snprintf(older, n, "%s.old", argv[2]); unlink(older); free(older); }
+            FILE *f = pcap_open(argv[2]);
             if (!f) { fprintf(out, "error cannot write %s: %s", argv[2], strerror(errno)); return; }
-            uint32_t hdr[6] = {0xa1b2c3d4, 0x00040002, 0, 0, MAX_FRAME, 1};
-            fwrite(hdr, sizeof hdr, 1, f);
-            dirs[di].pcap = f;
+            d->pcap = f;
+            d->pcap_path = strdup(argv[2]);
+            d->seg_start = now_ns();
         }
         fputs("ok", out);
     } else if (!strcmp(argv[0], "flush")) {                 /* flush pcaps to disk */
@@ -605,7 +673,7 @@ int main(int argc, char **argv) {
         }
         arm_timer(run_queues());
     }
-    for (int i = 0; i < MAX_DIRS; i++) if (dirs[i].pcap) fclose(dirs[i].pcap);
+    for (int i = 0; i < MAX_DIRS; i++) pcap_close(&dirs[i]);
     unlink(argv[1]);
     return 0;
 }

@@ -1,0 +1,115 @@
+"""Traffic checks in the pytest plugin, end to end: the ids marker and fixture, flows in a
+failing test's report, and capture rings, on namespace hosts (no VM needed)."""
+
+import json
+import sys
+
+from vboxlab.pytest.policy import require_root
+
+TOPOLOGY = """
+    segments: {lan: {subnet: 10.70.0.0/24}}
+    nodes:
+      target: {provider: netns}
+      attacker: {provider: netns}
+    links:
+      - between: [target, lan]
+        addresses: {target: 10.70.0.10}
+      - between: [attacker, lan]
+"""
+
+SERVER = (f"({sys.executable} -m http.server 80 --bind 10.70.0.10 >/dev/null 2>&1 &); "
+          "for i in $(seq 50); do curl -s -o /dev/null http://10.70.0.10/ && break; "
+          "sleep 0.1; done")
+
+
+def test_the_ids_marker_and_fixture_check_alerts_after_the_test(pytester, tmp_path):
+    require_root("namespace hosts")
+    pytester.makefile(".yaml", attack=TOPOLOGY)
+    pytester.makefile(".rules", mine="""
+        alert http any any -> any any (msg:"MINE admin page"; flow:established,to_server; \\
+            http.uri; content:"/admin"; sid:2000001; rev:1;)
+    """)
+    pytester.makepyfile(f"""
+        import pytest
+
+        SERVER = {SERVER!r}
+
+        def visit(lab, path):
+            lab.node("target").succeed(SERVER)
+            lab.node("attacker").execute(f"curl -s -o /dev/null http://10.70.0.10{{path}}")
+
+        @pytest.mark.ids(expect=["sid:1000003"])
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_expected_alert(network, lab):
+            visit(lab, "/vboxlab-canary")
+
+        @pytest.mark.ids()
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_unexpected_alert(network, lab):
+            visit(lab, "/vboxlab-canary")
+
+        @pytest.mark.ids(rules=["mine.rules"], expect=[2000001, "sid:1000004"])
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_missing_alert(network, lab):
+            visit(lab, "/admin")
+
+        @pytest.mark.ids()
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_clean(network, lab):
+            visit(lab, "/index.html")
+
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_by_hand(network, lab, ids):
+            visit(lab, "/")
+            assert not ids.alerts()
+            visit(lab, "/vboxlab-canary")
+            report = ids.alerts("attacker", "lan")
+            assert report.sids == {{1000003}} and report.links == ["attacker<->lan"]
+            flows = network.flows()
+            assert flows.between("attacker", "target").ports == {{80}}
+    """)
+    scans = tmp_path / "scans"
+    result = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}",
+                                           f"--lab-scan-dir={scans}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines([
+        "*test_unexpected_alert*",
+        "*1 unexpected IDS alert(s):",
+        "*sid:1000003 VBOXLAB canary URI requested (TCP 10.70.0.1:* -> 10.70.0.10:80 on "
+        "*<->lan, *<->lan at *",
+        "*vboxlab IDS alerts: network attack*",
+        "*test_missing_alert*",
+        "*expected IDS alert(s) never raised: sid:1000004*",
+    ])
+    assert "sid:2000001" not in result.stdout.str().split("never raised")[1].splitlines()[0]
+    result.stdout.fnmatch_lines(["*vboxlab flows*", "*tcp*http*attacker:*target:80*"])
+    saved = json.loads(next(scans.glob("*test_unexpected_alert.ids.json")).read_text())
+    [alert] = saved[0]["alerts"]  # one event, seen on both links
+    assert alert["sid"] == 1000003 and len(alert["links"]) == 2
+    junit = next(scans.glob("*test_unexpected_alert.ids.xml")).read_text()
+    assert 'failures="1"' in junit
+
+
+def test_a_capture_ring_bounds_what_a_long_test_keeps(pytester, tmp_path):
+    require_root("namespace hosts")
+    pytester.makefile(".yaml", attack=TOPOLOGY)
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_bulk(network, lab):
+            lab.node("target").succeed({SERVER!r} + " && head -c 3000000 /dev/zero > big")
+            lab.node("attacker").succeed("curl -sf -o /dev/null http://10.70.0.10/big")
+            counters = network.link("target", "lan").counters()["a_to_b"]
+            assert counters["ring_dropped_packets"] > 0
+            files = network.capture_files("target", "lan")["a_to_b"]
+            assert sum(f.stat().st_size for f in files) <= 400 * 1024 + 48
+            assert network.flows().between("attacker", "target").ports == {{80}}
+    """)
+    result = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}",
+                                           "--lab-capture-limit=400k", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    bad = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}",
+                                        "--lab-capture-limit=lots", "-p", "no:cacheprovider")
+    bad.stderr.fnmatch_lines(["*--lab-capture-limit (or ini lab_capture_limit) 'lots': size "
+                              "'lots' is not a number with a unit*"])
