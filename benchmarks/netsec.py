@@ -12,6 +12,10 @@ Each figure is the median of ``--runs`` interleaved repetitions:
 * ids: ``inspect_files`` (mergecap + Suricata with vboxlab's configuration) against
   ``mergecap`` + ``suricata -r merged.pcap -k none -S rules`` by hand with Debian's
   /etc/suricata/suricata.yaml; target <= 1.2x. Both must raise the canary alert.
+* report: writing the lab report of a 50-test run (index.html, report.json and
+  lab-manifest.json; each test with a machine, a 40-line console tail, the star
+  topology drawn, its links, 30 flows, and an alert and failure text on every 7th);
+  target <= 2 s.
 
 Needs tshark, mergecap and Suricata 7 (``make deps``).
 """
@@ -30,8 +34,15 @@ from pathlib import Path
 
 from boot import emit, summary
 
+from vboxlab.net import load_topology
 from vboxlab.net.flows import flows_of_files
+from vboxlab.report.html import RunReport, write_report
+from vboxlab.report.manifest import new_manifest
+from vboxlab.report.records import LinkRecord, MachineRecord, NetworkRecord, TestRecord
+from vboxlab.report.topology_svg import render_topology_svg
 from vboxlab.security.ids import Suricata, inspect_files
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 CLIENT_MAC, SERVER_MAC = bytes.fromhex("525400000001"), bytes.fromhex("525400000002")
@@ -98,6 +109,29 @@ def write_captures(folder: Path, conversations: int = 2000) -> tuple[Path, Path,
     return paths[0], paths[1], count
 
 
+def fifty_tests(flows: list[dict[str, object]]) -> list[TestRecord]:
+    topology = load_topology(ROOT / "topologies" / "star.yaml")
+    svg = render_topology_svg(topology)
+    console = "\n".join(f"[ {i:5}.000000] console line {i} of a booting guest" for i in range(40))
+    records = []
+    for n in range(50):
+        failed = n % 7 == 0
+        records.append(TestRecord(
+            f"tests/test_lab.py::test_case_{n}", "failed" if failed else "passed", 2.5,
+            phase="call" if failed else None,
+            message="AssertionError: something went wrong\n" * 20 if failed else "",
+            machines=[MachineRecord(name, "qemu", "tiny", "1.0.0", "ab" * 32, console)
+                      for name in ("server", "client1", "client2")],
+            network=NetworkRecord("star", "topologies/star.yaml", n, svg, [
+                LinkRecord(f"{name}<->lan", "clean", "clean",
+                           {"a_to_b": {"tx_packets": 100}, "b_to_a": {"tx_packets": 90}})
+                for name in ("server", "client1", "client2")], flows, len(flows)),
+            alerts=[{"sid": 1000003, "signature": "VBOXLAB canary URI requested",
+                     "source": "10.0.0.1", "source_port": 40000, "target": "10.0.0.2",
+                     "target_port": 80, "links": ["client1<->lan"]}] if failed else []))
+    return records
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -141,6 +175,14 @@ def main() -> int:
         assert flows is not None and alerts is not None
         assert len(flows) == 2000, len(flows)
         assert alerts.sids == {1000003}, alerts.summary()
+        sample = [f.to_dict() for f in list(flows)[:30]]
+        report_times = []
+        for run in range(args.runs):
+            started = time.perf_counter()
+            write_report(folder / f"report{run}", RunReport(new_manifest([], ROOT),
+                                                             fifty_tests(sample)))
+            report_times.append(time.perf_counter() - started)
+        page = (folder / "report0" / "index.html").stat().st_size
         ours_rate = [packets / t for t in flow_times]
         tshark_rate = [packets / t for t in tshark_times]
         result: dict[str, object] = {
@@ -155,6 +197,8 @@ def main() -> int:
                 "ours_s": summary(ours_ids), "by_hand_s": summary(hand_ids),
                 "ratio": round(statistics.median(ours_ids) / statistics.median(hand_ids), 3),
                 "target": "<= 1.2"},
+            "report_50_tests": {"seconds": summary(report_times), "page_bytes": page,
+                                "target": "<= 2 s"},
         }
     emit(result, args.output)
     return 0

@@ -223,6 +223,7 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
 def _add_commands() -> None:
     from vboxlab.media.cli import iso, usb
     from vboxlab.net.cli import traffic
+    from vboxlab.report.cli import report
     from vboxlab.security.cli import scan
     from vboxlab.templates.cli import templates
 
@@ -231,6 +232,7 @@ def _add_commands() -> None:
     main.add_command(usb)
     main.add_command(scan)
     main.add_command(traffic)
+    main.add_command(report)
 
 
 _add_commands()

@@ -134,6 +134,17 @@ class Lab:
                 self._providers[name] = load_provider(name, self._options)
             return self._providers[name]
 
+    def accelerators(self) -> dict[str, str]:
+        """Provider name -> the accelerator its machines run with, once chosen."""
+        with self._lock:
+            providers = dict(self._providers)
+        found = {}
+        for name, provider in providers.items():
+            choice = getattr(provider, "chosen_accel", None)
+            if choice is not None:
+                found[name] = f"{choice.accel} ({choice.reason})"
+        return found
+
     @property
     def provider(self) -> Provider:
         """The lab's default provider."""
@@ -190,6 +201,8 @@ class Lab:
             raise
         machine = Machine(name, handle, handle.channel(self.user_key.paramiko_key()), self.log,
                           boot_timeout=self.boot_timeout, state_dir=workdir, rollback=rollback)
+        machine.template = built
+        machine.provider = chosen.name
         with self._lock:
             self._reserved.discard(name)
             self.machines[name] = machine

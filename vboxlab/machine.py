@@ -8,6 +8,7 @@ import shlex
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vboxlab.channels import Channel, CommandResult
 from vboxlab.errors import (
@@ -23,6 +24,9 @@ from vboxlab.logs import tail
 from vboxlab.providers.base import Capability, MachineState, ProviderMachine, require, supports
 from vboxlab.snapshots import TREE_FILE, SnapshotNode, SnapshotTree, check_name
 from vboxlab.waiting import wait_until
+
+if TYPE_CHECKING:
+    from vboxlab.templates.repository import BuiltTemplate
 
 DEFAULT_TIMEOUT = 120.0
 SNAPSHOT_SPACE_WARNING_MB = 1024
@@ -48,6 +52,9 @@ class Machine:
         self.baseline: str | None = None
         #: the test running now, recorded with each snapshot it takes
         self.current_test: str | None = None
+        #: the template it was made from (None for providers that run none) and its provider
+        self.template: BuiltTemplate | None = None
+        self.provider: str | None = None
         self._log = log
         self._tree = SnapshotTree(state_dir / TREE_FILE)
         self._auto = 0

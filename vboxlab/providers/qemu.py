@@ -106,6 +106,11 @@ class QemuProvider:
         self._accel: AccelChoice | None = None
         self._accel_lock = threading.Lock()
 
+    @property
+    def chosen_accel(self) -> AccelChoice | None:
+        """The accelerator chosen for this lab's machines (None before the first boot)."""
+        return self._accel
+
     def accel_for(self, kernel: Path, log: logging.Logger) -> AccelChoice:
         with self._accel_lock:
             if self._accel is None:

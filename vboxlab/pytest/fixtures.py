@@ -38,6 +38,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                   boot_timeout=boot_timeout)
     state = state_of(config)
     state.lab = the_lab
+    if config.pluginmanager.has_plugin("junitxml"):  # seeds and digests as suite properties
+        state.lab_report.suite_property = request.getfixturevalue("record_testsuite_property")
     atexit.register(the_lab.close)
     hook = config.hook
     the_lab.on_machine_ready.append(
@@ -54,6 +56,7 @@ def _close_lab(the_lab: Lab, config: pytest.Config) -> None:
     state = state_of(config)
     try:
         write_timelines(the_lab, state)
+        state.lab_report.on_lab_closing(the_lab, state.timelines)
     finally:
         if state.failure_snapshots and not the_lab.keep:
             the_lab.keep_stopped = True
@@ -160,7 +163,10 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
             lab.provider_for(provider).preflight(names)
         except HostError as exc:
             missing_capability(f"topology {path.name}: {exc}")
-    built = lab.network(model, seed=marker.kwargs.get("seed") if marker is not None else None)
+    seed = marker.kwargs.get("seed") if marker is not None else None
+    if seed is None:  # a rerun's seed (--lab-seed-file), else one is drawn
+        seed = state_of(request.config).seeds.get(request.node.nodeid)
+    built = lab.network(model, seed=seed)
     try:
         # attached to the report if the test fails; a ring keeps a long test off the disk
         built.capture_all(lab.dir / "captures", ring=state_of(request.config).capture_ring)

@@ -46,6 +46,12 @@ def add_options(parser: pytest.Parser) -> None:
                          "else ./reports)")
     add_scan_options(group)
     add_traffic_options(group)
+    group.addoption("--lab-report", default=None, metavar="DIR",
+                    help="Write a self-contained HTML lab report (index.html), report.json and "
+                         "lab-manifest.json into DIR")
+    group.addoption("--lab-seed-file", default=None, metavar="FILE",
+                    help="JSON of test id -> seed for network tests whose lab marker gives none "
+                         "(vboxlab report reproduce writes it)")
     parser.addini("lab_provider", "Default for --lab-provider", default="qemu")
     parser.addini("lab_capture_limit", "Default for --lab-capture-limit", default="64MB")
     parser.addini("lab_capture_window", "Default for --lab-capture-window", default="")
@@ -149,6 +155,12 @@ class RunState:
         self.timeline_dir = Path(chosen) if chosen else (
             Path(xml).resolve().parent if xml else config.rootpath / "reports")
         self.capture_ring = capture_ring(config)
+        from vboxlab.pytest.labreport import LabReport, read_seed_file, report_folder
+
+        self.lab_report = LabReport(config, report_folder(config), worker_id(config))
+        seeds = config.getoption("--lab-seed-file")
+        self.seeds: dict[str, int] = read_seed_file(Path(seeds)) if seeds else {}
+        self.report_page: Path | None = None
         scans = config.getoption("--lab-scan-dir")
         self.scan_dir = Path(scans) if scans else (
             Path(xml).resolve().parent / "scans" if xml else config.rootpath / "reports" / "scans")

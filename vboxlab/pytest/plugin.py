@@ -110,9 +110,13 @@ def pytest_runtest_makereport(item: pytest.Item,
         report.sections.extend(report_sections(item))
         report.sections.extend(ids_checks.save_reports(item))
     the_lab = _lab_of(item)
+    state = state_of(item.config)
+    try:
+        state.lab_report.on_report(item, report, the_lab)
+    except (VboxlabError, OSError) as exc:  # the report must never break the test run
+        report.sections.append(("vboxlab lab report", f"could not gather this test: {exc}"))
     if the_lab is None:
         return report
-    state = state_of(item.config)
     if report.when == "call" or (report.when == "setup" and report.failed):
         for machine in list(the_lab):
             machine.snapshots.set_outcome(item.nodeid, report.outcome)
@@ -155,6 +159,12 @@ def pytest_runtest_teardown(item: pytest.Item,
     if errors:
         raise errors[0]
     return result
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.report_page = state.lab_report.write()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

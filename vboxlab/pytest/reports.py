@@ -113,3 +113,7 @@ def terminal_summary(reporter: pytest.TerminalReporter, state: RunState) -> None
         reporter.write_sep("-", "vboxlab: snapshot timelines")
         for path in state.timelines:
             reporter.write_line(str(path))
+    if state.report_page is not None:
+        reporter.write_sep("-", "vboxlab: lab report")
+        reporter.write_line(f"{state.report_page} (rerun: vboxlab report reproduce "
+                            f"{state.report_page.parent / 'lab-manifest.json'})")

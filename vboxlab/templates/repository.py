@@ -77,6 +77,11 @@ class BuiltTemplate:
     def disk(self) -> Path:
         return self.folder / "disk.qcow2"
 
+    @property
+    def manifest_digest(self) -> str:
+        """SHA-256 of the manifest (which lists every file's digest): the build's identity."""
+        return _sha256(self.folder / MANIFEST)
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()

@@ -1,0 +1,125 @@
+"""What a lab report holds about each test, gathered from the lab's live objects.
+
+Plain data (dataclasses that turn into JSON), so the HTML report, Allure and
+the JSON beside them show the same facts. Gathering is done while the test's
+machines and network still exist (right after the test body).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vboxlab.errors import VboxlabError
+from vboxlab.logs import tail
+from vboxlab.net.topology import describe_impairment
+
+if TYPE_CHECKING:
+    from vboxlab.machine import Machine
+    from vboxlab.net.network import Network
+
+#: flows shown per test (the rest are counted)
+MAX_FLOWS = 200
+CONSOLE_LINES = 40
+
+
+@dataclass
+class MachineRecord:
+    name: str
+    provider: str
+    template: str | None
+    version: str | None
+    digest: str | None
+    console: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.template}@{self.version}" if self.template else (self.provider or "")
+
+
+@dataclass
+class LinkRecord:
+    link: str
+    a_to_b: str
+    b_to_a: str
+    counters: dict[str, dict[str, int]]
+
+
+@dataclass
+class NetworkRecord:
+    topology: str
+    source: str
+    seed: int
+    svg: str
+    links: list[LinkRecord] = field(default_factory=list)
+    flows: list[dict[str, Any]] = field(default_factory=list)
+    flows_total: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScanRecord:
+    kind: str
+    target: str
+    summary: str
+    table: str
+    failed: bool
+
+
+@dataclass
+class TestRecord:
+    """One test of the run as the report shows it."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+    nodeid: str
+    outcome: str = "passed"  # passed, failed, skipped, error
+    duration: float = 0.0
+    started: float = field(default_factory=time.time)
+    phase: str | None = None  # where it failed or was skipped
+    message: str = ""
+    machines: list[MachineRecord] = field(default_factory=list)
+    network: NetworkRecord | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    ids_summaries: list[str] = field(default_factory=list)
+    scans: list[ScanRecord] = field(default_factory=list)
+    files: list[tuple[str, str]] = field(default_factory=list)  # (label, path in the report)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine_record(machine: Machine) -> MachineRecord:
+    built = machine.template
+    digest = None
+    if built is not None:
+        try:
+            digest = built.manifest_digest
+        except OSError:
+            digest = None
+    return MachineRecord(machine.name, machine.provider or "", built.template.name if built else
+                         None, built.template.version if built else None, digest,
+                         tail(machine.console_log, CONSOLE_LINES))
+
+
+def network_record(network: Network, svg: str) -> NetworkRecord:
+    """The network's topology picture, links with impairments and counters, and flows."""
+    record = NetworkRecord(network.topology.name, network.topology.source, network.seed, svg)
+    try:
+        stats = network.fabric.stats() if not network.closed else {}
+    except VboxlabError as exc:
+        stats = {}
+        record.problems.append(f"link counters: {exc}")
+    for link in network.links:
+        counters = {"a_to_b": stats.get(link.a_to_b_dir, {}),
+                    "b_to_a": stats.get(link.b_to_a_dir, {})}
+        record.links.append(LinkRecord(f"{link.a}<->{link.b}", describe_impairment(link.a_to_b),
+                                       describe_impairment(link.b_to_a), counters))
+    try:
+        flows = network.flows()
+    except VboxlabError as exc:
+        record.problems.append(f"flows: {exc}")
+    else:
+        record.flows_total = len(flows)
+        record.flows = [f.to_dict() for f in list(flows)[:MAX_FLOWS]]
+    return record
