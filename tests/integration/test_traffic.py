@@ -113,3 +113,41 @@ def test_a_capture_ring_bounds_what_a_long_test_keeps(pytester, tmp_path):
                                         "--lab-capture-limit=lots", "-p", "no:cacheprovider")
     bad.stderr.fnmatch_lines(["*--lab-capture-limit (or ini lab_capture_limit) 'lots': size "
                               "'lots' is not a number with a unit*"])
+
+
+def test_live_ids_sees_an_attack_while_the_test_runs_and_leaves_no_suricata(pytester, tmp_path):
+    import subprocess
+
+    require_root("namespace hosts")
+    pytester.makefile(".yaml", attack=TOPOLOGY)
+    pytester.makepyfile(f"""
+        import time
+
+        import pytest
+
+        @pytest.mark.ids(expect=["sid:1000003"])
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_live(network, lab, ids):
+            lab.node("target").succeed({SERVER!r})
+            assert not ids.alerts()
+            lab.node("attacker").execute("curl -s -o /dev/null http://10.70.0.10/vboxlab-canary")
+            alert = ids.wait_for("sid:1000003", timeout=20)  # raised while the test runs
+            assert alert.target_port == 80
+            assert "(live)" in ids.alerts().target
+
+        @pytest.mark.ids()
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_live_failure(network, lab):
+            lab.node("target").succeed({SERVER!r})
+            lab.node("attacker").execute("curl -s -o /dev/null http://10.70.0.10/vboxlab-canary")
+    """)
+    result = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}", "--lab-ids=live",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_live_failure*", "*1 unexpected IDS alert(s):",
+                                 "*sid:1000003 VBOXLAB canary URI requested*"])
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout == ""  # no Suricata (nor anything else) of the run is left
+    offline = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}", "-k",
+                                            "test_live and not failure", "-p", "no:cacheprovider")
+    offline.stdout.fnmatch_lines(["*ids.wait_for needs the live IDS: run with --lab-ids live*"])

@@ -423,3 +423,60 @@ def test_a_capture_ring_by_age_and_bad_limits(fabric, tmp_path):
         CaptureRing(max_seconds=0)
     with pytest.raises(FabricError, match="bad ring limits"):
         fab.command(f"capture p0.in {path} 12 x")
+
+
+def test_a_tee_streams_both_directions_live_and_never_stalls_the_link(fabric, tmp_path):
+    import os
+    import threading
+
+    from vboxlab.net.pcaps import frames
+
+    fab, (a, b, _, _) = fabric
+    fifo = tmp_path / "stream.pcap"
+    os.mkfifo(fifo)
+    received = bytearray()
+    reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader holds it open
+    with pytest.raises(FabricError, match="no link direction nope"):
+        fab.tee("t0", fifo, ["p0.in", "nope"])
+    fab.tee("t0", fifo, ["p0.in", "p1.in"])
+    with pytest.raises(FabricError, match="already teed"):
+        fab.tee("t1", fifo, ["p0.in"])
+
+    def read_all():
+        os.set_blocking(reader_fd, True)
+        while chunk := os.read(reader_fd, 65536):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    for i in range(20):
+        a.send(b.mac, struct.pack("!I", i) * 10)
+        b.send(a.mac, struct.pack("!I", 100 + i) * 10)
+    a.recv_all()
+    b.recv_all()
+    counters = fab.untee("t0")
+    reader.join(timeout=10)
+    os.close(reader_fd)
+    assert counters == {"packets": 40, "dropped_packets": 0, "dropped_bytes": 0}
+    (tmp_path / "got.pcap").write_bytes(bytes(received))
+    seen = sorted(struct.unpack("!I", frame[14:18])[0]
+                  for _, frame in frames(tmp_path / "got.pcap"))
+    assert seen == sorted([*range(20), *range(100, 120)])  # both directions, one stream
+
+    # a reader that never reads: frames beyond the tee's buffer are dropped, not waited for
+    stuck = tmp_path / "stuck.pcap"
+    os.mkfifo(stuck)
+    stuck_fd = os.open(stuck, os.O_RDONLY | os.O_NONBLOCK)
+    fab.tee("t2", stuck, ["p0.in"])
+    for i in range(5000):  # about 7 MB, more than the 4 MiB buffer and the pipe
+        a.send(b.mac, b"z" * 1400)
+        if i % 100 == 0:
+            b.recv_all(quiet=0.01)
+    b.recv_all()
+    assert fab.stats()["p0.in"]["tx_packets"] >= 5000 + 20  # the link kept forwarding
+    started = time.monotonic()
+    stuck_counters = fab.untee("t2")
+    assert time.monotonic() - started < 10  # a stuck reader cannot hold the fabric
+    assert stuck_counters["packets"] + stuck_counters["dropped_packets"] == 5000
+    assert stuck_counters["dropped_packets"] > 0
+    os.close(stuck_fd)

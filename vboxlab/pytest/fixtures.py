@@ -15,6 +15,7 @@ from vboxlab.labdirs import clean
 from vboxlab.machine import Machine
 from vboxlab.net.network import Network
 from vboxlab.net.topology import load_topology
+from vboxlab.pytest.ids import start_live
 from vboxlab.pytest.options import option, state_of, worker_id
 from vboxlab.pytest.policy import missing_capability
 from vboxlab.pytest.reports import write_timelines
@@ -167,10 +168,14 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
     if seed is None:  # a rerun's seed (--lab-seed-file), else one is drawn
         seed = state_of(request.config).seeds.get(request.node.nodeid)
     built = lab.network(model, seed=seed)
+    live = None
     try:
         # attached to the report if the test fails; a ring keeps a long test off the disk
         built.capture_all(lab.dir / "captures", ring=state_of(request.config).capture_ring)
+        live = start_live(request.node, built, lab.ledger)  # --lab-ids live
         yield built
     finally:
+        if live is not None:
+            live.close()
         if not lab.keep:
             built.close()

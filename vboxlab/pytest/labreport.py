@@ -196,7 +196,8 @@ def _skip_reason(report: pytest.TestReport) -> str:
 
 #: --lab-* options that change what tests do (a rerun repeats them); output places are left out
 BEHAVIOUR_OPTIONS = ("--lab-provider", "--lab-template", "--lab-accel", "--lab-boot-timeout",
-                     "--lab-capture-limit", "--lab-capture-window", "--lab-ids-rules",
+                     "--lab-capture-limit", "--lab-capture-window", "--lab-ids",
+                     "--lab-ids-rules",
                      "--lab-advisories", "--lab-debsecan", "--lab-security-suite",
                      "--lab-allowlist", "--lab-rules", "--lab-signatures", "--lab-profiles",
                      "--lab-compliance-as-tests", "--lab-snapshot-on-failure",

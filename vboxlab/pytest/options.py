@@ -55,6 +55,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("lab_provider", "Default for --lab-provider", default="qemu")
     parser.addini("lab_capture_limit", "Default for --lab-capture-limit", default="64MB")
     parser.addini("lab_capture_window", "Default for --lab-capture-window", default="")
+    parser.addini("lab_ids", "Default for --lab-ids", default="offline")
     parser.addini("lab_template", "Default for --lab-template", default="tiny")
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
     parser.addini("lab_snapshot_on_failure", "Default for --lab-snapshot-on-failure",
@@ -98,6 +99,9 @@ def add_traffic_options(group: pytest.OptionGroup) -> None:
     group.addoption("--lab-capture-window", default=None, metavar="DURATION",
                     help="Keep only the last DURATION of capture per link direction "
                          "(e.g. 600s; default: no time limit)")
+    group.addoption("--lab-ids", default=None, choices=["offline", "live"],
+                    help="When the IDS reads a test's traffic: offline (after the test, from "
+                         "the captures; default) or live (Suricata per link while it runs)")
     group.addoption("--lab-ids-rules", action="append", default=[], metavar="PATH",
                     help="Suricata .rules files or folders to add to the shipped ones "
                          "(repeatable)")

@@ -127,12 +127,18 @@ def parse_sid(value: object) -> int:
     return int(number)
 
 
-def read_eve(path: Path, link: str) -> list[Alert]:
-    """The alert records of a Suricata eve.json (one JSON object per line)."""
+def read_eve(path: Path, link: str, *, growing: bool = False) -> list[Alert]:
+    """The alert records of a Suricata eve.json (one JSON object per line).
+
+    ``growing``: Suricata is still writing it; a last line without its newline waits.
+    """
     alerts: list[Alert] = []
     if not path.is_file():
         return alerts
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    text = path.read_text(errors="replace")
+    if growing and not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -174,6 +180,10 @@ class Suricata:
             home=",".join(home_net or self.home_net),
             classification=f"classification-file: {classification}"
             if classification.is_file() else "")
+
+    def argv(self, workdir: Path, home_net: Sequence[str] | None = None) -> list[str]:
+        """Suricata's command line over ``workdir`` (its config, rules and logs go there)."""
+        return self._argv(workdir, home_net)
 
     def _argv(self, workdir: Path, home_net: Sequence[str] | None = None) -> list[str]:
         config = workdir / "suricata.yaml"
@@ -241,6 +251,8 @@ class IdsReport:
     rules: list[str] = field(default_factory=list)
     seconds: float = 0.0
     kind: str = "ids"
+    #: frames a live IDS was too slow for (dropped by the fabric, never seen by Suricata)
+    dropped: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.alerts)
@@ -294,13 +306,15 @@ class IdsReport:
         self.check()
 
     def summary(self) -> str:
+        missed = (f"; {self.dropped} frames went past the IDS unseen (it was too slow)"
+                  if self.dropped else "")
         if not self.alerts:
-            return f"no IDS alerts on {len(self.links)} link(s) ({self.seconds:.2f} s)"
+            return f"no IDS alerts on {len(self.links)} link(s) ({self.seconds:.2f} s){missed}"
         counts: dict[int, int] = {}
         for alert in self.alerts:
             counts[alert.sid] = counts.get(alert.sid, 0) + 1
         listed = ", ".join(f"sid:{sid} x{n}" for sid, n in sorted(counts.items()))
-        return f"{len(self.alerts)} IDS alert(s) on {len(self.links)} link(s): {listed}"
+        return f"{len(self.alerts)} IDS alert(s) on {len(self.links)} link(s): {listed}{missed}"
 
     def table(self) -> str:
         rows = [[a.rule, a.signature, ", ".join(a.links), a.protocol,
@@ -315,7 +329,7 @@ class IdsReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "links": self.links,
-                "rules": self.rules, "seconds": self.seconds,
+                "rules": self.rules, "seconds": self.seconds, "dropped": self.dropped,
                 "alerts": [a.to_dict() for a in self.alerts]}
 
 

@@ -193,6 +193,17 @@ class Fabric:
             self.command(f"capture {direction} {path} {ring.max_bytes or 0} "
                          f"{int((ring.max_seconds or 0) * 1e9)}")
 
+    def tee(self, name: str, path: Path, directions: list[str]) -> None:
+        """Copy ``directions``' frames, merged in time order, as one live pcap stream to
+        ``path`` (a FIFO a reader already holds open). Never blocks the data path: frames
+        the reader is too slow for are dropped and counted."""
+        self.command(f"tee {name} {path} {','.join(directions)}")
+
+    def untee(self, name: str) -> dict[str, int]:
+        """Hand the reader what is pending (5 s at most), close the stream: its counters."""
+        result: dict[str, int] = json.loads(self.command(f"untee {name}"))
+        return result
+
     def flush(self) -> None:
         self.command("flush")
 

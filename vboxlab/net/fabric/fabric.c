@@ -12,6 +12,11 @@
  * (a size and/or age limit: the file is rotated to NAME.old when it holds half
  * the limit, and the previous .old, the oldest frames, is dropped and counted).
  *
+ * Tees: a live copy of some dirs' frames as one pcap stream into a FIFO (or any
+ * file) that a reader such as Suricata consumes while the lab runs. Writes never
+ * block the data path: frames wait in a buffer of TEE_BUFFER bytes and go out as
+ * the reader takes them; when the buffer is full a frame is dropped and counted.
+ *
  * Control: text lines on a UNIX stream socket (see handle_command); one reply
  * line each, "ok ..." or "error ...". A port's descriptor (a NIC's socket, a tap)
  * travels with its "port" command as SCM_RIGHTS ancillary data, so ports can be
@@ -32,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,6 +60,9 @@
 #define MAX_CLIENTS 16
 #define MAX_HOPS (MAX_TRUNKS + 2)
 #define MAX_PENDING_FDS 16
+#define MAX_TEES 64
+#define TEE_BUFFER (4 << 20)
+#define TAG_TEE 3000000
 
 typedef struct frame {
     struct frame *next;
@@ -84,6 +93,7 @@ typedef struct {
     uint64_t seg_bytes, seg_packets, seg_start; /* the current file */
     uint64_t old_packets, old_bytes;      /* what NAME.old holds */
     uint64_t ring_dropped_packets, ring_dropped_bytes;
+    int tee;                              /* a tee this dir's frames are copied to, or -1 */
     /* where released frames go: a port's NIC, or a segment's switch */
     int to_port;          /* >= 0: send to this port's socket */
     int to_seg, from_ep;  /* else: enter switch to_seg as coming from endpoint from_ep */
@@ -149,6 +159,7 @@ static int new_dir(const char *name) {
             dirs[i].up = 1;
             dirs[i].mtu = 65535;
             dirs[i].to_port = -1;
+            dirs[i].tee = -1;
             dirs[i].rng = derive_rng(dirs[i].name);
             if (i + 1 > dir_count) dir_count = i + 1;
             return i;
@@ -211,6 +222,68 @@ static void pcap_write(dir_t *d, const uint8_t *data, uint32_t len) {
     d->seg_bytes += 16 + len;
 }
 
+
+/* tees: a merged live pcap stream of some dirs, written without ever blocking */
+typedef struct {
+    int used, fd;
+    char name[32];
+    uint8_t *buf;
+    size_t start, len;      /* pending bytes: buf[start .. start+len) */
+    int watching;           /* EPOLLOUT armed */
+    uint64_t packets, dropped_packets, dropped_bytes;
+} tee_t;
+static tee_t tees[MAX_TEES];
+
+static void tee_watch(int t, int on) {
+    if (tees[t].watching == on) return;
+    struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = TAG_TEE + (uint32_t)t};
+    epoll_ctl(epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, tees[t].fd, &ev);
+    tees[t].watching = on;
+}
+
+static void tee_flush(int t) {
+    tee_t *tee = &tees[t];
+    while (tee->len > 0) {
+        ssize_t n = write(tee->fd, tee->buf + tee->start, tee->len);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0 && errno != EAGAIN) { tee->dropped_bytes += tee->len; tee->len = 0; }
+            break; /* EAGAIN: the reader is behind; EPIPE: it is gone */
+        }
+        tee->start += (size_t)n;
+        tee->len -= (size_t)n;
+    }
+    if (tee->len == 0) tee->start = 0;
+    tee_watch(t, tee->len > 0);
+}
+
+static void tee_write(int t, const uint8_t *data, uint32_t len) {
+    tee_t *tee = &tees[t];
+    if (tee->len + 16 + len > TEE_BUFFER) { tee->dropped_packets++; tee->dropped_bytes += len; return; }
+    if (tee->start + tee->len + 16 + len > TEE_BUFFER) { /* compact */
+        memmove(tee->buf, tee->buf + tee->start, tee->len);
+        tee->start = 0;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint32_t rec[4] = {(uint32_t)ts.tv_sec, (uint32_t)(ts.tv_nsec / 1000), len, len};
+    memcpy(tee->buf + tee->start + tee->len, rec, sizeof rec);
+    memcpy(tee->buf + tee->start + tee->len + sizeof rec, data, len);
+    tee->len += sizeof rec + len;
+    tee->packets++;
+    tee_flush(t);
+}
+
+static void tee_close(int t) {
+    tee_t *tee = &tees[t];
+    if (!tee->used) return;
+    tee_watch(t, 0);
+    close(tee->fd);
+    free(tee->buf);
+    for (int i = 0; i < dir_count; i++) if (dirs[i].tee == t) dirs[i].tee = -1;
+    memset(tee, 0, sizeof *tee);
+}
+
 static void switch_input(int seg, int from_ep, const uint8_t *data, uint32_t len, uint32_t hops);
 
 /* a frame leaves a dir: to a NIC, or into a switch (one more hop) */
@@ -218,6 +291,7 @@ static void deliver(dir_t *d, const uint8_t *data, uint32_t len, uint32_t hops) 
     d->tx_packets++;
     d->tx_bytes += len;
     pcap_write(d, data, len);
+    if (d->tee >= 0) tee_write(d->tee, data, len);
     if (d->to_port >= 0) {
         port_t *p = &ports[d->to_port];
         if (p->tap) {
@@ -546,6 +620,53 @@ static void handle_command(int c, char *line, FILE *out) {
             d->seg_start = now_ns();
         }
         fputs("ok", out);
+    } else if (!strcmp(argv[0], "tee") && argc == 4) {      /* tee NAME PATH DIR,DIR...  */
+        int t = -1;
+        for (int i = 0; i < MAX_TEES; i++) if (tees[i].used && !strcmp(tees[i].name, argv[1])) { fputs("error tee exists", out); return; }
+        for (int i = 0; i < MAX_TEES; i++) if (!tees[i].used) { t = i; break; }
+        if (t < 0) { fputs("error too many tees", out); return; }
+        int wanted[MAX_DIRS], count = 0;
+        char *save = NULL;
+        for (char *part = strtok_r(argv[3], ",", &save); part; part = strtok_r(NULL, ",", &save)) {
+            int di = dir_index(part);
+            if (di < 0) { fprintf(out, "error no link direction %s", part); return; }
+            if (dirs[di].tee >= 0) { fprintf(out, "error %s is already teed", part); return; }
+            if (count < MAX_DIRS) wanted[count++] = di;
+        }
+        int fd = open(argv[2], O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) { fprintf(out, "error cannot open %s: %s", argv[2], strerror(errno)); return; }
+        uint8_t *buf = malloc(TEE_BUFFER);
+        if (!buf) { close(fd); fputs("error out of memory", out); return; }
+        tee_t *tee = &tees[t];
+        memset(tee, 0, sizeof *tee);
+        tee->used = 1; tee->fd = fd; tee->buf = buf;
+        snprintf(tee->name, sizeof tee->name, "%s", argv[1]);
+        uint32_t hdr[6] = {0xa1b2c3d4, 0x00040002, 0, 0, MAX_FRAME, 1};
+        memcpy(buf, hdr, sizeof hdr);
+        tee->len = sizeof hdr;
+        for (int k = 0; k < count; k++) dirs[wanted[k]].tee = t;
+        tee_flush(t);
+        fputs("ok", out);
+    } else if (!strcmp(argv[0], "untee") && argc == 2) {    /* untee NAME: flush what the reader takes, close */
+        for (int i = 0; i < MAX_TEES; i++) {
+            if (tees[i].used && !strcmp(tees[i].name, argv[1])) {
+                /* hand the reader the rest (5 s at most: a stuck reader cannot stall the lab) */
+                uint64_t until = now_ns() + 5000000000ULL;
+                tee_flush(i);
+                while (tees[i].len > 0 && now_ns() < until) {
+                    struct pollfd pfd = {.fd = tees[i].fd, .events = POLLOUT};
+                    if (poll(&pfd, 1, 500) < 0 && errno != EINTR) break;
+                    if (pfd.revents & (POLLERR | POLLHUP)) break;
+                    tee_flush(i);
+                }
+                tees[i].dropped_bytes += tees[i].len;
+                fprintf(out, "ok {\"packets\":%" PRIu64 ",\"dropped_packets\":%" PRIu64 ",\"dropped_bytes\":%" PRIu64 "}",
+                        tees[i].packets, tees[i].dropped_packets, tees[i].dropped_bytes);
+                tee_close(i);
+                return;
+            }
+        }
+        fprintf(out, "error no tee %s", argv[1]);
     } else if (!strcmp(argv[0], "flush")) {                 /* flush pcaps to disk */
         for (int i = 0; i < MAX_DIRS; i++) if (dirs[i].pcap) fflush(dirs[i].pcap);
         fputs("ok", out);
@@ -667,6 +788,8 @@ int main(int argc, char **argv) {
             } else if (tag == 1000001) {
                 uint64_t expirations;
                 if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) perror("fabric: timer");
+            } else if (tag >= TAG_TEE) {
+                tee_flush((int)(tag - TAG_TEE));
             } else if (tag >= 2000000) {
                 client_input((int)(tag - 2000000));
             }
@@ -674,6 +797,7 @@ int main(int argc, char **argv) {
         arm_timer(run_queues());
     }
     for (int i = 0; i < MAX_DIRS; i++) pcap_close(&dirs[i]);
+    for (int i = 0; i < MAX_TEES; i++) tee_close(i);
     unlink(argv[1]);
     return 0;
 }
