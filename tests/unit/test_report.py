@@ -12,7 +12,6 @@ from vboxlab.report.html import RunReport, render_report, write_report
 from vboxlab.report.manifest import (
     TemplateUse,
     diff_manifests,
-    file_digest,
     new_manifest,
     option_args,
     plan_reproduction,
@@ -21,6 +20,7 @@ from vboxlab.report.manifest import (
 from vboxlab.report.records import LinkRecord, MachineRecord, NetworkRecord, TestRecord
 from vboxlab.report.topology_svg import render_topology_svg
 from vboxlab.templates import TemplateRepository
+from vboxlab.templates.repository import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,7 +160,7 @@ def test_a_rerun_needs_the_same_template_builds_and_topologies(tmp_path):
     manifest = new_manifest([], tmp_path, {"--lab-template": "tiny"})
     manifest.tests = {"test_x.py::test_a": "passed"}
     manifest.seeds = {"test_x.py::test_a": 5}
-    manifest.topologies = {"net.yaml": file_digest(tmp_path / "net.yaml")}
+    manifest.topologies = {"net.yaml": file_sha256(tmp_path / "net.yaml")}
     key = f"tiny@{tiny.template.version}"
     manifest.templates = {key: TemplateUse(name="tiny", version=tiny.template.version,
                                            digest=tiny.manifest_digest)}

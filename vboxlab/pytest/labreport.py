@@ -22,9 +22,10 @@ import pytest
 
 from vboxlab.errors import VboxlabError
 from vboxlab.report.html import RunReport, write_report
-from vboxlab.report.manifest import TemplateUse, file_digest, new_manifest, topology_key
+from vboxlab.report.manifest import TemplateUse, new_manifest, topology_key
 from vboxlab.report.records import ScanRecord, TestRecord, machine_record, network_record
 from vboxlab.report.topology_svg import render_topology_svg
+from vboxlab.templates.repository import file_sha256
 
 if TYPE_CHECKING:
     from vboxlab.lab import Lab
@@ -107,7 +108,7 @@ class LabReport:
             source = Path(network.topology.source)
             if source.is_file():
                 self.manifest.topologies[topology_key(source, self.config.rootpath)] = \
-                    file_digest(source)
+                    file_sha256(source)
         self._security(item, record)
         pcaps = self._captures(network) if network is not None else []
         if failed and self.folder is not None:

@@ -12,7 +12,6 @@ the pytest command that reruns the same tests with the same seeds;
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -27,6 +26,7 @@ from vboxlab import __version__
 from vboxlab.errors import ConfigError, TemplateNotBuilt
 from vboxlab.hosttools import QEMU_BINARY
 from vboxlab.names import check_name
+from vboxlab.templates.repository import file_sha256
 from vboxlab.templates.versions import parse_version
 
 MANIFEST_NAME = "lab-manifest.json"
@@ -80,14 +80,6 @@ class RunManifest(BaseModel):
     accelerators: dict[str, str] = {}
     kernel: str = ""
     machine: str = ""
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def qemu_version() -> str:
@@ -245,7 +237,7 @@ def plan_reproduction(manifest: RunManifest, extra: list[str], *,
         path = Path(name) if Path(name).is_absolute() else root / name
         if not path.is_file():
             problem = f"topology {name} is not in {root}"
-        elif file_digest(path) != digest:
+        elif file_sha256(path) != digest:
             problem = f"topology {name} changed since the run (digest {digest[:12]} then)"
         else:
             continue

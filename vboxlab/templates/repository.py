@@ -80,10 +80,11 @@ class BuiltTemplate:
     @property
     def manifest_digest(self) -> str:
         """SHA-256 of the manifest (which lists every file's digest): the build's identity."""
-        return _sha256(self.folder / MANIFEST)
+        return file_sha256(self.folder / MANIFEST)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -343,7 +344,7 @@ class TemplateRepository:
                     "inputs_digest": digest,
                     "source_digest": template.source_digest(),
                     "packages": [p.pin for p in packages],
-                    "files": {p.name: _sha256(p) for p in sorted(scratch.iterdir())
+                    "files": {p.name: file_sha256(p) for p in sorted(scratch.iterdir())
                               if p.is_file()},
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_seconds": round(time.monotonic() - started, 1),
