@@ -13,7 +13,9 @@ APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux i
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
 	debootstrap nmap clamav lynis yara
-# from bookworm-backports (Suricata 7; bookworm itself has 6)
+# from bookworm-backports (Suricata 7; bookworm itself has 6). Where services start on install,
+# the package starts a system-wide Suricata sniffing eth0; vboxlab runs its own per test, so
+# set-up stops the one it just installed.
 BACKPORTS_PACKAGES := suricata
 BACKPORTS_LIST := /etc/apt/sources.list.d/vboxlab-backports.sources
 
@@ -105,8 +107,10 @@ bench: setup templates
 	$(BIN)/python benchmarks/media.py --output $(REPORTS)/bench-media.json
 	$(BIN)/python benchmarks/templates.py --output $(REPORTS)/bench-templates.json
 	$(BIN)/python benchmarks/console.py --output $(REPORTS)/bench-console.json
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python benchmarks/leaks.py --output $(REPORTS)/bench-leaks.json; \
-	else echo "not running benchmarks/leaks.py: it needs root"; fi
+	$(BIN)/python benchmarks/netsec.py --output $(REPORTS)/bench-netsec.json
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python benchmarks/leaks.py --output $(REPORTS)/bench-leaks.json && \
+	  $(BIN)/python benchmarks/scans.py --output $(REPORTS)/bench-scans.json; \
+	else echo "not running benchmarks/leaks.py and scans.py: they need root"; fi
 
 clean-labs: venv
 	$(BIN)/vboxlab clean

@@ -123,8 +123,8 @@ def check_marker(item: pytest.Item, network: Network | None) -> None:
     if settings is None:
         return
     if network is None or "network" not in getattr(item, "fixturenames", ()):
-        raise ConfigError(f"{item.nodeid} is marked ids but uses no network: add the network "
-                          "fixture and @pytest.mark.lab(topology=...)")
+        pytest.fail(f"{item.nodeid} is marked ids but uses no network: add the network "
+                    "fixture and @pytest.mark.lab(topology=...)", pytrace=False)
     rules, expect, forbid = settings
     live = item.stash.get(LIVE_KEY, None)
     if live is not None:
