@@ -129,3 +129,30 @@ def test_a_run_brings_home_one_report_with_everything_a_failure_needs(
                            str(again)], capture_output=True, text=True, timeout=60)
     lines = diff.stdout.splitlines()
     assert lines and all(line.startswith("pytest arguments:") for line in lines), diff.stdout
+
+
+def test_xdist_workers_reports_are_joined_into_one(pytester, tmp_path):
+    require_root("namespace hosts")
+    pytester.makefile(".yaml", attack=TOPOLOGY)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_ping(network, lab, n):
+            lab.node("attacker").succeed("ping -c 1 target")
+            assert n != 3, "deliberate"
+    """)
+    report = tmp_path / "report"
+    result = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}", "-n", "2",
+                                           f"--lab-report={report}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    data = json.loads((report / "report.json").read_text())
+    assert data["totals"]["total"] == 4 and data["totals"]["failed"] == 1
+    assert sorted(p.name for p in report.glob("gw*")) == ["gw0", "gw1"]
+    failed = next(t for t in data["tests"] if t["outcome"] == "failed")
+    assert failed["files"] and all((report / path).is_file() for _, path in failed["files"])
+    manifest = json.loads((report / "lab-manifest.json").read_text())
+    assert len(manifest["seeds"]) == 4 and len(manifest["tests"]) == 4
+    assert "-n" in manifest["pytest_args"]  # the controller's arguments
+    assert (report / "index.html").read_text().count('class="test"') == 4

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from vboxlab.errors import VboxlabError
-from vboxlab.report.html import RunReport, write_report
+from vboxlab.report.html import RunReport, merge_workers, write_report
 from vboxlab.report.manifest import TemplateUse, new_manifest, topology_key
 from vboxlab.report.records import ScanRecord, TestRecord, machine_record, network_record
 from vboxlab.report.topology_svg import render_topology_svg
@@ -69,6 +69,10 @@ class LabReport:
         self.suite_property: Callable[[str, object], None] | None = None
         self.allure = bool(config.pluginmanager.hasplugin("allure_pytest")
                            and config.getoption("--alluredir", None))
+        #: pytest-xdist's controller: it runs no test, it joins the workers' reports
+        self.xdist_controller = worker is None and bool(
+            config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses", None)
+            and config.getoption("dist", "no") != "no")
 
     def __repr__(self) -> str:
         return f"<LabReport {self.folder or '(manifest only)'}: {len(self.records)} tests>"
@@ -183,6 +187,9 @@ class LabReport:
     def write(self) -> Path | None:
         if self.folder is None:
             return None
+        if self.xdist_controller:  # the workers ran the tests: join their reports
+            workers = [p.name for p in self.folder.glob("gw*") if p.is_dir()]
+            return merge_workers(self.folder, workers, self.manifest)
         run = RunReport(self.manifest, list(self.records.values()), self.timelines,
                         self.lab_logs)
         return write_report(self.folder, run)

@@ -16,7 +16,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from vboxlab.report.manifest import RunManifest, write_manifest
+from vboxlab.report.manifest import RunManifest, read_manifest, write_manifest
 from vboxlab.report.records import TestRecord
 
 REPORT_PAGE = "index.html"
@@ -66,6 +66,34 @@ def write_report(folder: Path, run: RunReport) -> Path:
     scratch.write_text(render_report(run))
     scratch.replace(page)
     (folder / "report.json").write_text(json.dumps(
-        {"totals": run.totals(), "tests": [t.to_json() for t in run.tests]}, indent=1) + "\n")
+        {"totals": run.totals(), "tests": [t.to_json() for t in run.tests],
+         "timelines": run.timelines, "lab_logs": run.lab_logs}, indent=1) + "\n")
     write_manifest(run.manifest, folder)
     return page
+
+
+def merge_workers(folder: Path, workers: list[str], manifest: RunManifest) -> Path | None:
+    """One report in ``folder`` from the reports pytest-xdist workers wrote in its subfolders.
+
+    Their records, timelines and logs are joined (paths made relative to ``folder``) and
+    their manifests folded into ``manifest`` (the controller's: its pytest arguments).
+    """
+    run = RunReport(manifest)
+    for worker in sorted(workers):
+        part = folder / worker
+        if not (part / "report.json").is_file():
+            continue
+        data = json.loads((part / "report.json").read_text())
+        for entry in data["tests"]:
+            record = TestRecord.from_json(entry)
+            record.files = [(label, f"{worker}/{path}") for label, path in record.files]
+            run.tests.append(record)
+        run.timelines += [(f"{name} ({worker})", svg) for name, svg in data["timelines"]]
+        run.lab_logs += [(label, f"{worker}/{path}") for label, path in data["lab_logs"]]
+        theirs = read_manifest(part)
+        for part_name in ("templates", "topologies", "seeds", "tests", "accelerators"):
+            getattr(manifest, part_name).update(getattr(theirs, part_name))
+    if not run.tests:
+        return None
+    run.tests.sort(key=lambda t: t.started)
+    return write_report(folder, run)

@@ -88,6 +88,20 @@ class TestRecord:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TestRecord:
+        """Back from :meth:`to_json` (a worker's ``report.json``, written by vboxlab)."""
+        fields = dict(data)
+        fields["machines"] = [MachineRecord(**m) for m in data.get("machines", [])]
+        network = data.get("network")
+        if network is not None:
+            network = dict(network)
+            network["links"] = [LinkRecord(**link) for link in network.get("links", [])]
+            fields["network"] = NetworkRecord(**network)
+        fields["scans"] = [ScanRecord(**scan) for scan in data.get("scans", [])]
+        fields["files"] = [tuple(pair) for pair in data.get("files", [])]
+        return cls(**fields)
+
 
 def machine_record(machine: Machine) -> MachineRecord:
     built = machine.template
