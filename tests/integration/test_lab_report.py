@@ -41,6 +41,7 @@ def test_a_run_brings_home_one_report_with_everything_a_failure_needs(
 
         def test_tiny(vm):
             vm.succeed("echo hello from tiny")
+            vm.snapshot("mid")
 
         @pytest.mark.skip(reason="not today")
         def test_later():
@@ -77,6 +78,8 @@ def test_a_run_brings_home_one_report_with_everything_a_failure_needs(
     tiny.locator("summary").click()  # unfold the passed test's block
     digest = tiny.locator("tr[data-machine] code").first.inner_text()
     assert len(digest) == 16 and "tiny@" in tiny.locator("tr[data-machine]").first.inner_text()
+    assert "manual" in tiny.locator("tr[data-snapshot=mid]").inner_text()  # its timeline slice
+    assert page.locator("#labs .timeline svg").count() == 1  # the machine's whole tree
     # the filter by outcome
     page.click("button[data-filter=failed]")
     assert page.locator("details.test:not(.hidden)").count() == 1

@@ -23,7 +23,13 @@ import pytest
 from vboxlab.errors import VboxlabError
 from vboxlab.report.html import RunReport, merge_workers, write_report
 from vboxlab.report.manifest import TemplateUse, new_manifest, topology_key
-from vboxlab.report.records import ScanRecord, TestRecord, machine_record, network_record
+from vboxlab.report.records import (
+    ScanRecord,
+    TestRecord,
+    machine_record,
+    network_record,
+    test_snapshots,
+)
 from vboxlab.report.topology_svg import render_topology_svg
 from vboxlab.templates.repository import file_sha256
 
@@ -98,6 +104,7 @@ class LabReport:
         for machine in list(lab):
             found = machine_record(machine)
             record.machines.append(found)
+            record.snapshots += test_snapshots(machine, item.nodeid)
             if found.template and found.version and found.digest:
                 key = f"{found.template}@{found.version}"
                 self.manifest.templates[key] = TemplateUse(

@@ -84,6 +84,8 @@ class TestRecord:
     ids_summaries: list[str] = field(default_factory=list)
     scans: list[ScanRecord] = field(default_factory=list)
     files: list[tuple[str, str]] = field(default_factory=list)  # (label, path in the report)
+    #: the snapshots this test took: machine, name, kind, parent, size
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +116,14 @@ def machine_record(machine: Machine) -> MachineRecord:
     return MachineRecord(machine.name, machine.provider or "", built.template.name if built else
                          None, built.template.version if built else None, digest,
                          tail(machine.console_log, CONSOLE_LINES))
+
+
+def test_snapshots(machine: Machine, nodeid: str) -> list[dict[str, Any]]:
+    """The snapshots ``nodeid`` took on ``machine``, oldest first (its slice of the timeline)."""
+    return [{"machine": machine.name, "name": node.name, "kind": node.kind,
+             "parent": node.parent, "size": node.size}
+            for node in sorted(machine.snapshots, key=lambda n: n.created)
+            if node.test == nodeid]
 
 
 def network_record(network: Network, svg: str) -> NetworkRecord:
