@@ -58,6 +58,12 @@ def test_the_ids_marker_and_fixture_check_alerts_after_the_test(pytester, tmp_pa
         def test_clean(network, lab):
             visit(lab, "/index.html")
 
+        @pytest.mark.ids(expect=["sid:1000003"])
+        @pytest.mark.lab(topology="attack.yaml")
+        def test_fails_on_its_own(network, lab):
+            visit(lab, "/vboxlab-canary")
+            assert False, "deliberate"
+
         @pytest.mark.lab(topology="attack.yaml")
         def test_by_hand(network, lab, ids):
             visit(lab, "/")
@@ -71,7 +77,7 @@ def test_the_ids_marker_and_fixture_check_alerts_after_the_test(pytester, tmp_pa
     scans = tmp_path / "scans"
     result = pytester.runpytest_subprocess(f"--lab-dir={tmp_path / 'labs'}",
                                            f"--lab-scan-dir={scans}", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3, failed=2)
+    result.assert_outcomes(passed=3, failed=3)
     result.stdout.fnmatch_lines([
         "*test_unexpected_alert*",
         "*1 unexpected IDS alert(s):",
@@ -82,6 +88,9 @@ def test_the_ids_marker_and_fixture_check_alerts_after_the_test(pytester, tmp_pa
         "*expected IDS alert(s) never raised: sid:1000004*",
     ])
     assert "sid:2000001" not in result.stdout.str().split("never raised")[1].splitlines()[0]
+    own = result.stdout.str().split(" test_fails_on_its_own _")[1]  # failed on its own:
+    assert "AssertionError: deliberate" in own  # its alerts are still in its report
+    assert "1 IDS alert(s) on 2 link(s): sid:1000003 x1" in own.split("vboxlab flows")[0]
     result.stdout.fnmatch_lines(["*vboxlab flows*", "*tcp*http*attacker:*target:80*"])
     saved = json.loads(next(scans.glob("*test_unexpected_alert.ids.json")).read_text())
     [alert] = saved[0]["alerts"]  # one event, seen on both links

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from vboxlab.errors import ConfigError, ScanFailed
+from vboxlab.errors import ConfigError, ScanFailed, VboxlabError
 from vboxlab.ledger import Ledger
 from vboxlab.net.network import Network
 from vboxlab.pytest.options import state_of
@@ -117,6 +117,28 @@ def ids(network: Network, request: pytest.FixtureRequest) -> Iterator[Ids]:
               request.node.stash.get(LIVE_KEY, None))
 
 
+def _inspect(item: pytest.Item, network: Network, rules: list[Path]) -> IdsReport:
+    live = item.stash.get(LIVE_KEY, None)
+    if live is not None:
+        return live.stop()
+    engine = Suricata(extra=user_rules(item.config) + rules)
+    return inspect_network(network, engine, _workdir(item, network) / "marker")
+
+
+def alerts_after_failure(item: pytest.Item, network: Network | None) -> None:
+    """A test marked ids that failed on its own: its alerts still go into its report."""
+    settings = marker_settings(item)
+    if settings is None or network is None or "network" not in getattr(item, "fixturenames",
+                                                                      ()):
+        return
+    try:
+        report = _inspect(item, network, settings[0])
+    except VboxlabError as exc:
+        report = IdsReport(f"network {network.topology.name}")
+        report.links = [f"(could not inspect: {exc})"]
+    item.stash.setdefault(REPORTS_KEY, []).append(report)
+
+
 def check_marker(item: pytest.Item, network: Network | None) -> None:
     """After a test body: the marker's IDS check over the network's captures."""
     settings = marker_settings(item)
@@ -126,12 +148,7 @@ def check_marker(item: pytest.Item, network: Network | None) -> None:
         pytest.fail(f"{item.nodeid} is marked ids but uses no network: add the network "
                     "fixture and @pytest.mark.lab(topology=...)", pytrace=False)
     rules, expect, forbid = settings
-    live = item.stash.get(LIVE_KEY, None)
-    if live is not None:
-        report = live.stop()
-    else:
-        engine = Suricata(extra=user_rules(item.config) + rules)
-        report = inspect_network(network, engine, _workdir(item, network) / "marker")
+    report = _inspect(item, network, rules)
     item.stash.setdefault(REPORTS_KEY, []).append(report)
     try:
         report.check(expect, forbid)

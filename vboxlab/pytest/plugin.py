@@ -89,6 +89,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         result = yield
     except BaseException as exc:
         reports.check_fabric(item, the_lab, exc)
+        ids_checks.alerts_after_failure(item, the_lab.current_network if the_lab else None)
         raise
     else:
         reports.check_fabric(item, the_lab, None)
