@@ -6,6 +6,12 @@ Boot is timed from ``lab.vm()`` being called (overlay, initramfs, QEMU start,
 SSH connect) to the first successful ``true``; round trip is one ``true`` on the
 VM's persistent SSH connection. Targets on a 2-core machine under TCG: boot p50
 <= 8 s, round trip p50 <= 25 ms.
+
+    python benchmarks/boot.py --kernels --runs 6 --output benchmarks/results/boot-kernels.json
+
+compares, in interleaved pairs in one lab, a boot of the template's compressed
+bzImage (``VBOXLAB_DIRECT_KERNEL=0``) with the default PVH direct boot of the
+kernel vboxlab unpacked once (no decompression in the guest).
 """
 
 from __future__ import annotations
@@ -47,6 +53,25 @@ def emit(result: dict[str, object], output: Path | None) -> None:
         output.write_text(text + "\n")
 
 
+def compare_kernels(runs: int, template: str, accel: str) -> dict[str, object]:
+    """Boot to first command with the bzImage and with PVH direct boot, alternating."""
+    boots: dict[str, list[float]] = {"bzimage": [], "pvh_direct": []}
+    with Lab(template=template, accel=accel) as lab:
+        for run in range(runs):
+            for mode in boots:
+                os.environ["VBOXLAB_DIRECT_KERNEL"] = "0" if mode == "bzimage" else "1"
+                started = time.perf_counter()
+                vm = lab.vm(f"{mode[0]}{run}")
+                vm.succeed("true")
+                boots[mode].append(time.perf_counter() - started)
+                lab.remove_vm(vm.name)
+    os.environ.pop("VBOXLAB_DIRECT_KERNEL", None)
+    return {"benchmark": "boot-kernels", "template": template, "runs": runs,
+            "bzimage_s": summary(boots["bzimage"]), "pvh_direct_s": summary(boots["pvh_direct"]),
+            "saved_p50_s": round(statistics.median(boots["bzimage"]) -
+                                 statistics.median(boots["pvh_direct"]), 2)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="Boots to time (at least 10)")
@@ -54,7 +79,12 @@ def main() -> int:
     parser.add_argument("--template", default="tiny")
     parser.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     parser.add_argument("--output", type=Path, help="Also write the JSON here")
+    parser.add_argument("--kernels", action="store_true",
+                        help="Compare the compressed kernel with PVH direct boot instead")
     args = parser.parse_args()
+    if args.kernels:
+        emit(compare_kernels(args.runs, args.template, args.accel), args.output)
+        return 0
     boots: list[float] = []
     trips: list[float] = []
     with Lab(template=args.template, accel=args.accel) as lab:

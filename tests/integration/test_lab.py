@@ -33,6 +33,11 @@ def test_two_machines_talk_through_a_forwarded_port(base):
             assert response.read() == b"served-by-web\n"
         assert client.succeed("free -m | awk '/Mem:/ {print $2}'").strip() != ""
         assert set(lab.machines) == {"web", "client"}
+        # the kernel booted is the template's, unpacked once for PVH direct boot
+        started = [line for line in (lab.dir / "lab.log").read_text().splitlines()
+                   if "starting" in line and "-kernel" in line]
+        assert len(started) == 2 and all("/kernels/" in line and line.split(
+            "-kernel ")[1].split()[0].endswith("/vmlinux") for line in started)
 
 
 def test_unknown_template_lists_the_known_ones(base):

@@ -42,6 +42,7 @@ from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
 from vboxlab.net.wire import socket_pair
 from vboxlab.providers.base import Capability, MachineSpec, MachineState, ProviderOptions
+from vboxlab.providers.direct_kernel import NoDirectBoot, direct_kernel
 from vboxlab.providers.qemu_argv import (
     DISK_NODE,
     LaunchMedia,
@@ -144,12 +145,18 @@ class QemuProvider:
                 ovmf = str(ovmf_firmware())
             media = LaunchMedia(str(spec.media.path), spec.media.kind, spec.media.firmware, ovmf)
         accel = self.accel_for(built.kernel, spec.log)
+        kernel = str(built.kernel)
+        if media is None:
+            try:  # no decompression in the guest: 4 s less under TCG
+                kernel = str(direct_kernel(built.kernel))
+            except (NoDirectBoot, OSError) as exc:
+                spec.log.info("%s: boots the template's compressed kernel (%s)", spec.name, exc)
         launch = QemuLaunch(
             name=spec.name, binary=self.binary, accel=accel.accel, memory=spec.memory,
             cpus=spec.cpus, overlay=str(work / "disk.qcow2"), base_disk=str(built.disk),
             base_format=str(built.manifest.get("disk_format", "qcow2")),
             console=str(work / "console.log"), qmp=str(qmp_path),
-            ssh_port=definition.access.port, kernel=str(built.kernel),
+            ssh_port=definition.access.port, kernel=kernel,
             initrd=str(work / "initrd.img"),
             cmdline=f"{definition.boot.cmdline} {spec.kernel_args}".strip(), media=media,
             nics=tuple(LaunchNic(n.name, n.mac, "vde" if n.vde else "fd", n.vde)
