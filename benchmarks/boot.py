@@ -12,6 +12,12 @@ VM's persistent SSH connection. Targets on a 2-core machine under TCG: boot p50
 compares, in interleaved pairs in one lab, a boot of the template's compressed
 bzImage (``VBOXLAB_DIRECT_KERNEL=0``) with the default PVH direct boot of the
 kernel vboxlab unpacked once (no decompression in the guest).
+
+    python benchmarks/boot.py --profile --runs 5 --output benchmarks/results/boot-profile.json
+
+splits each boot into phases by watching the serial console (wall-clock seconds
+after ``lab.vm()`` is called): the kernel's first line, ``Run /init``, the
+template's ready line, sshd listening, the first command answered.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from vboxlab.lab import Lab
 
@@ -72,6 +79,50 @@ def compare_kernels(runs: int, template: str, accel: str) -> dict[str, object]:
                                  statistics.median(boots["pvh_direct"]), 2)}
 
 
+#: console marks of a tiny boot, in order: (phase, text that ends it)
+PHASES = (("kernel first line", "[    0.000000]"), ("kernel runs /init", "Run /init"),
+          ("init ready", " ready"), ("sshd listening", "Server listening"))
+
+
+def profile(runs: int, template: str, accel: str) -> dict[str, object]:
+    """When each boot phase ended, seconds after lab.vm() was called (console watched)."""
+    import threading
+
+    marks: dict[str, list[float]] = {name: [] for name, _ in PHASES}
+    marks["first command"] = []
+    with Lab(template=template, accel=accel) as lab:
+        for run in range(runs):
+            name = f"p{run}"
+            seen: dict[str, float] = {}
+            done = threading.Event()
+            started = time.perf_counter()
+
+            def watch(name: str = name, seen: dict[str, float] = seen, done: Any = done,
+                      started: float = started) -> None:
+                console = lab.dir / name / "console.log"
+                while not done.is_set():
+                    text = console.read_text(errors="replace") if console.is_file() else ""
+                    for phase, needle in PHASES:
+                        if phase not in seen and needle in text:
+                            seen[phase] = time.perf_counter() - started
+                    time.sleep(0.005)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            vm = lab.vm(name)
+            vm.succeed("true")
+            seen["first command"] = time.perf_counter() - started
+            done.set()
+            watcher.join()
+            for phase, value in seen.items():
+                marks[phase].append(value)
+            lab.remove_vm(name)
+    return {"benchmark": "boot-profile", "template": template, "runs": runs,
+            "direct_kernel": os.environ.get("VBOXLAB_DIRECT_KERNEL", "1") != "0",
+            "phase_ends_s": {phase: summary(values) for phase, values in marks.items()
+                             if values}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="Boots to time (at least 10)")
@@ -81,7 +132,12 @@ def main() -> int:
     parser.add_argument("--output", type=Path, help="Also write the JSON here")
     parser.add_argument("--kernels", action="store_true",
                         help="Compare the compressed kernel with PVH direct boot instead")
+    parser.add_argument("--profile", action="store_true",
+                        help="Split boots into phases by watching the serial console instead")
     args = parser.parse_args()
+    if args.profile:
+        emit(profile(args.runs, args.template, args.accel), args.output)
+        return 0
     if args.kernels:
         emit(compare_kernels(args.runs, args.template, args.accel), args.output)
         return 0
