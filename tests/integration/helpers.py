@@ -43,3 +43,27 @@ def wait_for(condition, timeout: float, what: str):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def attack_topology(target_link: str = "") -> str:
+    """Two namespace hosts on one segment: ``target`` (10.70.0.10) and ``attacker``.
+
+    ``target_link`` adds properties to the target's link (YAML, e.g. ``delay: 3ms``).
+    """
+    extra = f"\n        {target_link}" if target_link else ""
+    return f"""
+    segments: {{lan: {{subnet: 10.70.0.0/24}}}}
+    nodes:
+      target: {{provider: netns}}
+      attacker: {{provider: netns}}
+    links:
+      - between: [target, lan]
+        addresses: {{target: 10.70.0.10}}{extra}
+      - between: [attacker, lan]
+"""
+
+
+#: start an HTTP server on the target of attack_topology() and wait until it answers
+HTTP_SERVER = (f"({sys.executable} -m http.server 80 --bind 10.70.0.10 >/dev/null 2>&1 &); "
+               "for i in $(seq 50); do curl -s -o /dev/null http://10.70.0.10/ && break; "
+               "sleep 0.1; done")

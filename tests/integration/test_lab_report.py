@@ -8,18 +8,9 @@ import xml.etree.ElementTree as ET
 
 from vboxlab.pytest.policy import require_root
 
-TOPOLOGY = """
-    segments: {lan: {subnet: 10.71.0.0/24}}
-    nodes:
-      target: {provider: netns}
-      attacker: {provider: netns}
-    links:
-      - between: [target, lan]
-        addresses: {target: 10.71.0.10}
-        delay: 3ms
-        loss: 0.5%
-      - between: [attacker, lan]
-"""
+from .helpers import HTTP_SERVER, attack_topology
+
+TOPOLOGY = attack_topology("delay: 3ms\n        loss: 0.5%")
 
 
 def test_a_run_brings_home_one_report_with_everything_a_failure_needs(
@@ -29,15 +20,13 @@ def test_a_run_brings_home_one_report_with_everything_a_failure_needs(
     pytester.makepyfile(f"""
         import pytest
 
-        SERVER = ("({sys.executable} -m http.server 80 --bind 10.71.0.10 >/dev/null 2>&1 &); "
-                  "for i in $(seq 50); do curl -s -o /dev/null http://10.71.0.10/ && break; "
-                  "sleep 0.1; done")
+        SERVER = {HTTP_SERVER!r}
 
         @pytest.mark.ids()
         @pytest.mark.lab(topology="attack.yaml")
         def test_probe(network, lab):
             lab.node("target").succeed(SERVER)
-            lab.node("attacker").succeed("curl -s -o /dev/null http://10.71.0.10/vboxlab-canary")
+            lab.node("attacker").succeed("curl -s -o /dev/null http://10.70.0.10/vboxlab-canary")
 
         def test_tiny(vm):
             vm.succeed("echo hello from tiny")
@@ -67,7 +56,7 @@ def test_a_run_brings_home_one_report_with_everything_a_failure_needs(
     assert probe.locator("tr.alert[data-sid='1000003']").count() == 1
     flows = probe.locator("tr.flow").all_inner_texts()
     assert any("http" in row and "target:80" in row for row in flows)
-    assert "curl -s -o /dev/null http://10.71.0.10/vboxlab-canary" in probe.locator(
+    assert "curl -s -o /dev/null http://10.70.0.10/vboxlab-canary" in probe.locator(
         "pre.console[data-machine=attacker]").inner_text()
     links = probe.locator("ul.files a")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]

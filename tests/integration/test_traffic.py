@@ -2,24 +2,13 @@
 failing test's report, and capture rings, on namespace hosts (no VM needed)."""
 
 import json
-import sys
 
 from vboxlab.pytest.policy import require_root
 
-TOPOLOGY = """
-    segments: {lan: {subnet: 10.70.0.0/24}}
-    nodes:
-      target: {provider: netns}
-      attacker: {provider: netns}
-    links:
-      - between: [target, lan]
-        addresses: {target: 10.70.0.10}
-      - between: [attacker, lan]
-"""
+from .helpers import HTTP_SERVER, attack_topology
 
-SERVER = (f"({sys.executable} -m http.server 80 --bind 10.70.0.10 >/dev/null 2>&1 &); "
-          "for i in $(seq 50); do curl -s -o /dev/null http://10.70.0.10/ && break; "
-          "sleep 0.1; done")
+TOPOLOGY = attack_topology()
+SERVER = HTTP_SERVER
 
 
 def test_the_ids_marker_and_fixture_check_alerts_after_the_test(pytester, tmp_path):

@@ -438,6 +438,11 @@ def test_a_tee_streams_both_directions_live_and_never_stalls_the_link(fabric, tm
     reader_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader holds it open
     with pytest.raises(FabricError, match="no link direction nope"):
         fab.tee("t0", fifo, ["p0.in", "nope"])
+    plain = tmp_path / "plain.txt"
+    plain.write_text("keep me")
+    with pytest.raises(FabricError, match="is not a FIFO"):
+        fab.tee("t0", plain, ["p0.in"])
+    assert plain.read_text() == "keep me"
     fab.tee("t0", fifo, ["p0.in", "p1.in"])
     with pytest.raises(FabricError, match="already teed"):
         fab.tee("t1", fifo, ["p0.in"])

@@ -197,3 +197,18 @@ def test_capture_formats_and_damaged_files(tmp_path):
     damaged.write_bytes(classic.read_bytes()[:24] + struct.pack("<IIII", 0, 0, 1 << 30, 1 << 30))
     with pytest.raises(ConfigError, match=r"damaged\.pcap: damaged at byte 24"):
         list(frames(damaged))
+
+
+def test_frames_split_across_read_blocks_come_out_whole(tmp_path, monkeypatch):
+    from vboxlab.net import pcaps
+
+    packets = []
+    for n in range(50):
+        packet = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP() / (bytes([n]) * (n * 7))
+        packet.time = 100 + n
+        packets.append(packet)
+    path = write(tmp_path, "blocks.pcap", packets)
+    monkeypatch.setattr(pcaps, "READ_BLOCK", 37)  # every frame straddles blocks
+    read = list(pcaps.frames(path))
+    assert [frame for _, frame in read] == [bytes(p) for p in packets]
+    assert [stamp for stamp, _ in read] == [pytest.approx(100 + n) for n in range(50)]

@@ -119,7 +119,10 @@ def test_a_manifest_from_elsewhere_is_checked_field_by_field(tmp_path):
             ({**good, "templates": {"a": {"name": "tiny", "version": "1.0.0",
                                           "digest": "xyz"}}}, "digest"),
             ({**good, "surprise": 1}, "field surprise"),
-            ({**good, "format": 99}, "format 99")):
+            ({**good, "format": 99}, "format 99"),
+            ({**good, "tests": {"-p evil::x": "passed"}}, "not a test id"),
+            ({**good, "tests": {"/etc/x.py::t": "passed"}}, "not a test id"),
+            ({**good, "seeds": {"../up.py::t": 1}}, "not a test id")):
         path.write_text(json.dumps(broken))
         with pytest.raises(ConfigError, match=message):
             read_manifest(path)
@@ -164,18 +167,18 @@ def test_a_rerun_needs_the_same_template_builds_and_topologies(tmp_path):
     key = f"tiny@{tiny.template.version}"
     manifest.templates = {key: TemplateUse(name="tiny", version=tiny.template.version,
                                            digest=tiny.manifest_digest)}
-    plan = plan_reproduction(manifest, ["-q"])
+    plan = plan_reproduction(manifest, ["-q"], rootdir=tmp_path)
     assert plan.argv[1:] == ["-m", "pytest", "test_x.py::test_a", "--lab-template=tiny", "-q"]
     assert plan.pins == {"tiny": tiny.template.version} and plan.seeds == {"test_x.py::test_a": 5}
     (tmp_path / "net.yaml").write_text("nodes: {b: {}}\nlinks: []\n")
     with pytest.raises(ConfigError, match=r"topology net\.yaml changed since the run"):
-        plan_reproduction(manifest, [])
-    assert plan_reproduction(manifest, [], force=True).warnings
+        plan_reproduction(manifest, [], rootdir=tmp_path)
+    assert plan_reproduction(manifest, [], rootdir=tmp_path, force=True).warnings
     manifest.templates[key] = TemplateUse(name="tiny", version=tiny.template.version,
                                           digest="0" * 64)
     with pytest.raises(TemplateNotBuilt, match="a different build"):
-        plan_reproduction(manifest, [], force=True)
+        plan_reproduction(manifest, [], rootdir=tmp_path, force=True)
     manifest.templates = {"nosuch@1.0.0": TemplateUse(name="nosuch", version="1.0.0",
                                                       digest="0" * 64)}
     with pytest.raises(TemplateNotBuilt, match=r"nosuch@1\.0\.0 .* is not installed here"):
-        plan_reproduction(manifest, [], force=True)
+        plan_reproduction(manifest, [], rootdir=tmp_path, force=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from vboxlab.errors import ConfigError
-from vboxlab.net.flows import Flows, finish, merge, rates, read_flows
+from vboxlab.net.flows import flows_of_links, rates
 from vboxlab.tables import print_table
 
 DIRECTION = re.compile(r"^(?P<a>.+)-to-(?P<b>.+)\.pcap(?:\.old)?$")
@@ -76,9 +76,7 @@ def flows_command(paths: tuple[Path, ...], node_names: tuple[str, ...], as_json:
                   credentials: bool) -> None:
     """Flows of capture files (one per conversation, across links)."""
     nodes = _nodes(node_names)
-    links = group_links(paths)
-    table = Flows(merge(finish(read_flows(files), name, nodes) for name, files in links.items()),
-                  nodes, sources=[f for files in links.values() for f in files])
+    table = flows_of_links(group_links(paths), nodes)
     found = table.cleartext_credentials() if credentials else []
     if as_json:
         data = json.loads(table.to_json())
@@ -122,27 +120,15 @@ def ids_command(paths: tuple[Path, ...], rules: tuple[Path, ...], home_net: str 
                 expect: tuple[str, ...], forbid: str, as_json: bool, junit: Path | None) -> None:
     """Suricata over capture files, link by link; exit 1 on an unexpected or missing alert."""
     from vboxlab.errors import ScanFailed
-    from vboxlab.security.ids import (
-        DEFAULT_HOME_NET,
-        IdsReport,
-        Suricata,
-        inspect_files,
-        merge_links,
-    )
+    from vboxlab.security.ids import DEFAULT_HOME_NET, Suricata, inspect_links
     from vboxlab.security.results import write_junit
 
     networks = [n.strip() for n in home_net.split(",")] if home_net else list(DEFAULT_HOME_NET)
     engine = Suricata(extra=list(rules), home_net=networks)
-    links = group_links(paths)
-    report = IdsReport(", ".join(str(p) for p in paths), links=list(links),
-                       rules=[str(p) for p in engine.rules])
     forbidden: str | list[str] = forbid if forbid in ("any", "none") else forbid.split(",")
     with tempfile.TemporaryDirectory(prefix="vboxlab-ids-") as scratch:
-        for index, (name, files) in enumerate(links.items()):
-            found = inspect_files(files, engine, Path(scratch) / str(index), link=name)
-            report.alerts.extend(found.alerts)
-            report.seconds += found.seconds
-    report.alerts = merge_links(report.alerts)
+        report = inspect_links(group_links(paths), engine, Path(scratch),
+                               target=", ".join(str(p) for p in paths))
     if junit is not None:
         write_junit([report], junit)
     if as_json:

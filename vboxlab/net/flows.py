@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,12 +387,19 @@ def merge(per_link: Iterable[dict[tuple[Any, ...], Flow]]) -> list[Flow]:
     return list(merged.values())
 
 
+def flows_of_links(links: Mapping[str, Sequence[Path]],
+                   nodes: Mapping[str, str] | None = None,
+                   subnets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> Flows:
+    """Flows of several links' capture files (link name -> files), one per conversation."""
+    known = dict(nodes or {})
+    return Flows(merge(finish(read_flows(files), name, known) for name, files in links.items()),
+                 known, subnets, sources=[f for files in links.values() for f in files])
+
+
 def flows_of_files(files: Iterable[Path], *, link: str = "capture",
                    nodes: Mapping[str, str] | None = None) -> Flows:
-    """Flows of capture files taken together (``vboxlab flows FILE...``, benchmarks)."""
-    paths = list(files)
-    return Flows(finish(read_flows(paths), link, nodes or {}).values(), nodes,
-                 sources=paths)
+    """Flows of capture files taken together as one link (benchmarks, tests)."""
+    return flows_of_links({link: list(files)}, nodes)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from vboxlab.errors import ConfigError
 from vboxlab.net.fabric import CaptureRing, Fabric
-from vboxlab.net.flows import Flows, Rate, finish, merge, rates, read_flows
+from vboxlab.net.flows import Flows, Rate, flows_of_links, rates
 from vboxlab.net.pcaps import ring_files
 from vboxlab.net.plan import LinkPlan, NetworkPlan, fabric_settings
 from vboxlab.net.topology import Impairment, Topology, describe_impairment
@@ -199,15 +199,11 @@ class Network:
             handles = [self.link(a, b)]
         else:
             handles = [h for h in self._links.values() if self.is_captured(h.a, h.b)]
-        nodes = self.addresses
-        per_link, sources = [], []
+        links = {}
         for handle in handles:
             files = self.capture_files(handle.a, handle.b)
-            both = files["a_to_b"] + files["b_to_a"]
-            sources.extend(both)
-            per_link.append(finish(read_flows(both), f"{handle.a}<->{handle.b}", nodes))
-        subnets = {i.network for i in self.topology.interfaces}
-        return Flows(merge(per_link), nodes, subnets, sources=sources)
+            links[f"{handle.a}<->{handle.b}"] = files["a_to_b"] + files["b_to_a"]
+        return flows_of_links(links, self.addresses, {i.network for i in self.topology.interfaces})
 
     def rates(self, a: str, b: str, interval: float = 1.0) -> dict[str, list[Rate]]:
         """Packets and bytes per ``interval`` seconds on each direction of a link."""

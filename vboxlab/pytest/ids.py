@@ -134,8 +134,7 @@ def alerts_after_failure(item: pytest.Item, network: Network | None) -> None:
     try:
         report = _inspect(item, network, settings[0])
     except VboxlabError as exc:
-        report = IdsReport(f"network {network.topology.name}")
-        report.links = [f"(could not inspect: {exc})"]
+        report = IdsReport(f"network {network.topology.name}", error=str(exc))
     item.stash.setdefault(REPORTS_KEY, []).append(report)
 
 

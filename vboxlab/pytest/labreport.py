@@ -22,7 +22,7 @@ import pytest
 
 from vboxlab.errors import VboxlabError
 from vboxlab.report.html import RunReport, merge_workers, write_report
-from vboxlab.report.manifest import TemplateUse, new_manifest, topology_key
+from vboxlab.report.manifest import TemplateUse, new_manifest, qemu_version, topology_key
 from vboxlab.report.records import (
     ScanRecord,
     TestRecord,
@@ -72,6 +72,7 @@ class LabReport:
         self.timelines: list[tuple[str, str]] = []
         self.lab_logs: list[tuple[str, str]] = []
         self._svgs: dict[str, str] = {}
+        self._digests: dict[Path, str] = {}  # template folder -> manifest digest
         self.suite_property: Callable[[str, object], None] | None = None
         self.allure = bool(config.pluginmanager.hasplugin("allure_pytest")
                            and config.getoption("--alluredir", None))
@@ -101,25 +102,32 @@ class LabReport:
             self._gather(item, lab, record, failed=report.failed)
 
     def _gather(self, item: pytest.Item, lab: Lab, record: TestRecord, *, failed: bool) -> None:
+        """The test's facts; without a report or Allure only the manifest's (seeds, digests)."""
+        shown = self.folder is not None or self.allure
         for machine in list(lab):
-            found = machine_record(machine)
-            record.machines.append(found)
-            record.snapshots += test_snapshots(machine, item.nodeid)
+            found = machine_record(machine, console=shown, digests=self._digests)
+            if shown:
+                record.machines.append(found)
+                record.snapshots += test_snapshots(machine, item.nodeid)
             if found.template and found.version and found.digest:
                 key = f"{found.template}@{found.version}"
-                self.manifest.templates[key] = TemplateUse(
-                    name=found.template, version=found.version, digest=found.digest)
-                self._property(f"vboxlab.template.{key}", found.digest)
+                if key not in self.manifest.templates:
+                    self.manifest.templates[key] = TemplateUse(
+                        name=found.template, version=found.version, digest=found.digest)
+                    self._property(f"vboxlab.template.{key}", found.digest)
         self.manifest.accelerators.update(lab.accelerators())
         network = lab.current_network
         if network is not None and "network" in getattr(item, "fixturenames", ()):
-            record.network = network_record(network, self._svg(network))
             self.manifest.seeds[item.nodeid] = network.seed
             self._property(f"vboxlab.seed.{item.nodeid}", network.seed)
             source = Path(network.topology.source)
-            if source.is_file():
-                self.manifest.topologies[topology_key(source, self.config.rootpath)] = \
-                    file_sha256(source)
+            key = topology_key(source, self.config.rootpath)
+            if key not in self.manifest.topologies and source.is_file():
+                self.manifest.topologies[key] = file_sha256(source)
+            if shown:
+                record.network = network_record(network, self._svg(network))
+        if not shown:
+            return
         self._security(item, record)
         pcaps = self._captures(network) if network is not None else []
         if failed and self.folder is not None:
@@ -194,6 +202,7 @@ class LabReport:
     def write(self) -> Path | None:
         if self.folder is None:
             return None
+        self.manifest.qemu = qemu_version()
         if self.xdist_controller:  # the workers ran the tests: join their reports
             workers = [p.name for p in self.folder.glob("gw*") if p.is_dir()]
             return merge_workers(self.folder, workers, self.manifest)

@@ -24,15 +24,17 @@ def report() -> None:
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--rootdir", type=click.Path(path_type=Path), default=None,
-              help="The project folder to run in (default: the run's, from the manifest)")
+              help="The project folder to run in (default: the current folder)")
 @click.option("--force", is_flag=True, help="Run even if a topology file changed since")
 @click.option("--dry-run", is_flag=True, help="Check and print the command; run nothing")
 def reproduce(manifest: Path, pytest_args: tuple[str, ...], rootdir: Path | None, force: bool,
               dry_run: bool) -> None:
     """Check the run's templates (by digest) and topologies are here, pin the templates, and
     rerun the same tests with the same seeds. Arguments after -- go to pytest."""
-    plan = plan_reproduction(read_manifest(manifest), list(pytest_args), rootdir=rootdir,
-                             force=force)
+    run = read_manifest(manifest)
+    plan = plan_reproduction(run, list(pytest_args), rootdir=rootdir, force=force)
+    if plan.cwd.resolve() != Path(run.rootdir).resolve():
+        click.echo(f"note: the run was in {run.rootdir}; running in {plan.cwd}", err=True)
     for warning in plan.warnings:
         click.echo(f"warning: {warning}", err=True)
     with tempfile.TemporaryDirectory(prefix="vboxlab-reproduce-") as scratch:

@@ -76,6 +76,18 @@ class RunManifest(BaseModel):
     topologies: dict[str, str] = {}  # path (relative to rootdir when inside) -> sha256
     seeds: dict[str, int] = {}  # test id -> seed of its network's randomness
     tests: dict[str, str] = {}  # test id -> outcome
+
+    @field_validator("tests", "seeds")
+    @classmethod
+    def _test_ids(cls, value: dict[str, object]) -> dict[str, object]:
+        """Test ids go to pytest's command line: a path inside the project, never an option."""
+        for test in value:
+            path = test.split("::", 1)[0]
+            if (not test or test.startswith("-") or Path(path).is_absolute()
+                    or ".." in Path(path).parts or "\0" in test):
+                raise ValueError(f"{test!r} is not a test id of the project (want "
+                                 "path/to/test_file.py::test_name, relative, not an option)")
+        return value
     qemu: str = ""
     accelerators: dict[str, str] = {}
     kernel: str = ""
@@ -98,8 +110,8 @@ def new_manifest(pytest_args: list[str], rootdir: Path,
     return RunManifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"), vboxlab=__version__,
         python=platform.python_version(), pytest_args=list(pytest_args),
-        lab_options=dict(lab_options or {}), rootdir=str(rootdir), qemu=qemu_version(),
-        kernel=platform.release(), machine=platform.machine())
+        lab_options=dict(lab_options or {}), rootdir=str(rootdir), kernel=platform.release(),
+        machine=platform.machine())  # QEMU's version is asked when the manifest is written
 
 
 def option_args(options: dict[str, str | list[str] | bool]) -> list[str]:
@@ -204,16 +216,16 @@ def plan_reproduction(manifest: RunManifest, extra: list[str], *,
                       rootdir: Path | None = None, force: bool = False) -> Reproduction:
     """Check the manifest's templates and topologies are here, unchanged; the rerun command.
 
-    A template missing, or present with another digest, stops it (``force`` does
-    not override that: the run would not be the same); a topology file that
-    changed stops it unless ``force``.
+    It runs in ``rootdir`` (default: the current folder, your checkout; never a
+    folder the manifest names). A template missing, or present with another
+    digest, stops it (``force`` does not override that: the run would not be the
+    same); a topology file that changed stops it unless ``force``.
     """
     from vboxlab.templates import TemplateRepository
 
-    root = rootdir or Path(manifest.rootdir)
+    root = rootdir or Path.cwd()
     if not root.is_dir():
-        raise ConfigError(f"the run's folder {root} does not exist here; give the project "
-                          "folder with --rootdir")
+        raise ConfigError(f"--rootdir {root}: no such folder; give the project's folder")
     repository = TemplateRepository()
     pins: dict[str, str] = {}
     warnings: list[str] = []
@@ -234,7 +246,7 @@ def plan_reproduction(manifest: RunManifest, extra: list[str], *,
         else:
             pins[use.name] = use.version
     for name, digest in sorted(manifest.topologies.items()):
-        path = Path(name) if Path(name).is_absolute() else root / name
+        path = Path(name) if Path(name).is_absolute() else root / name  # only hashed
         if not path.is_file():
             problem = f"topology {name} is not in {root}"
         elif file_sha256(path) != digest:

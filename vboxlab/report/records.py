@@ -7,8 +7,10 @@ machines and network still exist (right after the test body).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vboxlab.errors import VboxlabError
@@ -105,17 +107,21 @@ class TestRecord:
         return cls(**fields)
 
 
-def machine_record(machine: Machine) -> MachineRecord:
+def machine_record(machine: Machine, *, console: bool = True,
+                   digests: dict[Path, str] | None = None) -> MachineRecord:
+    """A machine's template, version and manifest digest (``digests`` caches them by
+    template folder), and its console tail when ``console``."""
     built = machine.template
     digest = None
     if built is not None:
-        try:
-            digest = built.manifest_digest
-        except OSError:
-            digest = None
+        cache = digests if digests is not None else {}
+        if built.folder not in cache:
+            with contextlib.suppress(OSError):  # a template folder gone: no digest
+                cache[built.folder] = built.manifest_digest
+        digest = cache.get(built.folder)
     return MachineRecord(machine.name, machine.provider or "", built.template.name if built else
                          None, built.template.version if built else None, digest,
-                         tail(machine.console_log, CONSOLE_LINES))
+                         tail(machine.console_log, CONSOLE_LINES) if console else "")
 
 
 def test_snapshots(machine: Machine, nodeid: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -253,6 +253,8 @@ class IdsReport:
     kind: str = "ids"
     #: frames a live IDS was too slow for (dropped by the fabric, never seen by Suricata)
     dropped: int = 0
+    #: why the links could not be inspected (the report is then empty for that reason)
+    error: str | None = None
 
     def __bool__(self) -> bool:
         return bool(self.alerts)
@@ -306,6 +308,8 @@ class IdsReport:
         self.check()
 
     def summary(self) -> str:
+        if self.error is not None:
+            return f"IDS could not inspect the links: {self.error}"
         missed = (f"; {self.dropped} frames went past the IDS unseen (it was too slow)"
                   if self.dropped else "")
         if not self.alerts:
@@ -330,6 +334,7 @@ class IdsReport:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "target": self.target, "links": self.links,
                 "rules": self.rules, "seconds": self.seconds, "dropped": self.dropped,
+                "error": self.error,
                 "alerts": [a.to_dict() for a in self.alerts]}
 
 
@@ -350,48 +355,53 @@ def merge_links(alerts: Iterable[Alert], within: float = 1.0) -> list[Alert]:
     return merged
 
 
-def inspect_network(network: Network, engine: Suricata, workdir: Path,
-                    links: Sequence[tuple[str, str]] | None = None) -> IdsReport:
-    """Suricata over each captured link of ``network`` (flushed first), in parallel."""
+def inspect_links(links: Mapping[str, Sequence[Path]], engine: Suricata, workdir: Path, *,
+                  target: str, home_net: Sequence[str] | None = None) -> IdsReport:
+    """Suricata over each link's capture files (link name -> files), links in parallel.
+
+    A link's files (both directions, a ring's halves) are merged in time order
+    first; alerts of one event seen on several links become one.
+    """
+    from vboxlab.net.pcaps import check_capture
+
     started = time.monotonic()
-    chosen = links if links is not None else [
-        (h.a, h.b) for h in network.links if network.is_captured(h.a, h.b)]
-    jobs = []
-    for a, b in chosen:
-        files = network.capture_files(a, b)
-        both = files["a_to_b"] + files["b_to_a"]
-        if both:
-            jobs.append((f"{a}<->{b}", both))
-    report = IdsReport(f"network {network.topology.name}", links=[name for name, _ in jobs],
+    jobs = [(name, list(files)) for name, files in links.items() if files]
+    for _, files in jobs:
+        for path in files:
+            check_capture(path)
+    report = IdsReport(target, links=[name for name, _ in jobs],
                        rules=[str(p) for p in engine.rules])
     workdir.mkdir(parents=True, exist_ok=True)
-    home_net = sorted({str(i.network) for i in network.topology.interfaces})
 
-    def one(job: tuple[str, list[Path]]) -> list[Alert]:
-        name, files = job
-        folder = workdir / name.replace("<->", "--")
+    def one(index: int, name: str, files: list[Path]) -> list[Alert]:
+        folder = workdir / f"link{index}"  # not the name: it may come from a file's name
         folder.mkdir(parents=True, exist_ok=True)
-        merged = merge_directions(files, folder / "merged.pcap")
+        merged = files[0] if len(files) == 1 else merge_directions(files,
+                                                                   folder / "merged.pcap")
         return engine.run(merged, folder, link=name, home_net=home_net)
 
     with ThreadPoolExecutor(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
-        found = [alert for alerts in pool.map(one, jobs) for alert in alerts]
+        runs = [pool.submit(one, i, name, files) for i, (name, files) in enumerate(jobs)]
+        found = [alert for run in runs for alert in run.result()]
     report.alerts = merge_links(found)
     report.seconds = time.monotonic() - started
     return report
 
 
+def inspect_network(network: Network, engine: Suricata, workdir: Path,
+                    links: Sequence[tuple[str, str]] | None = None) -> IdsReport:
+    """Suricata over each captured link of ``network`` (flushed first)."""
+    chosen = links if links is not None else [
+        (h.a, h.b) for h in network.links if network.is_captured(h.a, h.b)]
+    files = {}
+    for a, b in chosen:
+        both = network.capture_files(a, b)
+        files[f"{a}<->{b}"] = both["a_to_b"] + both["b_to_a"]
+    return inspect_links(files, engine, workdir, target=f"network {network.topology.name}",
+                         home_net=sorted({str(i.network) for i in network.topology.interfaces}))
+
+
 def inspect_files(files: Sequence[Path], engine: Suricata, workdir: Path, *,
                   link: str = "capture") -> IdsReport:
-    """Suricata over capture files taken as one link (``vboxlab ids FILE...``)."""
-    from vboxlab.net.pcaps import check_capture
-
-    started = time.monotonic()
-    for path in files:
-        check_capture(path)
-    workdir.mkdir(parents=True, exist_ok=True)
-    merged = files[0] if len(files) == 1 else merge_directions(files, workdir / "merged.pcap")
-    report = IdsReport(link, links=[link], rules=[str(p) for p in engine.rules])
-    report.alerts = engine.run(merged, workdir, link=link)
-    report.seconds = time.monotonic() - started
-    return report
+    """Suricata over capture files taken as one link."""
+    return inspect_links({link: files}, engine, workdir, target=link)

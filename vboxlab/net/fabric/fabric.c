@@ -45,6 +45,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <time.h>
@@ -633,8 +634,14 @@ static void handle_command(int c, char *line, FILE *out) {
             if (dirs[di].tee >= 0) { fprintf(out, "error %s is already teed", part); return; }
             if (count < MAX_DIRS) wanted[count++] = di;
         }
-        int fd = open(argv[2], O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        int fd = open(argv[2], O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) { fprintf(out, "error cannot open %s: %s", argv[2], strerror(errno)); return; }
+        struct stat st;
+        if (fstat(fd, &st) < 0 || !S_ISFIFO(st.st_mode)) { /* a tee feeds a reader, never a file */
+            close(fd);
+            fprintf(out, "error %s is not a FIFO", argv[2]);
+            return;
+        }
         uint8_t *buf = malloc(TEE_BUFFER);
         if (!buf) { close(fd); fputs("error out of memory", out); return; }
         tee_t *tee = &tees[t];
