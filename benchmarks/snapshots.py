@@ -3,13 +3,17 @@ the wall time of a test suite with rollback vs a reboot per test. JSON out.
 
     python benchmarks/snapshots.py --runs 20 --tests 50 --output reports/bench-snapshots.json
 
-Targets on a 2-core machine under TCG: restore-to-first-command <= 1.0 s p50 and at least
-8x faster than a fresh boot.
+Targets on a 2-core machine under TCG (issue 13): restore-to-first-command <= 0.25 s p50 and
+at least 16x faster than a fresh boot; the suite at least 20x faster with rollback. Each
+restore is also split into its steps (QEMU's snapshot-load, the agent answering HELLO, the
+first command), since under TCG the first command after a load runs on an empty translation
+cache (QEMU flushes all translated code when it loads a snapshot).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -23,8 +27,9 @@ from boot import emit, summary
 
 from vboxlab.lab import Lab
 
-TARGET_RESTORE_P50_S = 1.0
-TARGET_SPEEDUP = 8.0
+TARGET_RESTORE_P50_S = 0.25
+TARGET_SPEEDUP = 16.0
+TARGET_SUITE_SPEEDUP = 20.0
 
 
 def suite_wall_time(tests: int, fresh: bool, base: Path) -> float:
@@ -57,6 +62,8 @@ def main() -> int:
     restores: list[float] = []
     takes: list[float] = []
     sizes: list[float] = []
+    steps: dict[str, list[float]] = {"snapshot-load": [], "agent answers": [],
+                                     "first command": [], "second command": []}
     with tempfile.TemporaryDirectory(prefix="vbl-") as folder, Lab(base=Path(folder)) as lab:
         for run in range(args.runs):
             started = time.perf_counter()
@@ -81,6 +88,19 @@ def main() -> int:
             sizes.append(node.size / 1048576)
             vm.delete_snapshot(f"take{run}")
             vm.restore("clean")
+            vm.succeed("echo dirty > /tmp/m")
+            ticks = [time.perf_counter()]  # the same restore, step by step
+            vm.channel.interrupt("benchmark")
+            vm.handle.snapshot_load("clean")
+            ticks.append(time.perf_counter())
+            vm.channel.connect(timeout=60)
+            ticks.append(time.perf_counter())
+            vm.succeed("true")
+            ticks.append(time.perf_counter())
+            vm.succeed("true")
+            ticks.append(time.perf_counter())
+            for step, (before, after) in zip(steps, itertools.pairwise(ticks), strict=True):
+                steps[step].append(after - before)
         base = Path(folder) / "suite"
         with_rollback = suite_wall_time(args.tests, fresh=False, base=base)
         with_reboot = suite_wall_time(args.tests, fresh=True, base=base)
@@ -92,14 +112,17 @@ def main() -> int:
         "fresh_boot_to_first_command_s": boot,
         "restore_to_first_command_s": restore,
         "restore_speedup_p50": speedup,
+        "restore_steps_s": {step: summary(values) for step, values in steps.items()},
         "snapshot_take_s": summary(takes),
         "snapshot_size_mib": summary(sizes, 1),
         "suite": {"tests": args.tests, "rollback_wall_s": round(with_rollback, 1),
                   "reboot_per_test_wall_s": round(with_reboot, 1),
                   "speedup": round(with_reboot / with_rollback, 1)},
-        "targets": {"restore_p50_s": TARGET_RESTORE_P50_S, "speedup": TARGET_SPEEDUP},
+        "targets": {"restore_p50_s": TARGET_RESTORE_P50_S, "speedup": TARGET_SPEEDUP,
+                    "suite_speedup": TARGET_SUITE_SPEEDUP},
         "met": {"restore": restore["p50"] <= TARGET_RESTORE_P50_S,
-                "speedup": speedup >= TARGET_SPEEDUP},
+                "speedup": speedup >= TARGET_SPEEDUP,
+                "suite_speedup": with_reboot / with_rollback >= TARGET_SUITE_SPEEDUP},
     }
     emit(result, args.output)
     return 0

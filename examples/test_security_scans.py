@@ -7,6 +7,7 @@ import pytest
 def test_web_exposes_only_ssh_and_http(network, lab, scan):
     web = lab.node("web")
     web.succeed("mkdir -p /srv && echo hi > /srv/index.html && httpd -p 80 -h /srv")
+    web.wait_for_port(22)  # a machine answers over its agent before its sshd listens
     report = scan.ports(web, from_node="client")  # the host's nmap in the namespace host
     report.assert_open({22, 80})
     assert report.service(80).service == "http"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from vboxlab.errors import HostError
 
@@ -55,3 +58,27 @@ def run(argv: Sequence[str], *, what: str, timeout: float = 600,
         detail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise error(f"{what}: `{' '.join(argv)}` exited with status {proc.returncode}: {detail}")
     return proc.stdout
+
+
+def compile_c(source: Path, name: str, what: str, flags: Sequence[str] = ()) -> Path:
+    """``source`` compiled once per content into the user cache; returns the binary.
+
+    Built under a scratch name and renamed, so parallel runs never see half a binary.
+    """
+    from vboxlab.paths import cache_dir
+
+    text = source.read_bytes()
+    digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
+    target = cache_dir() / name / digest / name
+    if target.is_file():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise HostError(f"no C compiler found; {what} is compiled on first use. "
+                        "Install one with: apt-get install gcc libc6-dev")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".build-{os.getpid()}")
+    run([compiler, "-O2", "-Wall", *flags, "-o", str(scratch), str(source)],
+        what=f"compiling {what}", error=HostError)
+    scratch.replace(target)
+    return target

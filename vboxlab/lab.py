@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from vboxlab import procs
+from vboxlab.boottimeline import BootTimeline
 from vboxlab.errors import ConfigError, HostError, MachineNotFound, VboxlabError
 from vboxlab.kernelargs import check_kernel_args
 from vboxlab.keys import KeyPair, load_or_create
@@ -74,7 +75,7 @@ class Lab:
     def __init__(self, *, base: Path | None = None, provider: str = "qemu",
                  template: str = "tiny", keep: bool = False, worker: str | None = None,
                  accel: str = "auto", repository: TemplateRepository | None = None,
-                 boot_timeout: float = 90.0) -> None:
+                 boot_timeout: float = 90.0, channel: str = "auto") -> None:
         self.base = private_dir(Path(base) if base is not None else state_base())
         self.id = new_lab_id(worker)
         self.dir = self.base / self.id
@@ -83,7 +84,10 @@ class Lab:
         self.default_provider = provider
         self.boot_timeout = boot_timeout
         self.repository = repository or TemplateRepository()
-        self._options = ProviderOptions(accel=accel)
+        if channel not in ("auto", "ssh"):
+            raise ConfigError(f"command channel {channel!r}: use auto (the template's agent "
+                              "where it has one, else SSH) or ssh")
+        self._options = ProviderOptions(accel=accel, channel=channel)
         self._providers: dict[str, Provider] = {}
         self.machines: dict[str, Machine] = {}
         #: called with each machine once it first answers (the plugin's hook uses it)
@@ -271,8 +275,18 @@ class Lab:
             self.log.exception("%s did not boot", machine.name)
             self._discard(machine)
             raise
+        answered = time.monotonic()
         self.log.info("%s answered its command channel %.2f s after start", machine.name,
-                      time.monotonic() - started)
+                      answered - started)
+        facts = getattr(machine.channel, "ready_facts", None)
+        if facts:
+            first = time.monotonic()
+            machine.execute("true", timeout=30)
+            machine.boot_timeline = BootTimeline.from_facts(started, answered, facts,
+                                                            time.monotonic() - first)
+            if machine.boot_timeline is not None:
+                self.log.info("%s: boot timeline: %s", machine.name,
+                              machine.boot_timeline.describe())
         try:
             machine.handle.on_ready(machine.channel)
         except VboxlabError as exc:  # a missing kernel log is no reason to fail the boot

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vboxlab.boottimeline import BootTimeline
 from vboxlab.channels import Channel, CommandResult
 from vboxlab.errors import (
     CommandTimeout,
@@ -55,6 +57,8 @@ class Machine:
         #: the template it was made from (None for providers that run none) and its provider
         self.template: BuiltTemplate | None = None
         self.provider: str | None = None
+        #: phases of its last boot, when its channel reports them (the guest agent does)
+        self.boot_timeline: BootTimeline | None = None
         self._log = log
         self._tree = SnapshotTree(state_dir / TREE_FILE)
         self._auto = 0
@@ -151,6 +155,36 @@ class Machine:
         except WaitTimeout:
             raise WaitTimeout(f"timed out after {timeout:g} s waiting for a listener on TCP "
                               f"port {port} in {self.name}") from None
+
+    def wait_for_unit(self, unit: str, timeout: float = 60.0) -> None:
+        """Wait until the systemd ``unit`` is active; fail at once if it failed.
+
+        A machine answers as soon as its command channel does, while the guest's
+        services may still be starting: this is how a test waits for one.
+        """
+        if not re.fullmatch(r"[A-Za-z0-9:_.@\\-]+", unit):
+            raise ConfigError(f"unit {unit!r}: give a systemd unit name such as ssh.service")
+        command = f"systemctl show -p ActiveState --value {shlex.quote(unit)}"
+        states: list[str] = []
+
+        def active() -> bool | None:
+            result = self.execute(command, timeout=30)
+            if result.rc != 0:
+                raise ConfigError(f"{self.name}: cannot ask systemd about {unit} (exit status "
+                                  f"{result.rc}: {result.stderr.strip()[:200]}); does this "
+                                  "machine run systemd? Wait with wait_for_port or "
+                                  "wait_until_succeeds instead")
+            states[:] = [result.stdout.strip()]
+            if states[0] == "failed":
+                status = self.execute(f"systemctl status --no-pager {shlex.quote(unit)}")
+                raise GuestCommandError(self.name, f"systemctl status {unit}", status.rc,
+                                        status.stdout, status.stderr,
+                                        expected=f"{unit} to become active, not failed")
+            return True if states[0] == "active" else None
+
+        wait_until(active, timeout=timeout, what=f"unit {unit} on {self.name} to be active",
+                   interval=0.1, abort=self.handle.check_alive,
+                   last_seen=lambda: f"ActiveState={states[0]}" if states else "no answer")
 
     def listening_ports(self) -> set[int]:
         """TCP ports something in the guest listens on (from /proc/net/tcp and tcp6)."""
@@ -251,7 +285,7 @@ class Machine:
             self._restore(name)
 
     def _restore(self, name: str) -> None:
-        self.channel.close()
+        self.channel.interrupt(f"{self.name} was restored to snapshot {name!r}")
         if self.handle.state() is MachineState.RUNNING:
             self.handle.snapshot_load(name)
         else:

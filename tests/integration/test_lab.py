@@ -61,7 +61,7 @@ def test_guest_that_never_answers_times_out_with_its_console(base):
     with Lab(base=base, boot_timeout=1.5) as lab:
         with pytest.raises(BootTimeout) as info:
             lab.vm("slow")
-        assert "SSH on slow" in str(info.value)
+        assert "guest agent of slow" in str(info.value)
         assert "last try" in str(info.value)
         assert qemu_pids(str(lab.dir)) == []
 

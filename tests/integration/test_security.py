@@ -27,6 +27,7 @@ def scan_lab(tmp_path_factory):
             lab.network("topologies/scan-lab.yaml", seed=11):
         lab.node("web").succeed("mkdir -p /srv && echo hi > /srv/index.html && "
                                 "httpd -p 80 -h /srv")
+        lab.node("web").wait_for_port(22)  # sshd starts beside the agent, a moment later
         yield lab
 
 
@@ -44,6 +45,7 @@ def debian_and_vulnlab(tmp_path_factory):
             weak = pool.submit(lab.vm, "weak", template="vulnlab")
             machines = clean.result(), weak.result()
         machines[1].wait_for_port(31337)
+        machines[0].wait_for_unit("ssh.service")  # debian-12 answers before its services run
         yield machines
 
 
@@ -77,6 +79,7 @@ def test_yara_over_the_payloads_that_crossed_a_link(scan_lab, scan, tmp_path):
 
 def test_ports_from_the_host_count_only_what_the_guest_listens_on(vm, scan):
     # QEMU accepts on a forwarded port even when nothing in the guest listens behind it
+    vm.wait_for_port(22)
     report = scan.ports(vm, ports=[22, 8080])
     assert report.open_ports == {22}
     assert report.service(8080).state == "closed"

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from vboxlab.errors import GuestCommandError
 from vboxlab.lab import Lab
 from vboxlab.pytest.policy import missing_capability
 from vboxlab.templates import TemplateRepository
@@ -46,7 +47,12 @@ def test_debian_12_is_a_real_debian_where_apt_works_and_lab_nics_come_up(lab, bu
     assert 'VERSION_CODENAME=bookworm' in deb.succeed("cat /etc/os-release")
     assert deb.succeed("cat /proc/1/comm") == "systemd\n"
     assert deb.succeed("systemctl is-system-running --wait").strip() in ("running", "degraded")
-    deb.succeed("systemctl is-active ssh vboxlab-net")
+    deb.wait_for_unit("ssh.service")
+    deb.succeed("systemctl is-active ssh vboxlab-net vboxlab-agent")
+    with pytest.raises(GuestCommandError, match=r"nothing\.service to become active, not failed"):
+        deb.succeed("systemd-run --no-block --unit nothing.service -p Type=oneshot "
+                    "-p RemainAfterExit=yes false")
+        deb.wait_for_unit("nothing.service", timeout=30)
     assert deb.succeed("hostname") == "deb\n"
     assert "10.88.0.1/24" in deb.succeed("ip -4 addr show eth1")
     deb.succeed("ping -c 2 -W 2 peer")
@@ -68,6 +74,7 @@ def test_netlab_has_the_network_tools(lab, built):
     wire = lab.wire("nl", "target", a_address="10.89.0.1/24", b_address="10.89.0.2/24")
     nl = lab.vm("nl", template="netlab", nics=[wire.nic("nl")])
     target = lab.vm("target", nics=[wire.nic("target")])
+    target.wait_for_port(22)  # the machine answers over its agent; sshd starts beside it
     scan = nl.succeed("nmap -Pn -sT -p 22,23 10.89.0.2")
     assert "22/tcp open" in scan and "23/tcp closed" in scan
     nl.succeed("(tcpdump -n -i eth1 -c 3 icmp > /tmp/cap.txt 2>/dev/null &) ; sleep 1")

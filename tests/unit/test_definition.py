@@ -1,4 +1,5 @@
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ def test_valid_definition_loads_with_defaults(tmp_path):
     assert template.definition.resources.memory == 128
     assert template.definition.resources.cpus == 1
     assert template.definition.access.user == "root"
+    assert template.definition.access.channels == ["ssh"]  # no agent unless declared
 
 
 @pytest.mark.parametrize(("change", "field", "reason"), [
@@ -37,6 +39,9 @@ def test_valid_definition_loads_with_defaults(tmp_path):
     (("memory = 128", "memory = 1"), "resources.memory", "greater than or equal to 64"),
     (('recipe = "initramfs"', 'recipe = "magic"'), "build.recipe", "initramfs"),
     (("[build]", "colour = 1\n[build]"), "resources.colour", "Extra inputs"),
+    (("[build]", '[access]\nchannels = ["agent"]\n[build]'), "access.channels", "ssh always"),
+    (("[build]", '[access]\nchannels = ["telnet", "ssh"]\n[build]'), "access.channels.0",
+     "'agent' or 'ssh'"),
 ])
 def test_errors_name_file_field_and_reason(tmp_path, change, field, reason):
     folder = write(tmp_path, GOOD.replace(*change))
@@ -73,6 +78,15 @@ def test_source_digest_follows_every_file(tmp_path):
     (folder / "rootfs").mkdir()
     (folder / "rootfs" / "motd").write_text("hi")
     assert template.source_digest() != before
+
+
+@pytest.mark.parametrize(("name", "channels"), [("tiny", ["agent", "ssh"]),
+                                               ("debian-12", ["agent", "ssh"]),
+                                               ("netlab", ["agent", "ssh"]),
+                                               ("vulnlab", ["ssh"])])
+def test_shipped_templates_declare_their_channels(name, channels):
+    folder = Path(__file__).parents[2] / "fixtures" / "templates" / name
+    assert load_template(folder).definition.access.channels == channels
 
 
 def test_shipped_tiny_definition_is_valid():

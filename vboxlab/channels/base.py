@@ -52,4 +52,8 @@ class Channel(Protocol):
 
     def read_files(self, paths: Sequence[str], limit: int) -> Iterator[GuestFile]: ...
 
-    def close(self) -> None: ...
+    def interrupt(self, reason: str) -> None:
+        """Fail requests in flight with ``reason``: the guest is about to be rewound."""
+
+    def close(self, reason: str = "") -> None:
+        """Disconnect; ``reason`` is what requests still waiting are told."""

@@ -120,7 +120,11 @@ class SSHChannel:
         assert transport is not None
         return transport
 
-    def close(self) -> None:
+    def interrupt(self, reason: str) -> None:
+        """A restore rewinds the guest's TCP state: the connection cannot survive it."""
+        self.close(reason)
+
+    def close(self, reason: str = "") -> None:
         with self._lock:
             self._drop()
 

@@ -54,6 +54,8 @@ class ProviderOptions:
     """Settings a lab hands every provider; each uses what applies to it."""
 
     accel: str = "auto"
+    #: command channel: "auto" (the template's first, the agent where it has one) or "ssh"
+    channel: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -400,5 +400,8 @@ class NsenterChannel:
             yield (GuestFile(path, data) if len(data) <= limit
                    else GuestFile(path, None, f"grew past the {limit} byte limit"))
 
-    def close(self) -> None:
+    def interrupt(self, reason: str) -> None:
+        """Namespace hosts have no snapshots; nothing is in flight to fail."""
+
+    def close(self, reason: str = "") -> None:
         """Nothing to close: every command is its own process."""

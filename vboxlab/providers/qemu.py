@@ -34,6 +34,8 @@ import paramiko
 
 from vboxlab import procs
 from vboxlab.accel import AccelChoice, choose
+from vboxlab.agent import GUEST_PATH, agent_binary
+from vboxlab.channels.agent import AgentChannel
 from vboxlab.channels.ssh import SSHChannel
 from vboxlab.errors import ConfigError, HostError, MachineDied, NotSupported, ProviderError
 from vboxlab.hosttools import QEMU_BINARY, require, run
@@ -60,6 +62,12 @@ if TYPE_CHECKING:
     from vboxlab.channels.base import Channel
 
 MAX_SOCKET_PATH = 107
+#: under TCG: QEMU's default CPU plus RDRAND (from the host's getrandom), so the guest's
+#: random pool is ready at once and sshd, which waits for it, listens 1.5 s sooner
+TCG_CPU = "qemu64,+rdrand"
+#: QEMU's minimal firmware (package qemu-system-data): it only loads the kernel, which SeaBIOS
+#: takes longer to get to; boot media keep SeaBIOS or OVMF
+QBOOT = Path("/usr/share/qemu/qboot.rom")
 INFO_FILE = "machine.json"
 _FORWARD_RE = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+(\d+)")
@@ -100,6 +108,7 @@ class QemuProvider:
 
     def __init__(self, options: ProviderOptions | None = None, binary: str | None = None) -> None:
         accel = (options or ProviderOptions()).accel
+        self.channel = (options or ProviderOptions()).channel
         if accel not in ("auto", "kvm", "tcg"):
             raise ConfigError(f"unknown accelerator {accel!r}; use auto, kvm or tcg")
         self.binary = binary or require(QEMU_BINARY, "to run QEMU virtual machines")
@@ -145,6 +154,9 @@ class QemuProvider:
                 ovmf = str(ovmf_firmware())
             media = LaunchMedia(str(spec.media.path), spec.media.kind, spec.media.firmware, ovmf)
         accel = self.accel_for(built.kernel, spec.log)
+        agent = None
+        if self.channel == "auto" and definition.access.channels[0] == "agent":
+            agent = str(work / "agent.sock")
         kernel = str(built.kernel)
         if media is None:
             try:  # no decompression in the guest: 4 s less under TCG
@@ -161,7 +173,9 @@ class QemuProvider:
             cmdline=f"{definition.boot.cmdline} {spec.kernel_args}".strip(), media=media,
             nics=tuple(LaunchNic(n.name, n.mac, "vde" if n.vde else "fd", n.vde)
                        for n in spec.nics),
-            restrict=spec.restrict)
+            restrict=spec.restrict, agent=agent,
+            cpu=TCG_CPU if accel.accel == "tcg" else None,
+            kernel_firmware=str(QBOOT) if media is None and QBOOT.is_file() else None)
         machine = QemuMachine(launch, work, ledger, spec.log, tied=spec.tied,
                               ssh_user=definition.access.user,
                               host_key_line=spec.host_key.public_line if spec.host_key else "",
@@ -258,7 +272,7 @@ class QemuMachine:
         cpio = CpioWriter(extra)
         prefix = "vboxlab/root/" if spec.template.template.definition.boot.files_into == \
             "rootfs" else ""
-        for name, data, mode in _vm_files(spec):
+        for name, data, mode in _vm_files(spec, agent=self.launch.agent is not None):
             if prefix:
                 cpio.add_tree_dirs(str(Path(prefix + name).parent))
             cpio.add_file(prefix + name, data, mode)
@@ -303,6 +317,13 @@ class QemuMachine:
         return [sock.fileno() for sock in self._fabric_ends]
 
     def channel(self, user_key: paramiko.PKey | None) -> Channel:
+        """The guest agent where the VM has one, else SSH."""
+        if self.launch.agent is not None:
+            return AgentChannel(self.name, Path(self.launch.agent), self.check_alive)
+        return self.ssh_channel(user_key)
+
+    def ssh_channel(self, user_key: paramiko.PKey | None) -> SSHChannel:
+        """SSH to the guest, with its host key pinned (whatever channel commands use)."""
         if user_key is None:
             raise ConfigError(f"{self.name}: an SSH key is needed to reach a QEMU machine")
         return SSHChannel(self.name, self.ssh_endpoint, self._ssh_user, user_key,
@@ -357,6 +378,9 @@ class QemuMachine:
         self.qmp_path.unlink(missing_ok=True)
         self._proc_rid = self._ledger.add("process", f"qemu {self.name}")
         self._ledger.add("socket", f"qmp {self.name}", path=str(self.qmp_path))
+        if self.launch.agent is not None:
+            Path(self.launch.agent).unlink(missing_ok=True)
+            self._ledger.add("socket", f"agent {self.name}", path=self.launch.agent)
         self._log.info("%s: starting %s", self.name, " ".join(argv))
         try:
             if self._adopted:  # outlives this short-lived process (the CLI)
@@ -640,8 +664,9 @@ class QemuMachine:
         tmp.replace(self.workdir / INFO_FILE)
 
 
-def _vm_files(spec: MachineSpec) -> list[tuple[str, bytes, int]]:
-    """A VM's own files: host key, authorized key, names, lab interfaces and routes."""
+def _vm_files(spec: MachineSpec, *, agent: bool) -> list[tuple[str, bytes, int]]:
+    """A VM's own files: host key, authorized key, names, lab interfaces and routes, and the
+    guest agent (built by this host, so it always speaks this host's protocol)."""
     assert spec.host_key is not None
     files = [
         ("etc/ssh/ssh_host_ed25519_key", spec.host_key.private_openssh, 0o600),
@@ -657,4 +682,6 @@ def _vm_files(spec: MachineSpec) -> list[tuple[str, bytes, int]]:
     ]
     if spec.forward:
         files.append(("etc/vboxlab/forward", b"1\n", 0o644))
+    if agent:
+        files.append((GUEST_PATH, agent_binary().read_bytes(), 0o755))
     return files

@@ -74,6 +74,12 @@ class QemuLaunch:
     media: LaunchMedia | None = None
     nics: tuple[LaunchNic, ...] = ()
     restrict: bool = False
+    #: the guest agent's UNIX socket (a virtio-serial port); None: SSH only
+    agent: str | None = None
+    #: the TCG CPU model (None: QEMU's default, as launches saved before it existed)
+    cpu: str | None = None
+    #: firmware of a direct kernel boot (qboot: no BIOS work before the kernel); None: SeaBIOS
+    kernel_firmware: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +111,9 @@ def _boot(launch: QemuLaunch) -> list[str]:
     if media is None:
         if launch.kernel is None or launch.initrd is None:
             raise ValueError(f"{launch.name}: neither a kernel nor boot media to boot from")
-        return ["-kernel", launch.kernel, "-initrd", launch.initrd, "-append", launch.cmdline]
+        firmware = ["-bios", launch.kernel_firmware] if launch.kernel_firmware else []
+        return [*firmware, "-kernel", launch.kernel, "-initrd", launch.initrd,
+                "-append", launch.cmdline]
     argv = ["-bios", media.ovmf] if media.firmware == "uefi" and media.ovmf else []
     drive = f"if=none,id=media0,format=raw,readonly=on,file={opt(media.path)}"
     if media.kind == "cdrom":
@@ -154,6 +162,18 @@ def _nics(launch: QemuLaunch, wiring: NicWiring) -> list[str]:
     return argv
 
 
+AGENT_PORT = "org.vboxlab.agent.0"
+
+
+def _agent(launch: QemuLaunch) -> list[str]:
+    """One virtio-serial port, ``org.vboxlab.agent.0``, on a UNIX socket QEMU listens on."""
+    if launch.agent is None:
+        return []
+    return ["-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"socket,id=agent,path={opt(launch.agent)},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}"]
+
+
 def build_argv(launch: QemuLaunch, wiring: NicWiring = NicWiring(), *,
                loadvm: str | None = None) -> list[str]:
     """QEMU's argv for ``launch``; with ``loadvm``, it resumes from that snapshot."""
@@ -173,9 +193,12 @@ def build_argv(launch: QemuLaunch, wiring: NicWiring = NicWiring(), *,
         "-mon", "chardev=qmp,mode=control",
         "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         *_nics(launch, wiring),
+        *_agent(launch),
     ]
     if launch.accel == "kvm":
         argv += ["-cpu", "host"]
+    elif launch.cpu is not None:
+        argv += ["-cpu", launch.cpu]
     if loadvm is not None:
         argv += ["-loadvm", loadvm]
     return argv

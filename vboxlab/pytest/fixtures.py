@@ -36,7 +36,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     the_lab = Lab(base=base_path, provider=option(config, "provider"),
                   template=option(config, "template"), keep=config.getoption("--lab-keep"),
                   worker=worker_id(config), accel=option(config, "accel"),
-                  boot_timeout=boot_timeout)
+                  boot_timeout=boot_timeout, channel=option(config, "channel"))
     state = state_of(config)
     state.lab = the_lab
     if config.pluginmanager.has_plugin("junitxml"):  # seeds and digests as suite properties

@@ -32,6 +32,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="Keep machines and state after the run and print how to reach them")
     group.addoption("--lab-accel", default=None, choices=["auto", "kvm", "tcg"],
                     help="QEMU accelerator; auto uses KVM only if a probe boots a guest with it")
+    group.addoption("--lab-channel", default=None, choices=["auto", "ssh"],
+                    help="Command channel of QEMU machines: auto (the guest agent where the "
+                         "template has one, else SSH) or ssh")
     group.addoption("--lab-boot-timeout", default=None, type=float,
                     help="Seconds a VM may take to answer SSH (default: 90)")
     group.addoption("--lab-snapshot-on-failure", action="store_true", default=False,
@@ -58,6 +61,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("lab_ids", "Default for --lab-ids", default="offline")
     parser.addini("lab_template", "Default for --lab-template", default="tiny")
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
+    parser.addini("lab_channel", "Default for --lab-channel", default="auto")
     parser.addini("lab_snapshot_on_failure", "Default for --lab-snapshot-on-failure",
                   type="bool", default=False)
     parser.addini("lab_snapshot_every", "Default for --lab-snapshot-every", default="0")

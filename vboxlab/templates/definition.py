@@ -43,10 +43,23 @@ class Boot(_Strict):
 
 
 class Access(_Strict):
-    """How the guest is reached: an SSH user and port."""
+    """How the guest is reached: an SSH user and port, and the command channels it serves."""
 
     user: str = "root"
     port: int = Field(22, ge=1, le=65535)
+    channels: list[Literal["agent", "ssh"]] = Field(
+        default_factory=lambda: ["ssh"],  # type: ignore[arg-type]
+        description="command channels the guest serves, preferred first: agent (vboxlab-agent "
+                    "on a virtio-serial port; the template's init starts it) and ssh")
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value) or "ssh" not in value:
+            raise ValueError(f"channels {value!r}: list each of agent and ssh at most once, "
+                             "and ssh always (vboxlab ssh and SSH tests need it), e.g. "
+                             "[\"agent\", \"ssh\"]")
+        return value
 
 
 class NetworkSettings(_Strict):

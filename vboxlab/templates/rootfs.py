@@ -46,14 +46,11 @@ AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys
 UseDNS no
 """
 INTERFACES = """\
-# vboxlab: eth0 is QEMU's user network (always 10.0.2.15); lab NICs come from /etc/vboxlab
+# vboxlab: eth0 (QEMU's user network, always 10.0.2.15/24 via 10.0.2.2) and the lab NICs are
+# configured by vboxlab-net.service as soon as they exist: ifupdown would wait for
+# `udevadm settle` (5 s under TCG) and hold its lock for seconds more
 auto lo
 iface lo inet loopback
-
-auto eth0
-iface eth0 inet static
-    address 10.0.2.15/24
-    gateway 10.0.2.2
 """
 HOOK = """\
 #!/bin/sh
@@ -76,8 +73,25 @@ copy_exec /bin/cp /bin
 """
 NET_SCRIPT = """\
 #!/bin/sh
-# vboxlab: lab interfaces ("NAME CIDR|- MAC"), static routes ("SUBNET GATEWAY"), forwarding
+# vboxlab: eth0, lab interfaces ("NAME CIDR|- MAC"), static routes ("SUBNET GATEWAY"),
+# forwarding. Runs early (no udev settle): loads virtio_net itself and waits for each interface
+modprobe -q virtio_net
+wait_for() {  # NAME: up to 20 s for the interface to exist
+    tries=0
+    while [ ! -e "/sys/class/net/$1" ] && [ "$tries" -lt 400 ]; do
+        sleep 0.05
+        tries=$((tries + 1))
+    done
+    [ -e "/sys/class/net/$1" ] || { echo "vboxlab: no interface $1" >&2; return 1; }
+}
+# the user network: up before the machine answers, so forwards work at once
+if wait_for eth0; then
+    ip link set eth0 up
+    ip addr replace 10.0.2.15/24 dev eth0
+    ip route replace default via 10.0.2.2
+fi
 [ -f /etc/vboxlab/interfaces ] && while read -r ifname cidr mac; do
+    wait_for "$ifname"
     ip link set "$ifname" up || echo "vboxlab: no interface $ifname" >&2
     [ "$cidr" != "-" ] && ip addr add "$cidr" dev "$ifname"
 done < /etc/vboxlab/interfaces
@@ -90,8 +104,8 @@ exit 0
 NET_UNIT = """\
 [Unit]
 Description=vboxlab lab interfaces and routes
-After=networking.service
-Wants=networking.service
+DefaultDependencies=no
+After=local-fs.target
 
 [Service]
 Type=oneshot
@@ -113,10 +127,31 @@ ExecStart=/bin/sh -c 'echo "vboxlab: $(cat /etc/vboxlab/template) ready" > /dev/
 [Install]
 WantedBy=multi-user.target
 """
+#: the initramfs holds only what finds and mounts the root disk (MODULES=most: 36 MB of
+#: zstd that the kernel unpacks for 2 s under TCG before it runs /init)
+INITRAMFS_CONF = "# vboxlab: only the modules listed in ../modules\nMODULES=list\n"
+INITRAMFS_MODULES = "# vboxlab: the root disk\nvirtio_pci\nvirtio_blk\next4\n"
+AGENT_UNIT = """\
+[Unit]
+Description=vboxlab guest agent: the lab's commands and files over virtio-serial
+DefaultDependencies=no
+After=local-fs.target vboxlab-net.service
+Wants=vboxlab-net.service
+
+[Service]
+ExecStart=/usr/sbin/vboxlab-agent
+Restart=always
+RestartSec=0.2
+# what tests start through it (daemons) outlives an agent restart
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+"""
 #: timers and services a lab VM does not need at boot
 MASKED = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
           "e2scrub_reap.service", "fstrim.timer", "man-db.timer", "dpkg-db-backup.timer",
-          "systemd-networkd-wait-online.service", "getty@tty1.service")
+          "systemd-networkd-wait-online.service", "getty@tty1.service", "getty-static.service")
 
 
 def packages_of(template: Template) -> list[str]:
@@ -161,7 +196,7 @@ def build_image(template: Template, scratch: Path, cache: Path,
         raise BuildError(f"{template.name}: no kernel or initrd in {root / 'boot'} after "
                          "debootstrap; is linux-image-amd64 installable?")
     shutil.copy2(kernels[-1], scratch / "vmlinuz")
-    shutil.copy2(initrds[-1], scratch / "initrd.cpio")
+    _uncompressed_initrd(root, initrds[-1], scratch / "initrd.cpio")
     packages = _installed_packages(root)
     _clean(root)
     used_mb = _tree_size(root) // (1 << 20)
@@ -222,22 +257,51 @@ def _configure(root: Path, template: Template) -> None:
     _write(root / "etc/fstab", "/dev/vda / ext4 defaults,noatime 0 1\n")
     _write(root / "etc/initramfs-tools/scripts/init-bottom/vboxlab", HOOK, 0o755)
     _write(root / "etc/initramfs-tools/hooks/vboxlab", COPY_HOOK, 0o755)
+    _write(root / "etc/initramfs-tools/conf.d/vboxlab.conf", INITRAMFS_CONF)
+    _write(root / "etc/initramfs-tools/modules", INITRAMFS_MODULES)
     _write(root / "usr/local/sbin/vboxlab-net", NET_SCRIPT, 0o755)
     _write(root / "etc/vboxlab/template", f"{template.name} {template.version}\n")
     units = root / "etc/systemd/system"
     _write(units / "vboxlab-net.service", NET_UNIT)
     _write(units / "vboxlab-ready.service", READY_UNIT)
+    enabled = ["vboxlab-net.service", "vboxlab-ready.service"]
+    if "agent" in template.definition.access.channels:  # each VM's initrd brings the binary
+        _write(units / "vboxlab-agent.service", AGENT_UNIT)
+        enabled.append("vboxlab-agent.service")
     wants = units / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    for unit in ("vboxlab-net.service", "vboxlab-ready.service"):
+    for unit in enabled:
         (wants / unit).unlink(missing_ok=True)
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    # the lab's channels are there before udev gets to them
+    _write(root / "etc/modules-load.d/vboxlab.conf", "virtio_console\nvirtio_net\n")
     for unit in MASKED:
         (units / unit).unlink(missing_ok=True)
         (units / unit).symlink_to("/dev/null")
     files = template.folder / template.definition.build.files
     if files.is_dir():
         shutil.copytree(files, root, dirs_exist_ok=True, symlinks=True)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _uncompressed_initrd(root: Path, initrd: Path, out: Path) -> None:
+    """The initrd as a plain cpio (no decompression for the guest: faster under TCG).
+
+    mkinitramfs always compresses (zstd on Debian 12); the chroot's own zstd
+    undoes it. An initrd that is not one zstd stream (an early microcode cpio
+    in front, say) is kept as it is.
+    """
+    with initrd.open("rb") as handle:
+        compressed = handle.read(4) == ZSTD_MAGIC
+    if not compressed:
+        shutil.copy2(initrd, out)
+        return
+    plain = initrd.with_name("initrd.vboxlab.cpio")
+    _in_chroot(root, ["zstd", "-q", "-d", "-f", "-o", f"/boot/{plain.name}",
+                      f"/boot/{initrd.name}"])
+    shutil.move(plain, out)
 
 
 def _installed_packages(root: Path) -> list[str]:

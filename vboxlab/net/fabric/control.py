@@ -12,10 +12,7 @@ its ``port`` command (SCM_RIGHTS), so ports can be added at any time.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
-import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -23,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from vboxlab import procs
-from vboxlab.errors import ConfigError, HostError, VboxlabError
-from vboxlab.hosttools import run
+from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.hosttools import compile_c
 from vboxlab.ledger import Ledger
-from vboxlab.paths import cache_dir
 from vboxlab.waiting import wait_until
 
 SOURCE = Path(__file__).with_name("fabric.c")
@@ -70,21 +66,7 @@ class CaptureRing:
 
 def build_binary() -> Path:
     """The compiled fabric, built once per source version."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    target = cache_dir() / "fabric" / digest / "vboxlab-fabric"
-    if target.is_file():
-        return target
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise HostError("no C compiler found; the network fabric is compiled on first use. "
-                        "Install one with: apt-get install gcc libc6-dev")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".build-{os.getpid()}")
-    run([compiler, "-O2", "-Wall", "-o", str(scratch), str(SOURCE)],
-        what="compiling the network fabric", error=HostError)
-    scratch.replace(target)
-    return target
+    return compile_c(SOURCE, "vboxlab-fabric", "the network fabric")
 
 
 class Fabric:

@@ -1,0 +1,41 @@
+"""QEMU's command line as a pure function of the launch: the agent port, CPU and firmware."""
+
+from vboxlab.providers.qemu_argv import AGENT_PORT, LaunchMedia, QemuLaunch, build_argv
+
+
+def launch(**changes):
+    values = dict(name="web", binary="qemu-system-x86_64", accel="tcg", memory=256, cpus=1,
+                  overlay="/l/web/disk.qcow2", base_disk="/t/disk.qcow2", base_format="qcow2",
+                  console="/l/web/console.log", qmp="/l/web/qmp.sock", ssh_port=22,
+                  kernel="/t/vmlinux", initrd="/l/web/initrd.img", cmdline="console=ttyS0")
+    values.update(changes)
+    return QemuLaunch(**values)
+
+
+def option_after(argv, flag):
+    return [argv[i + 1] for i, value in enumerate(argv) if value == flag]
+
+
+def test_the_agent_port_is_a_virtserialport_on_the_labs_socket():
+    argv = build_argv(launch(agent="/l/a,b/agent.sock"))
+    chardevs = option_after(argv, "-chardev")
+    assert "socket,id=agent,path=/l/a,,b/agent.sock,server=on,wait=off" in chardevs
+    assert f"virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}" in \
+        option_after(argv, "-device")
+    assert "virtserialport" not in " ".join(build_argv(launch()))
+
+
+def test_cpu_and_kernel_firmware_and_what_boot_media_keep():
+    argv = build_argv(launch(cpu="qemu64,+rdrand", kernel_firmware="/usr/share/qemu/qboot.rom"))
+    assert option_after(argv, "-cpu") == ["qemu64,+rdrand"]
+    assert option_after(argv, "-bios") == ["/usr/share/qemu/qboot.rom"]
+    media = launch(kernel_firmware="/usr/share/qemu/qboot.rom",
+                   media=LaunchMedia("/m/boot.iso", "cdrom", "bios"))
+    assert option_after(build_argv(media), "-bios") == []  # SeaBIOS boots the CD
+    kvm = build_argv(launch(accel="kvm", cpu="qemu64,+rdrand"))
+    assert option_after(kvm, "-cpu") == ["host"]
+    # a launch saved before these fields existed builds the command line it always did
+    old = launch().to_dict()
+    for key in ("agent", "cpu", "kernel_firmware"):
+        old.pop(key)
+    assert QemuLaunch.from_dict(old) == launch()
