@@ -89,9 +89,22 @@ def test_console_log_records_the_boot(vm):
     assert "vboxlab: tiny 1.0.0 ready" in vm.console_log.read_text()
 
 
-def test_channel_reconnects_by_itself_after_sshd_restarts(vm):
-    vm.succeed("kill $(cat /run/sshd.pid)")  # the listener goes; busybox init respawns it
-    assert vm.wait_until_succeeds("echo back", timeout=30) == "back\n"
+def test_channels_come_back_by_themselves_after_their_daemons_restart(vm, lab):
+    # the agent: a command that kills it fails at once, and init's respawn answers the next
+    with pytest.raises(ChannelError, match="guest agent of vm restarted"):
+        vm.execute("kill $PPID; sleep 20", timeout=60)
+    assert vm.succeed("echo back") == "back\n"
+    # SSH: the listener goes, busybox init respawns it, the channel reconnects by itself
+    vm.wait_for_port(22)
+    ssh = vm.handle.ssh_channel(lab.user_key.paramiko_key())
+    try:
+        ssh.connect(timeout=60)
+        vm.succeed("kill $(cat /run/sshd.pid)")
+        ssh.close()
+        ssh.connect(timeout=30)
+        assert ssh.run("echo back", timeout=30).stdout == "back\n"
+    finally:
+        ssh.close()
 
 
 def test_stop_and_start_keep_the_data_disk(vm):

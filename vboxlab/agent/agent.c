@@ -48,12 +48,12 @@
 enum {
     /* host to guest */
     T_HELLO = 1, T_EXEC = 2, T_KILL = 3,
-    T_WRITE = 16, T_MKDIR = 17, T_STAT = 18, T_LIST = 19, T_READ = 20,
+    T_WRITE = 16, T_MKDIR = 17, T_LIST = 19, T_READ = 20,
     /* guest to host */
     T_READY = 64, T_HELLO_ACK = 65, T_STDOUT = 66, T_STDERR = 67, T_EXIT = 68,
     T_OK = 80, T_ERROR = 81, T_STAT_REPLY = 82, T_NAMES = 83, T_DATA = 84,
 };
-enum { F_FIRST = 1, F_LAST = 2, F_LSTAT = 1, F_NOFOLLOW = 1 };
+enum { F_FIRST = 1, F_LAST = 2, F_NOFOLLOW = 1 };
 
 struct command {
     int used;
@@ -479,27 +479,6 @@ static void do_mkdir(uint32_t seq, const unsigned char *p, uint32_t len)
     send_frame(T_OK, seq, "", 0);
 }
 
-static void do_stat(uint32_t seq, int flags, const unsigned char *p, uint32_t len)
-{
-    char path[4096];
-    size_t used;
-    struct stat st;
-    if (split_path(p, len, 0, path, &used) < 0) {
-        send_error(seq, EINVAL, "reading", "(a malformed request)");
-        return;
-    }
-    if ((flags & F_LSTAT ? lstat(path, &st) : stat(path, &st)) < 0) {
-        send_error(seq, errno, "reading", path);
-        return;
-    }
-    unsigned char reply[12];
-    uint32_t mode = (uint32_t)st.st_mode;
-    uint64_t size = (uint64_t)st.st_size;
-    memcpy(reply, &mode, 4);
-    memcpy(reply + 4, &size, 8);
-    send_frame(T_STAT_REPLY, seq, reply, sizeof reply);
-}
-
 static void do_list(uint32_t seq, const unsigned char *p, uint32_t len)
 {
     char path[4096];
@@ -598,7 +577,6 @@ static void handle(int type, int flags, uint32_t seq, const unsigned char *p, ui
     case T_KILL: kill_command(seq); break;
     case T_WRITE: do_write(seq, flags, p, len); break;
     case T_MKDIR: do_mkdir(seq, p, len); break;
-    case T_STAT: do_stat(seq, flags, p, len); break;
     case T_LIST: do_list(seq, p, len); break;
     case T_READ: do_read(seq, flags, p, len); break;
     default: send_error(seq, ENOSYS, "handling", "an unknown request"); break;

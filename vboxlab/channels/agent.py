@@ -29,7 +29,7 @@ from vboxlab.channels.agent_frames import (
     CHUNK,
     FIRST,
     LAST,
-    LSTAT,
+    NOFOLLOW,
     Frame,
     FrameReader,
     Kind,
@@ -254,6 +254,8 @@ class AgentChannel:
                 key, _, value = part.partition("=")
                 if value:
                     self.ready_facts[key] = value
+            if frame.kind == Kind.READY:  # a new agent: nothing the old one ran will answer
+                self._fail_pending(f"the guest agent of {self.name} restarted")
             self._ready.set()
             return
         with self._pending_lock:
@@ -375,14 +377,13 @@ class AgentChannel:
         finally:
             self._forget(request)
 
-    def _read(self, remote: str, limit: int, what: str, *, nofollow: bool = False,
+    def _read(self, remote: str, limit: int, what: str, *,
               sink: Callable[[bytes], object]) -> tuple[int, int, int]:
         """Stream a guest file into ``sink``; returns (mode, size at open, bytes read)."""
         request = self._open(FILE_TIMEOUT)
         try:
             self._send(encode(Kind.READ, request.seq,
-                              path_payload(remote, struct.pack("<Q", limit)),
-                              LSTAT if nofollow else 0))
+                              path_payload(remote, struct.pack("<Q", limit))))
             return self._read_answers(request, what, sink)
         finally:
             self._forget(request)
@@ -455,7 +456,7 @@ class AgentChannel:
                     request = self._open(FILE_TIMEOUT)
                     window.append((path, request))
                     self._send(encode(Kind.READ, request.seq,
-                                      path_payload(path, struct.pack("<Q", limit)), LSTAT))
+                                      path_payload(path, struct.pack("<Q", limit)), NOFOLLOW))
                 if not window:
                     return
                 path, request = window.pop(0)

@@ -31,7 +31,6 @@ class Kind(enum.IntEnum):
     KILL = 3
     WRITE = 16
     MKDIR = 17
-    STAT = 18
     LIST = 19
     READ = 20
     READY = 64
@@ -47,7 +46,7 @@ class Kind(enum.IntEnum):
 
 
 #: flags: WRITE's first and last chunk; READ without following a final symlink
-FIRST, LAST, LSTAT = 1, 2, 1
+FIRST, LAST, NOFOLLOW = 1, 2, 1
 
 
 class Frame(NamedTuple):
