@@ -102,6 +102,7 @@ unit: venv
 bench: setup templates
 	@mkdir -p $(REPORTS)
 	$(BIN)/python benchmarks/boot.py --output $(REPORTS)/bench-boot.json
+	$(BIN)/python benchmarks/channels.py --output $(REPORTS)/bench-channels.json
 	$(BIN)/python benchmarks/snapshots.py --output $(REPORTS)/bench-snapshots.json
 	$(BIN)/python benchmarks/fabric.py --output $(REPORTS)/bench-fabric.json
 	$(BIN)/python benchmarks/media.py --output $(REPORTS)/bench-media.json
