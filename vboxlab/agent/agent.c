@@ -13,7 +13,7 @@
  * channel. Every answer carries the sequence number of its request; the host drops answers to
  * requests it no longer waits for.
  *
- * Built statically by the host on first use (vboxlab/agent/build.py) and placed in each VM's
+ * Built statically by the host on first use (vboxlab/agent/__init__.py) and placed in each VM's
  * initrd, so the agent always speaks the host's protocol version.
  */
 #define _GNU_SOURCE
