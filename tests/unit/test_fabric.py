@@ -415,7 +415,9 @@ def test_a_capture_ring_by_age_and_bad_limits(fabric, tmp_path):
     fab.flush()
     stamps = [stamp for f in ring_files(path) for stamp, _ in frames(f)]
     assert 0 < len(stamps) < 12
-    assert stamps[-1] - stamps[0] <= 0.4 + 0.1
+    # the window plus one send interval, and scheduling jitter of a loaded machine (a ring
+    # that kept everything would span 1.1 s)
+    assert stamps[-1] - stamps[0] <= 0.4 + 0.1 + 0.15
     assert fab.stats()["p0.in"]["ring_dropped_packets"] == 12 - len(stamps)
     with pytest.raises(ConfigError, match="at least"):
         CaptureRing(max_bytes=1000)
