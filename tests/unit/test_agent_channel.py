@@ -276,3 +276,42 @@ def test_boot_timeline_phases_and_what_makes_no_sense():
     assert BootTimeline.from_facts(10.0, 14.0, {"uptime": "3.5"}) is None
     assert BootTimeline.from_facts(10.0, 14.0, {**facts, "agent": "9"}) is None  # after uptime
     assert BootTimeline.from_facts(10.0, 11.0, facts) is None  # longer than the boot itself
+
+
+def test_a_hostile_guest_gets_no_path_out_of_the_copy_and_no_crash(tmp_path):
+    """A fake agent answers a copy with a folder whose entries climb out, and a short EXIT."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "evil.sock"))
+    server.listen(1)
+
+    def evil() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(encode(Kind.READY, 0, b"protocol=1"))
+            reader = FrameReader()
+            while data := conn.recv(65536):
+                for frame in reader.feed(data):
+                    if frame.kind == Kind.READ:
+                        conn.sendall(encode(Kind.STAT_REPLY, frame.seq,
+                                            struct.pack("<IQ", 0o40755, 0)))
+                        conn.sendall(encode(Kind.OK, frame.seq, struct.pack("<Q", 0)))
+                    elif frame.kind == Kind.LIST:
+                        conn.sendall(encode(Kind.NAMES, frame.seq, b"ok\0../../escaped\0"))
+                        conn.sendall(encode(Kind.OK, frame.seq))
+                    elif frame.kind == Kind.EXEC:
+                        conn.sendall(encode(Kind.EXIT, frame.seq, b"\x01"))
+
+    thread = threading.Thread(target=evil, daemon=True)
+    thread.start()
+    channel = AgentChannel("evil", tmp_path / "evil.sock", check_alive=lambda: None)
+    try:
+        channel.connect(timeout=10)
+        (tmp_path / "inside").mkdir()
+        with pytest.raises(ChannelError, match=r"listed '\.\./\.\./escaped'.*refusing"):
+            channel.get("/srv", tmp_path / "inside" / "copy")
+        assert not (tmp_path / "escaped").exists()
+        with pytest.raises(ChannelError, match="malformed answer"):
+            channel.run("true", timeout=10)
+    finally:
+        channel.close()
+        server.close()

@@ -68,6 +68,24 @@ class _Request:
         self.answers: queue.SimpleQueue[Frame | BaseException] = queue.SimpleQueue()
 
 
+def _fields(fmt: str, frame: Frame, name: str) -> tuple[int, ...]:
+    """The fixed fields at the start of a guest's answer; a short one is the guest's error."""
+    size = struct.calcsize(fmt)
+    if len(frame.payload) < size:
+        raise ChannelError(f"{name}: the guest agent sent a malformed answer (type "
+                           f"{frame.kind}, {len(frame.payload)} bytes, {size} expected)")
+    return struct.unpack_from(fmt, frame.payload)
+
+
+def _entry(raw: bytes, name: str, folder: str) -> str:
+    """A folder entry the guest listed, refused if it could leave the folder on the host."""
+    entry = raw.decode(errors="surrogateescape")
+    if "/" in entry or entry in (".", ".."):
+        raise ChannelError(f"{name}: the guest listed {entry!r} in {folder}, which is no file "
+                           "name; refusing to copy it (a hostile or broken guest)")
+    return entry
+
+
 def _error_text(frame: Frame) -> tuple[int, str]:
     code = struct.unpack_from("<I", frame.payload)[0] if len(frame.payload) >= 4 else 0
     return code, frame.payload[4:].decode(errors="replace")
@@ -308,7 +326,7 @@ class AgentChannel:
                 elif frame.kind == Kind.STDERR:
                     err.append(frame.payload)
                 elif frame.kind == Kind.EXIT:
-                    rc = struct.unpack("<i", frame.payload[:4])[0]
+                    rc = _fields("<i", frame, self.name)[0]
                     return CommandResult(command, rc, b"".join(out).decode(errors="replace"),
                                          b"".join(err).decode(errors="replace"))
                 elif frame.kind == Kind.ERROR:
@@ -396,11 +414,11 @@ class AgentChannel:
             frame = self._answer(request, deadline, what)
             self._raise_error(frame, what)
             if frame.kind == Kind.STAT_REPLY:
-                mode, size = struct.unpack("<IQ", frame.payload[:12])
+                mode, size = _fields("<IQ", frame, self.name)
             elif frame.kind == Kind.DATA:
                 sink(frame.payload)
             elif frame.kind == Kind.OK:
-                return mode, size, struct.unpack("<Q", frame.payload[:8])[0]
+                return mode, size, _fields("<Q", frame, self.name)[0]
 
     def get(self, remote: str, local: Path) -> None:
         """Copy a guest file or folder tree to the host, keeping permission bits."""
@@ -436,7 +454,7 @@ class AgentChannel:
                 frame = self._answer(request, deadline, what)
                 self._raise_error(frame, what)
                 if frame.kind == Kind.NAMES:
-                    names += [n.decode(errors="surrogateescape")
+                    names += [_entry(n, self.name, remote)
                               for n in frame.payload.split(b"\0") if n]
                 elif frame.kind == Kind.OK:
                     return sorted(names)
