@@ -13,6 +13,8 @@ import click
 
 from vboxlab import __version__
 from vboxlab.cli_options import lab_base, lab_dir_option
+from vboxlab.control.launcher import client
+from vboxlab.control.protocol import ControlClient
 from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.labdirs import attach_machine, find_lab, list_labs
@@ -117,7 +119,13 @@ def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None
 
 @main.group()
 def snapshots() -> None:
-    """Inspect and restore the snapshots of a kept lab's VMs."""
+    """Inspect, take and restore the snapshots of a VM of a kept lab or an up lab."""
+
+
+def _up_client(lab_dir: str | None, lab_id: str) -> ControlClient | None:
+    """The control socket of ``lab_id`` if it is a `vboxlab up` lab (act through it), else None."""
+    record = find_lab(lab_base(lab_dir), lab_id)
+    return client(record) if record.status == "up" else None
 
 
 def _kept(lab_dir: str | None, lab_id: str, vm_name: str, *,
@@ -134,12 +142,21 @@ def _kept(lab_dir: str | None, lab_id: str, vm_name: str, *,
 @lab_dir_option
 def snapshots_list(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
     """List a VM's snapshots."""
-    tree = _kept(lab_dir, lab_id, vm_name).snapshots
+    live = _up_client(lab_dir, lab_id)
+    if live is not None:
+        found = live.call("snapshot.list", machine=vm_name)
+        nodes, current = found["snapshots"], found["current"]
+    else:
+        tree = _kept(lab_dir, lab_id, vm_name).snapshots
+        current = tree.current
+        nodes = [{"name": n.name, "parent": n.parent, "created": n.created, "size": n.size,
+                  "kind": n.kind, "test": n.test, "outcome": n.outcome} for n in tree]
     print_table(["snapshot", "parent", "taken", "size", "kind", "test", "outcome"],
-                [[node.name + (" *" if node.name == tree.current else ""), node.parent or "-",
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node.created)),
-                  f"{node.size / 1048576:.1f} MiB", node.kind, node.test or "-",
-                  node.outcome or "-"] for node in tree])
+                [[node["name"] + (" *" if node["name"] == current else ""),
+                  node["parent"] or "-",
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(node["created"])),
+                  f"{node['size'] / 1048576:.1f} MiB", node["kind"], node.get("test") or "-",
+                  node.get("outcome") or "-"] for node in nodes])
 
 
 @snapshots.command("tree")
@@ -148,7 +165,28 @@ def snapshots_list(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
 @lab_dir_option
 def snapshots_tree(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
     """Print a VM's snapshot tree (* marks the current state)."""
+    live = _up_client(lab_dir, lab_id)
+    if live is not None:
+        click.echo(live.call("snapshot.list", machine=vm_name)["tree"])
+        return
     click.echo(_kept(lab_dir, lab_id, vm_name).snapshots.render())
+
+
+@snapshots.command("take")
+@click.argument("lab_id")
+@click.argument("vm_name")
+@click.argument("snapshot", required=False)
+@lab_dir_option
+def snapshots_take(lab_id: str, vm_name: str, snapshot: str | None, lab_dir: str | None) -> None:
+    """Take a snapshot of a running VM (named, or numbered)."""
+    live = _up_client(lab_dir, lab_id)
+    if live is not None:
+        name = live.call("snapshot.take", machine=vm_name, name=snapshot)["snapshot"]
+    else:
+        machine = _kept(lab_dir, lab_id, vm_name)
+        name = machine.snapshot(snapshot).name
+        machine.channel.close()
+    click.echo(f"{vm_name}: took snapshot {name}")
 
 
 @snapshots.command("restore")
@@ -162,6 +200,11 @@ def snapshots_tree(lab_id: str, vm_name: str, lab_dir: str | None) -> None:
 def snapshots_restore(lab_id: str, vm_name: str, snapshot: str, unplugged: bool,
                       lab_dir: str | None) -> None:
     """Bring a VM back to a snapshot (starting it if it is stopped)."""
+    live = _up_client(lab_dir, lab_id)
+    if live is not None:
+        live.call("snapshot.restore", machine=vm_name, name=snapshot)
+        click.echo(f"{vm_name} restored to {snapshot}")
+        return
     machine = _kept(lab_dir, lab_id, vm_name, unplug_nics=unplugged)
     machine.restore(snapshot)
     machine.channel.close()
@@ -178,8 +221,12 @@ def snapshots_restore(lab_id: str, vm_name: str, snapshot: str, unplugged: bool,
 def snapshots_delete(lab_id: str, vm_name: str, snapshot: str, subtree: bool,
                      lab_dir: str | None) -> None:
     """Delete a snapshot (one with children only with --subtree)."""
-    machine = _kept(lab_dir, lab_id, vm_name)
-    gone = machine.delete_snapshot(snapshot, subtree=subtree)
+    live = _up_client(lab_dir, lab_id)
+    if live is not None:
+        gone = live.call("snapshot.delete", machine=vm_name, name=snapshot,
+                         subtree=subtree)["deleted"]
+    else:
+        gone = _kept(lab_dir, lab_id, vm_name).delete_snapshot(snapshot, subtree=subtree)
     click.echo(f"deleted {', '.join(gone)}")
 
 
@@ -221,6 +268,7 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
 
 
 def _add_commands() -> None:
+    from vboxlab.control.cli import COMMANDS as LAB_COMMANDS
     from vboxlab.media.cli import iso, usb
     from vboxlab.net.cli import traffic
     from vboxlab.report.cli import report
@@ -233,6 +281,8 @@ def _add_commands() -> None:
     main.add_command(scan)
     main.add_command(traffic)
     main.add_command(report)
+    for command in LAB_COMMANDS:
+        main.add_command(command)
 
 
 _add_commands()

@@ -75,10 +75,16 @@ class Lab:
     def __init__(self, *, base: Path | None = None, provider: str = "qemu",
                  template: str = "tiny", keep: bool = False, worker: str | None = None,
                  accel: str = "auto", repository: TemplateRepository | None = None,
-                 boot_timeout: float = 90.0, channel: str = "auto") -> None:
+                 boot_timeout: float = 90.0, channel: str = "auto", name: str | None = None,
+                 role: str = "session") -> None:
         self.base = private_dir(Path(base) if base is not None else state_base())
-        self.id = new_lab_id(worker)
+        self.id = check_name(name, "lab") if name is not None else new_lab_id(worker)
         self.dir = self.base / self.id
+        if role not in ("session", "up"):
+            raise ConfigError(f"lab role {role!r}: use 'session' (a test run's) or 'up' (a "
+                              "long-lived lab's supervisor)")
+        #: "session" (a test run or a script owns it) or "up" (a supervisor serves it)
+        self.role = role
         self.keep = keep
         self.default_template = template
         self.default_provider = provider
@@ -100,7 +106,12 @@ class Lab:
         #: keep the state (machines stopped) at close, e.g. for failure snapshots
         self.keep_stopped = False
         self._closed = False
-        self.dir.mkdir(mode=0o700)
+        try:
+            self.dir.mkdir(mode=0o700)
+        except FileExistsError:
+            raise ConfigError(f"a lab called {self.id!r} already exists in {self.base}; see it "
+                              f"with `vboxlab status {self.id}`, remove it with `vboxlab down "
+                              f"{self.id}`, or choose another name") from None
         self._write_lease(kept=False)
         self.ledger = Ledger(self.dir / LEDGER)
         self.log = logging.getLogger(f"vboxlab.lab.{self.id}")
@@ -124,7 +135,7 @@ class Lab:
     # -- lease ----------------------------------------------------------
     def _write_lease(self, *, kept: bool) -> None:
         lease = {"id": self.id, "pid": os.getpid(), "start": procs.start_time(os.getpid()),
-                 "kept": kept, "created": time.time(), "argv": sys.argv[:8]}
+                 "kept": kept, "created": time.time(), "argv": sys.argv[:8], "role": self.role}
         tmp = self.dir / f".{LEASE}.tmp"
         tmp.write_text(json.dumps(lease, indent=2) + "\n")
         tmp.replace(self.dir / LEASE)

@@ -27,6 +27,8 @@ from vboxlab.providers import load_provider
 
 LEASE = "lease.json"
 LEDGER = "ledger.jsonl"
+#: the supervisor's control socket in a ``vboxlab up`` lab's folder
+CONTROL_SOCKET = "control.sock"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,21 @@ class LabRecord:
     owner_alive: bool
     kept: bool
     machines: dict[str, dict[str, object]]
+    #: "session" (a test run or script owns it) or "up" (a supervisor serves it)
+    role: str = "session"
+    created: float | None = None
+
+    @property
+    def status(self) -> str:
+        """``up`` (a live supervisor), ``session`` (a live run: read-only), ``kept`` or ``dead``."""
+        if self.owner_alive:
+            return "up" if self.role == "up" else "session"
+        return "kept" if self.kept else "dead"
+
+    @property
+    def control_socket(self) -> Path | None:
+        """The supervisor's control socket, for a live ``vboxlab up`` lab."""
+        return self.dir / CONTROL_SOCKET if self.status == "up" else None
 
     @property
     def stale(self) -> bool:
@@ -75,8 +92,12 @@ def read_lab(folder: Path) -> LabRecord | None:
         if isinstance(info, dict):
             info["running"] = _machine_running(info)
             machines[info_path.parent.name] = info
+    role = lease.get("role")
+    created = lease.get("created")
     return LabRecord(folder.name, folder, pid if isinstance(pid, int) else None, alive,
-                     bool(lease.get("kept")), machines)
+                     bool(lease.get("kept")), machines,
+                     role if role in ("session", "up") else "session",
+                     float(created) if isinstance(created, int | float) else None)
 
 
 def list_labs(base: Path | None = None) -> list[LabRecord]:

@@ -28,6 +28,18 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def started_at(pid: int) -> float | None:
+    """When the process started, as a Unix time, or None if it is gone."""
+    ticks = start_time(pid)
+    if ticks is None:
+        return None
+    try:
+        booted = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
 def is_alive(pid: int, started: int | None) -> bool:
     """True if ``pid`` runs and is the same process that started at ``started``."""
     now = start_time(pid)

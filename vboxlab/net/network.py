@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from vboxlab.errors import ConfigError
 from vboxlab.net.fabric import CaptureRing, Fabric
 from vboxlab.net.flows import Flows, Rate, flows_of_links, rates
@@ -59,6 +61,14 @@ class LinkHandle:
             current: Impairment = getattr(self, which)
             try:
                 updated = current.merged(properties)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: "
+                    + (f"not a link property (use {', '.join(Impairment.model_fields)})"
+                       if e["type"] == "extra_forbidden"
+                       else e["msg"].removeprefix("Value error, "))
+                    for e in exc.errors())
+                raise ConfigError(f"link {self.a}<->{self.b}: {problems}") from None
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"link {self.a}<->{self.b}: {exc}") from None
             self._fabric.set(getattr(self, f"{which}_dir"), **fabric_settings(updated))
@@ -144,15 +154,25 @@ class Network:
 
         ``ring`` bounds each direction's files (the newest bytes and/or seconds kept).
         """
-        handle = self.link(a, b)
-        folder = folder or (self.state_dir / "captures")
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = self._start_capture(handle, folder, ring)
+        paths = self.start_capture(a, b, folder, ring=ring)
         try:
             yield paths
         finally:
-            self.fabric.capture(handle.a_to_b_dir, None)
-            self.fabric.capture(handle.b_to_a_dir, None)
+            self.stop_capture(a, b)
+
+    def start_capture(self, a: str, b: str, folder: Path | None = None, *,
+                      ring: CaptureRing | None = None) -> dict[str, Path]:
+        """Start capturing both directions of a link (until :meth:`stop_capture`)."""
+        handle = self.link(a, b)
+        folder = folder or (self.state_dir / "captures")
+        folder.mkdir(parents=True, exist_ok=True)
+        return self._start_capture(handle, folder, ring)
+
+    def stop_capture(self, a: str, b: str) -> None:
+        """Stop a link's capture; its files stay complete and readable."""
+        handle = self.link(a, b)
+        self.fabric.capture(handle.a_to_b_dir, None)
+        self.fabric.capture(handle.b_to_a_dir, None)
 
     def capture_all(self, folder: Path, *, ring: CaptureRing | None = None) -> list[Path]:
         """Capture every direction of every link into ``folder`` while the fabric runs."""
