@@ -274,6 +274,7 @@ def _add_commands() -> None:
     from vboxlab.report.cli import report
     from vboxlab.security.cli import scan
     from vboxlab.templates.cli import templates
+    from vboxlab.web.cli import dashboard_command
 
     main.add_command(templates)
     main.add_command(iso)
@@ -283,6 +284,7 @@ def _add_commands() -> None:
     main.add_command(report)
     for command in LAB_COMMANDS:
         main.add_command(command)
+    main.add_command(dashboard_command)
 
 
 _add_commands()

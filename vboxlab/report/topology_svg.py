@@ -20,6 +20,7 @@ ROUTERS, TOP, ROW, BOTTOM = 50, 140, 300, 460
 NODE_W, NODE_H = 130, 46
 CHAR_W = 6.5  # width of a label character at 11 px, roughly
 PROVIDER_COLOURS = {"qemu": "#1565c0", "netns": "#6a1b9a"}
+LiveLinks = dict[tuple[str, str], tuple[Impairment, Impairment]]
 
 
 def _label(a_to_b: Impairment, b_to_a: Impairment, a: str, b: str) -> list[str]:
@@ -81,15 +82,20 @@ def _positions(topology: Topology) -> tuple[dict[str, tuple[float, float]],
             {n: (px, py - shift) for n, (px, py) in nodes.items()})
 
 
-def render_topology_svg(topology: Topology) -> str:
-    """The topology as a standalone SVG document."""
+def render_topology_svg(topology: Topology, live: LiveLinks | None = None) -> str:
+    """The topology as a standalone SVG document.
+
+    ``live`` gives links' current properties ((a, b) -> (a to b, b to a)), as a
+    running lab has them after changes; links it lacks are drawn as written.
+    """
     segments, nodes = _positions(topology)
     addresses: dict[str, list[str]] = {}
     for iface in topology.interfaces:
         addresses.setdefault(iface.node, []).append(f"{iface.address}")
     everything = [*segments.values(), *nodes.values()] or [(0.0, 0.0)]
-    labels = {(link.a, link.b): _label(link.a_to_b, link.b_to_a, link.a, link.b)
-              for link in topology.links}
+    now = {(link.a, link.b): (live or {}).get((link.a, link.b), (link.a_to_b, link.b_to_a))
+           for link in topology.links}
+    labels = {pair: _label(*now[pair], *pair) for pair in now}
 
     def centre(name: str) -> tuple[float, float]:
         return segments[name] if name in segments else nodes[name]
@@ -106,7 +112,8 @@ def render_topology_svg(topology: Topology) -> str:
     for link in topology.links:
         (x1, y1), (x2, y2) = centre(link.a), centre(link.b)
         lines = labels[(link.a, link.b)]
-        colour = "#c62828" if not (link.a_to_b.up and link.b_to_a.up) else (
+        forward, backward = now[(link.a, link.b)]
+        colour = "#c62828" if not (forward.up and backward.up) else (
             "#ef6c00" if lines else "#546e7a")
         out.append(f'<g data-link="{escape(link.a)}--{escape(link.b)}" '
                    f'data-impairment="{escape("; ".join(lines) or "clean")}">'

@@ -1,0 +1,200 @@
+"""The dashboard served for real (``vboxlab dashboard``, uvicorn) and driven in Debian's Chromium.
+
+The module starts the dashboard on an empty lab folder, opens it in a browser,
+and then brings a two-node lab ``up``: the page shows it appear, counts a
+ping on its link, stops, starts, snapshots and restores a machine by clicks,
+runs a command, changes a link. Screenshots go to reports/ (CI artefacts; the
+README's pictures are copies of them). The security rules are broken once
+each against the real server too.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from vboxlab.pytest.policy import require_tool
+
+from .helpers import CLI, cli, qemu_pids
+
+PAIR = """\
+name: web
+nodes:
+  a: {}
+  b: {}
+links:
+  - between: [a, b]
+    delay: 1ms
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``vboxlab dashboard`` on an empty lab folder; yields (url with token, base, folder)."""
+    folder = tmp_path_factory.mktemp("web")
+    base = folder / "labs"
+    base.mkdir(mode=0o700)
+    server = subprocess.Popen([*CLI, "dashboard", "--port", "0", "--lab-dir", str(base)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = server.stdout.readline()
+    found = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)", line)
+    assert found, line + server.stderr.read()
+    threading.Thread(target=server.stdout.read, daemon=True).start()  # never block its writes
+    try:
+        yield found.group(0), base, folder
+    finally:
+        try:
+            if (base / "web").exists():
+                cli("down", "web", "--lab-dir", str(base))
+        finally:
+            server.send_signal(signal.SIGINT)
+            status = server.wait(timeout=30)
+            errors = server.stderr.read()
+            server.stdout.close()
+            server.stderr.close()
+        assert status == 0, errors
+        assert qemu_pids(str(base)) == []
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    chromium = require_tool("chromium", "chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1300})
+            problems = []
+            tab.on("pageerror", lambda error: problems.append(str(error)))
+            tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            tab.problems = problems
+            yield tab
+        finally:
+            browser.close()
+
+
+def shot(request, page, name):
+    folder = request.config.rootpath / "reports"
+    folder.mkdir(exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True)
+
+
+def test_the_real_server_enforces_token_host_origin_and_csrf(served):
+    url, _, _ = served
+    origin, token = url.split("/?token=")
+    assert httpx.get(f"{origin}/").status_code == 403
+    first = httpx.get(url)
+    assert first.status_code == 303 and "HttpOnly" in first.headers["set-cookie"]
+    cookies = {"vboxlab_token": token}
+    assert httpx.get(f"{origin}/api/labs", cookies=cookies).status_code == 200
+    port = origin.rsplit(":", 1)[1]
+    rebound = httpx.get(f"{origin}/api/labs", cookies=cookies,
+                        headers={"Host": f"attacker.example:{port}"})
+    assert rebound.status_code == 403
+    page = httpx.get(f"{origin}/", cookies=cookies).text
+    csrf = re.search(r'name="csrf-token" content="([0-9a-f]+)"', page).group(1)
+    cross = httpx.post(f"{origin}/api/clean", cookies=cookies,
+                       headers={"Origin": "http://attacker.example", "X-CSRF-Token": csrf})
+    assert cross.status_code == 403
+    same = httpx.post(f"{origin}/api/clean", cookies=cookies,
+                      headers={"Origin": origin, "X-CSRF-Token": csrf})
+    assert same.status_code == 200
+    assert "script-src 'self'" in same.headers["content-security-policy"]
+
+
+def test_without_the_token_the_browser_sees_nothing(served, page):
+    url, _, _ = served
+    page.goto(url.split("/?token=")[0] + "/")
+    assert "no valid token" in page.content()
+
+
+def test_a_lab_brought_up_appears_and_its_link_counts_a_ping(served, page, request):
+    url, base, folder = served
+    page.problems.clear()
+    page.goto(url)
+    expect(page.locator("#labs p.empty")).to_contain_text("No labs")
+    expect(page.locator("#connection")).to_have_text("live")
+    topology = folder / "web.yaml"
+    topology.write_text(PAIR)
+    cli("up", str(topology), "--lab-dir", str(base), "--accel", "tcg",
+        "--until-pid", str(os.getpid()))
+    card = page.locator("section.lab[data-lab=web]")
+    expect(card).to_be_visible(timeout=15000)
+    expect(card.locator("tr.machine[data-machine=a] [data-field=state]")).to_have_text("running")
+    packets = card.locator("tr.link[data-direction=a_to_b] [data-field=packets]")
+    expect(packets).to_have_text(re.compile(r"^\d+$"))
+    before = int(packets.inner_text())
+    pinging = subprocess.Popen([*CLI, "exec", "web", "a", "ping -c 6 -i 0.5 b", "--lab-dir",
+                                str(base)], stdout=subprocess.DEVNULL)
+    try:
+        expect(packets).not_to_have_text(str(before), timeout=10000)
+        assert int(packets.inner_text()) > before
+    finally:
+        assert pinging.wait(timeout=60) == 0
+    shot(request, page, "dashboard-overview.png")
+    assert page.problems == []
+
+
+def test_stop_start_snapshot_and_restore_by_clicking(served, page):
+    _, base, _ = served
+    row = page.locator("section.lab[data-lab=web] tr.machine[data-machine=b]")
+    row.locator("button[data-action=stop]").click()
+    expect(row.locator("[data-field=state]")).to_have_text("stopped", timeout=60000)
+    row.locator("button[data-action=start]").click()
+    expect(row.locator("[data-field=state]")).to_have_text("running", timeout=90000)
+    expect(row.locator("button[data-action=start]")).to_be_disabled()
+    row.locator("button[data-action=snapshot]").click()
+    details = page.locator("section.lab[data-lab=web] details[data-machine=b]")
+    details.locator("summary").click()
+    node = details.locator(".timeline g.snapshot")
+    expect(node).to_have_count(1, timeout=15000)
+    command = details.locator("input.command")
+    command.fill("touch /root/after-snapshot && echo made")
+    details.locator("button[data-action=run]").click()
+    expect(details.locator("pre.output").first).to_contain_text("made\n[exit status 0]")
+    node.first.click()
+    expect(details.locator(".chosen")).to_contain_text("snapshot snap-1")
+    details.locator("button[data-action=restore]").click()
+    expect(page.locator("#log li.ok").last).to_contain_text("restore b to snap-1: done",
+                                                             timeout=60000)
+    gone = cli("exec", "web", "b", "test -e /root/after-snapshot", "--lab-dir", str(base),
+               check=False)
+    assert gone.returncode == 1
+    assert page.problems == []
+
+
+def test_a_link_changed_from_the_page_and_errors_shown_as_vboxlab_says(served, page, request):
+    base = served[1]
+    form = page.locator("section.lab[data-lab=web] tr.link-actions[data-link=a-b]")
+    form.locator("input[data-property=delay]").fill("40ms")
+    form.locator("button[data-action=link-set]").click()
+    properties = page.locator("section.lab[data-lab=web] tr.link[data-direction=a_to_b] "
+                              "[data-field=properties]")
+    expect(properties).to_have_text("delay 40ms", timeout=10000)
+    status = cli("status", "web", "--lab-dir", str(base)).stdout
+    assert "a -> b\tup\tdelay 40ms" in status
+    origin = served[0].split("/?token=")[0]
+    picture = page.request.get(f"{origin}/api/labs/web/topology.svg").text()
+    assert 'data-link="a--b" data-impairment="delay 40ms"' in picture  # drawn as it is now
+    form.locator("input[data-property=delay]").fill("-3ms")
+    form.locator("button[data-action=link-set]").click()
+    expect(page.locator("#log li.failed").last).to_contain_text(
+        "link a<->b: delay: '-3ms' is negative")
+    form.locator("button[data-action=link-down]").click()
+    state = page.locator("section.lab[data-lab=web] tr.link[data-direction=b_to_a] "
+                         "[data-field=state]")
+    expect(state).to_have_text("DOWN", timeout=10000)
+    form.locator("button[data-action=link-up]").click()
+    expect(state).to_have_text("up", timeout=10000)
+    shot(request, page, "dashboard-actions.png")
+    page.locator("section.lab[data-lab=web] button[data-action=down]").click()
+    expect(page.locator("section.lab[data-lab=web]")).to_have_count(0, timeout=60000)
+    assert not (base / "web").exists()
+    assert [p for p in page.problems if "400" not in p] == []
+    assert sys.executable  # the CLI ran with this interpreter
