@@ -190,3 +190,23 @@ def test_an_interrupted_up_and_an_ended_owner_leave_nothing(tmp_path, base):
     gone = cli("up", str(topology), "--lab-dir", str(base), "--until-pid", "999999999",
                check=False)
     assert "--until-pid 999999999: no such process" in gone.stderr
+
+
+def test_namespace_hosts_in_an_up_lab_start_every_time(tmp_path, base):
+    """pyroute2 forks (without exec) for every namespace it enters and ends the child with
+    SIGTERM: the supervisor's signal handler must not run the lab's teardown in that child."""
+    nodes = ", ".join(f"n{i}: {{provider: netns}}" for i in range(6))
+    links = "".join(f"  - {{between: [n{i}, lan]}}\n" for i in range(6))
+    topology = tmp_path / "ns.yaml"
+    topology.write_text(f"name: ns\nnodes: {{{nodes}}}\nsegments: {{lan: {{subnet: "
+                        f"10.78.0.0/24}}}}\nlinks:\n{links}")
+    try:
+        for attempt in range(3):
+            up(base, topology, "--name", f"ns{attempt}")
+            pinged = cli("exec", f"ns{attempt}", "n0", "ping -c 1 -W 2 n5", "--lab-dir",
+                         str(base))
+            assert "1 received" in pinged.stdout
+    finally:
+        for attempt in range(3):
+            if (base / f"ns{attempt}").exists():
+                cli("down", f"ns{attempt}", "--lab-dir", str(base))

@@ -89,7 +89,13 @@ def supervise(args: argparse.Namespace, events: _Events) -> int:
     stopping = threading.Event()
     building = True
 
+    me = os.getpid()
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != me:
+            # a child forked without exec (pyroute2 forks one per namespace it enters, and ends
+            # it with SIGTERM) inherits this handler: it must end, never unwind our stack
+            os._exit(128 + signum)
         stopping.set()
         if building:
             raise _Stop(signal.Signals(signum).name)
