@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 
-import httpx
+import httpx2 as httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 

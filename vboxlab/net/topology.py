@@ -46,6 +46,15 @@ MAX_DELAY = 3600.0  # seconds: the longest delay or jitter a direction may have
 MAX_FILE_BYTES = 1 << 20
 
 
+class TopologyError(ConfigError):
+    """A topology that does not validate; ``path`` names the field (``("nodes", "h1",
+    "memory")``) when the error concerns one."""
+
+    def __init__(self, message: str, path: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -271,11 +280,11 @@ class Topology:
         self._build()
 
     # -- errors -----------------------------------------------------------
-    def _error(self, path: tuple[Any, ...], message: str) -> ConfigError:
+    def _error(self, path: tuple[Any, ...], message: str) -> TopologyError:
         line = _line_for(self._lines, path)
         where = f"{self.source}:{line}" if line else self.source
         field = ".".join(str(p) for p in path)
-        return ConfigError(f"{where}: {field}: {message}")
+        return TopologyError(f"{where}: {field}: {message}", path)
 
     # -- working it out -------------------------------------------------
     def _build(self) -> None:
@@ -441,8 +450,8 @@ class Topology:
             path = tuple(p for p in err["loc"] if p != "properties")  # our grouping, not theirs
             line = _line_for(lines or {}, path)
             where = f"{source}:{line}" if line else source
-            raise ConfigError(f"{where}: {'.'.join(str(p) for p in path) or '(top)'}: "
-                              f"{err['msg']} (got {err.get('input')!r})") from None
+            raise TopologyError(f"{where}: {'.'.join(str(p) for p in path) or '(top)'}: "
+                                f"{err['msg']} (got {err.get('input')!r})", path) from None
         return cls(spec, name, source, lines)
 
 
@@ -458,23 +467,30 @@ def load_topology(path: str | Path) -> Topology:
         raise ConfigError(f"{path}: no such topology file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it as text: {exc}") from None
+    return parse_topology(text, str(path), path.stem)
+
+
+def parse_topology(text: str, source: str = "<text>", name: str = "topology") -> Topology:
+    """Validate a topology given as YAML text (what :func:`load_topology` reads from a file)."""
+    if len(text.encode()) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: over {MAX_FILE_BYTES} bytes; a topology is at most that")
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
             if isinstance(event, yaml.AliasEvent):
                 line = event.start_mark.line + 1 if event.start_mark is not None else 1
-                raise ConfigError(f"{path}:{line}: YAML aliases (*name) are not "
+                raise ConfigError(f"{source}:{line}: YAML aliases (*name) are not "
                                   "allowed in topology files; write the value out")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a topology") from None
+        raise ConfigError(f"{source}: nested too deeply to be a topology") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: a topology is a mapping with nodes, segments and links")
+        raise ConfigError(f"{source}:1: a topology is a mapping with nodes, segments and links")
     lines: dict[tuple[Any, ...], int] = {}
     _collect_lines(node, (), lines)
-    return Topology.from_dict(data, path.stem, str(path), lines)
+    return Topology.from_dict(data, name, source, lines)
 
 
 def _collect_lines(node: yaml.Node | None, path: tuple[Any, ...],
