@@ -37,19 +37,27 @@ def _cache_key(qemu: str) -> str:
     return f"{boot_id}:{qemu}:{Path(qemu).stat().st_mtime_ns}"
 
 
+def cached_verdict(qemu: str) -> AccelChoice | None:
+    """The KVM probe's verdict for this boot of the host and this QEMU, if one was cached."""
+    cache = cache_dir() / "kvm-probe.json"
+    try:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == _cache_key(qemu):
+            return AccelChoice(saved["accel"], saved["reason"] + " (cached probe)")
+    except (OSError, json.JSONDecodeError, KeyError, AttributeError):
+        return None
+    return None
+
+
 def probe_kvm(qemu: str, kernel: Path, *, use_cache: bool = True) -> AccelChoice:
     """Run the KVM probe (or reuse its cached verdict)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return AccelChoice("tcg", "/dev/kvm is missing or not accessible")
     cache = cache_dir() / "kvm-probe.json"
     key = _cache_key(qemu)
-    if use_cache and cache.is_file():
-        try:
-            saved = json.loads(cache.read_text())
-            if saved.get("key") == key:
-                return AccelChoice(saved["accel"], saved["reason"] + " (cached probe)")
-        except (json.JSONDecodeError, KeyError):
-            pass
+    cached = cached_verdict(qemu) if use_cache else None
+    if cached is not None:
+        return cached
     argv = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "kvm",
             "-m", "128", "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 quiet",
             "-serial", "none", "-no-reboot"]

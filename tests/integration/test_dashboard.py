@@ -50,8 +50,8 @@ def served(tmp_path_factory):
         yield found.group(0), base, folder
     finally:
         try:
-            if (base / "web").exists():
-                cli("down", "web", "--lab-dir", str(base))
+            for left in sorted(base.iterdir()):
+                cli("down", left.name, "--lab-dir", str(base))
         finally:
             server.send_signal(signal.SIGINT)
             status = server.wait(timeout=30)
@@ -194,7 +194,69 @@ def test_a_link_changed_from_the_page_and_errors_shown_as_vboxlab_says(served, p
     expect(state).to_have_text("up", timeout=10000)
     shot(request, page, "dashboard-actions.png")
     page.locator("section.lab[data-lab=web] button[data-action=down]").click()
-    expect(page.locator("section.lab[data-lab=web]")).to_have_count(0, timeout=60000)
+    expect(page.locator("#log li.ok").last).to_contain_text("down web: done", timeout=60000)
+    expect(page.locator("section.lab[data-lab=web]")).to_have_count(0, timeout=10000)
     assert not (base / "web").exists()
     assert [p for p in page.problems if "400" not in p] == []
-    assert sys.executable  # the CLI ran with this interpreter
+
+
+def test_a_lab_drawn_by_mouse_checks_exports_and_deploys(served, page, request):
+    url, base, folder = served
+    origin = url.split("/?token=")[0]
+    page.problems.clear()
+    page.goto(f"{origin}/builder")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    canvas = page.locator("#canvas")
+    box = canvas.bounding_box()
+    tiny = page.locator("button.kind[data-kind='vm:tiny']")
+    tiny.drag_to(canvas, target_position={"x": 150, "y": 150})  # a drag from the palette
+    tiny.drag_to(canvas, target_position={"x": 450, "y": 300})
+    page.click("#add-link")  # then a link drawn from one node to the other
+    page.mouse.move(box["x"] + 150, box["y"] + 150)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 300, box["y"] + 220, steps=5)
+    page.mouse.move(box["x"] + 450, box["y"] + 300, steps=5)
+    page.mouse.up()
+    expect(page.locator("#verdict")).to_have_text("valid")
+    expect(page.locator("#export-yaml")).to_have_value(re.compile(r"between:\n  - h1\n  - h2"))
+    page.mouse.click(box["x"] + 150, box["y"] + 150)  # select h1: its fields and hardware
+    expect(page.locator("#hardware svg[data-machine=h1] [data-nic=eth1]")).to_have_count(1)
+    memory = page.locator("#selection input[name=memory]")
+    memory.fill("10")
+    expect(page.locator("#selection .field-error[data-for=memory]")).to_contain_text(
+        "greater than or equal to 64")
+    expect(page.locator("#verdict")).to_have_text("1 problem(s)")
+    memory.fill("128")
+    expect(page.locator("#verdict")).to_have_text("valid")
+    page.fill("#lab-name", "drawn")
+    exported = page.locator("#export-yaml")
+    expect(exported).to_have_value(re.compile(r"name: drawn\n(.|\n)*memory: 128"))
+    written = folder / "drawn.yaml"
+    written.write_text(exported.input_value())
+    checked = cli("topology", "check", str(written)).stdout
+    assert "node h1 (qemu, tiny, 128 MiB, 1 cpu)" in checked and "link h1 <-> h2" in checked
+    shot(request, page, "dashboard-builder.png")
+    page.click("#deploy")
+    expect(page.locator("#deployed")).to_contain_text("lab drawn is up", timeout=120000)
+    assert "drawn\tup" in cli("status", "--lab-dir", str(base)).stdout
+    page.click("#deployed a")
+    expect(page.locator("section.lab[data-lab=drawn] tr.machine")).to_have_count(2)
+    cli("down", "drawn", "--lab-dir", str(base))
+    assert page.problems == []
+
+
+def test_an_example_is_imported_into_the_builder(served, page):
+    origin = served[0].split("/?token=")[0]
+    page.goto(f"{origin}/builder")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.select_option("#examples", "line.yaml")
+    page.click("#import")
+    expect(page.locator("#verdict")).to_have_text("valid")
+    exported = page.locator("#export-yaml")
+    expect(exported).to_have_value(re.compile(r"name: line"))
+    for node in ("h1:", "r1:", "h2:"):
+        assert node in exported.input_value()
+    page.fill("#import-yaml", "nodes: {Bad_Name: {}}")
+    page.click("#import")
+    expect(page.locator("#errors li.error-text")).to_contain_text("Bad_Name")
+    assert sys.executable

@@ -11,7 +11,9 @@ The :class:`~vboxlab.web.guard.Guard` in front checks every request.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from html import escape
@@ -34,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from vboxlab.control.actions import ACTIONS
-from vboxlab.control.launcher import client, down
+from vboxlab.control.launcher import client, down, up
 from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.labdirs import clean, find_lab
 from vboxlab.labstatus import TOPOLOGY_COPY
@@ -42,8 +44,11 @@ from vboxlab.net.topology import GilbertElliott, Impairment, load_topology
 from vboxlab.report.timeline import render_svg
 from vboxlab.report.topology_svg import LiveLinks, render_topology_svg
 from vboxlab.snapshots import TREE_FILE, SnapshotTree
+from vboxlab.templates import TemplateRepository
+from vboxlab.web import builder
 from vboxlab.web.guard import Guard, csrf_token
 from vboxlab.web.metrics import Sampler
+from vboxlab.web.vendor import injected_style_hashes
 
 STATIC = Path(str(resources.files("vboxlab.web") / "static"))
 _LAB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}")
@@ -66,10 +71,13 @@ def _error(status: int, message: str) -> JSONResponse:
 class Dashboard:
     """The state behind the routes: the lab folder, the sampler and the secret."""
 
-    def __init__(self, base: Path, token: str, *, interval: float = 1.0) -> None:
+    def __init__(self, base: Path, token: str, *, interval: float = 1.0,
+                 topologies: Path | None = None) -> None:
         self.base = base
         self.csrf = csrf_token(token)
         self.sampler = Sampler(base, interval)
+        self.topologies = topologies
+        self.repository = TemplateRepository()
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.base}>"
@@ -82,8 +90,60 @@ class Dashboard:
 
     # -- pages ----------------------------------------------------------
     async def page(self, request: Request) -> Response:
-        text = (STATIC / "index.html").read_text().replace("{{csrf}}", escape(self.csrf))
+        name = "builder.html" if request.url.path == "/builder" else "index.html"
+        text = (STATIC / name).read_text().replace("{{csrf}}", escape(self.csrf))
         return HTMLResponse(text)
+
+    # -- the builder ----------------------------------------------------
+    async def palette(self, request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(builder.palette, self.repository))
+
+    async def examples(self, request: Request) -> Response:
+        return JSONResponse(builder.examples(self.topologies))
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise ConfigError(f"request over {MAX_BODY} bytes")
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            raise ConfigError("the request body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise ConfigError("the request body must be a JSON object")
+        return payload
+
+    async def check(self, request: Request) -> Response:
+        """POST {"model": {...}} or {"yaml": TEXT}: the checks `vboxlab topology check` does."""
+        payload = await self._json_body(request)
+        text = payload.get("yaml")
+        if text is not None and not isinstance(text, str):
+            raise ConfigError("yaml must be a string")
+        result = await run_in_threadpool(lambda: builder.check(
+            model=payload.get("model"), text=text, repository=self.repository))
+        return JSONResponse(result)
+
+    async def deploy(self, request: Request) -> Response:
+        """POST {"yaml": TEXT, "name": LAB?}: `vboxlab up` of that text; returns once it is up."""
+        payload = await self._json_body(request)
+        text, name = payload.get("yaml"), payload.get("name") or None
+        if not isinstance(text, str) or (name is not None and not isinstance(name, str)):
+            raise ConfigError("send {\"yaml\": TEXT, \"name\": LAB (optional)}")
+        checked = await run_in_threadpool(lambda: builder.check(text=text,
+                                                                repository=self.repository))
+        if not checked["ok"]:
+            raise ConfigError(checked["errors"][0]["message"])
+        ready = await run_in_threadpool(self._deploy, text, name)
+        return JSONResponse({"result": ready})
+
+    def _deploy(self, text: str, name: str | None) -> dict[str, Any]:
+        fd, path = tempfile.mkstemp(prefix="vboxlab-builder-", suffix=".yaml")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            return up(Path(path), self.base, name=name)
+        finally:
+            Path(path).unlink(missing_ok=True)
 
     # -- data -----------------------------------------------------------
     async def labs(self, request: Request) -> Response:
@@ -184,9 +244,13 @@ class Dashboard:
         return JSONResponse({"result": {"removed": removed}})
 
 
-def create_app(base: Path, token: str, hosts: set[str], *, interval: float = 1.0) -> Guard:
-    """The dashboard for the labs in ``base``, answering to ``hosts`` with ``token``."""
-    dashboard = Dashboard(base, token, interval=interval)
+def create_app(base: Path, token: str, hosts: set[str], *, interval: float = 1.0,
+               topologies: Path | None = None) -> Guard:
+    """The dashboard for the labs in ``base``, answering to ``hosts`` with ``token``.
+
+    ``topologies``: a folder of topology files the builder offers as examples.
+    """
+    dashboard = Dashboard(base, token, interval=interval, topologies=topologies)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -205,6 +269,11 @@ def create_app(base: Path, token: str, hosts: set[str], *, interval: float = 1.0
     app = Starlette(
         routes=[
             Route("/", dashboard.page),
+            Route("/builder", dashboard.page),
+            Route("/api/builder/palette", dashboard.palette),
+            Route("/api/builder/examples", dashboard.examples),
+            Route("/api/builder/check", dashboard.check, methods=["POST"]),
+            Route("/api/builder/deploy", dashboard.deploy, methods=["POST"]),
             Route("/api/labs", dashboard.labs),
             Route("/api/history", dashboard.history),
             Route("/api/events", dashboard.events),
@@ -219,4 +288,5 @@ def create_app(base: Path, token: str, hosts: set[str], *, interval: float = 1.0
         lifespan=lifespan,
     )
     app.state.dashboard = dashboard
-    return Guard(app, token=token, hosts=hosts)
+    return Guard(app, token=token, hosts=hosts,
+                 style_hashes=injected_style_hashes(STATIC / "vendor" / "vis-network.min.js"))

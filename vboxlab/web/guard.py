@@ -34,7 +34,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
        "frame-ancestors 'none'")
 SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
@@ -43,6 +42,13 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
 SAFE_METHODS = {"GET", "HEAD"}
+
+
+def content_security_policy(style_hashes: Iterable[str] = ()) -> str:
+    """The policy: our own files only; inline styles only by hash (those a vendored script
+    injects); never inline script, never another origin."""
+    extra = " ".join(style_hashes)
+    return CSP.replace("style-src 'self'", f"style-src 'self' {extra}".rstrip())
 
 
 def new_token() -> str:
@@ -68,8 +74,11 @@ def allowed_hosts(host: str, port: int) -> set[str]:
 class Guard:
     """The ASGI middleware that enforces the rules above."""
 
-    def __init__(self, app: ASGIApp, *, token: str, hosts: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, *, token: str, hosts: Iterable[str],
+                 style_hashes: Iterable[str] = ()) -> None:
         self.app = app
+        self.headers = [(b"content-security-policy",
+                         content_security_policy(style_hashes).encode()), *SECURITY_HEADERS]
         self.token = token
         self.csrf = csrf_token(token)
         self.hosts = set(hosts)
@@ -86,38 +95,40 @@ class Guard:
                    for k, v in scope.get("headers", [])}
         method = scope.get("method", "GET")
         if headers.get("host") not in self.hosts:
-            await _deny(send, "this dashboard answers only to "
+            await _deny(send, self.headers, "this dashboard answers only to "
                         f"{', '.join(sorted(self.hosts))} (Host header "
                         f"{headers.get('host')!r}); open the URL vboxlab dashboard printed")
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         if "token" in query and method in SAFE_METHODS:
             if not hmac.compare_digest(query["token"], self.token):
-                await _deny(send, "wrong token; open the URL vboxlab dashboard printed")
+                await _deny(send, self.headers,
+                            "wrong token; open the URL vboxlab dashboard printed")
                 return
             rest = {k: v for k, v in query.items() if k != "token"}
             location = scope.get("path", "/") + (f"?{urlencode(rest)}" if rest else "")
-            await _redirect(send, location, self.token)
+            await _redirect(send, self.headers, location, self.token)
             return
         if not hmac.compare_digest(self._presented(headers), self.token):
-            await _deny(send, "no valid token: open the URL vboxlab dashboard printed (it "
-                        "holds the token and sets a cookie)")
+            await _deny(send, self.headers, "no valid token: open the URL vboxlab dashboard "
+                        "printed (it holds the token and sets a cookie)")
             return
         if method not in SAFE_METHODS:
             if method != "POST":
-                await _deny(send, f"{method} is not allowed; actions are POST requests", 405)
+                await _deny(send, self.headers,
+                            f"{method} is not allowed; actions are POST requests", 405)
                 return
             if headers.get("origin") not in self.origins:
-                await _deny(send, f"cross-origin request refused (Origin "
+                await _deny(send, self.headers, f"cross-origin request refused (Origin "
                             f"{headers.get('origin')!r})")
                 return
             if not hmac.compare_digest(headers.get(CSRF_HEADER, ""), self.csrf):
-                await _deny(send, "missing or wrong CSRF token; reload the page")
+                await _deny(send, self.headers, "missing or wrong CSRF token; reload the page")
                 return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", []), *self.headers]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -135,17 +146,19 @@ class Guard:
         return morsel.value if morsel is not None else ""
 
 
-async def _deny(send: Send, reason: str, status: int = 403) -> None:
+async def _deny(send: Send, headers: list[tuple[bytes, bytes]], reason: str,
+                status: int = 403) -> None:
     body = f"vboxlab dashboard: {reason}\n".encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS]})
+                            (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _redirect(send: Send, location: str, token: str) -> None:
+async def _redirect(send: Send, headers: list[tuple[bytes, bytes]], location: str,
+                    token: str) -> None:
     cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
     await send({"type": "http.response.start", "status": 303,
                 "headers": [(b"location", location.encode()), (b"set-cookie", cookie.encode()),
-                            (b"content-length", b"0"), *SECURITY_HEADERS]})
+                            (b"content-length", b"0"), *headers]})
     await send({"type": "http.response.body", "body": b""})

@@ -42,14 +42,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(base: Path, *, host: str = "127.0.0.1", port: int = 8470,
-          announce: Callable[[str], None] = print, token: str | None = None) -> None:
+          announce: Callable[[str], None] = print, token: str | None = None,
+          topologies: Path | None = None) -> None:
     """Serve the dashboard for the labs in ``base`` until SIGINT or SIGTERM."""
     base = private_dir(base)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     token = token or new_token()
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    app = create_app(base, token, allowed_hosts(bound_host, bound_port))
+    app = create_app(base, token, allowed_hosts(bound_host, bound_port), topologies=topologies)
     if bound_host not in LOOPBACK:
         announce(f"WARNING: the dashboard listens on {bound_host}, beyond this machine; anyone "
                  "who learns the URL below can act on your labs")
