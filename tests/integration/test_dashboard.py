@@ -10,15 +10,18 @@ each against the real server too.
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from vboxlab.paths import cache_dir
 from vboxlab.pytest.policy import require_tool
 
 from .helpers import CLI, cli, qemu_pids
@@ -40,8 +43,14 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     base = folder / "labs"
     base.mkdir(mode=0o700)
+    templates = folder / "templates"  # a template of our own that is not built yet
+    shutil.copytree(Path(__file__).parents[2] / "fixtures" / "templates" / "tiny",
+                    templates / "tiny-web")
+    definition = templates / "tiny-web" / "template.toml"
+    definition.write_text(definition.read_text().replace('name = "tiny"', 'name = "tiny-web"'))
+    env = {**os.environ, "VBOXLAB_TEMPLATE_PATH": str(templates)}
     server = subprocess.Popen([*CLI, "dashboard", "--port", "0", "--lab-dir", str(base)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     line = server.stdout.readline()
     found = re.search(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)", line)
     assert found, line + server.stderr.read()
@@ -58,6 +67,9 @@ def served(tmp_path_factory):
             errors = server.stderr.read()
             server.stdout.close()
             server.stderr.close()
+        subprocess.run([*CLI, "templates", "remove", "tiny-web@1.0.0"], env=env,
+                       capture_output=True, check=False)
+        shutil.rmtree(cache_dir() / "templates" / "tiny-web", ignore_errors=True)  # its lock
         assert status == 0, errors
         assert qemu_pids(str(base)) == []
 
@@ -247,6 +259,7 @@ def test_a_lab_drawn_by_mouse_checks_exports_and_deploys(served, page, request):
 
 def test_an_example_is_imported_into_the_builder(served, page):
     origin = served[0].split("/?token=")[0]
+    page.goto(served[0])  # the token's visit sets the cookie
     page.goto(f"{origin}/builder")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     page.select_option("#examples", "line.yaml")
@@ -260,3 +273,17 @@ def test_an_example_is_imported_into_the_builder(served, page):
     page.click("#import")
     expect(page.locator("#errors li.error-text")).to_contain_text("Bad_Name")
     assert sys.executable
+
+
+def test_a_template_not_built_is_built_from_the_builder(served, page):
+    origin = served[0].split("/?token=")[0]
+    page.goto(served[0])  # the token's visit sets the cookie
+    page.goto(f"{origin}/builder")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.click("button.kind[data-kind='vm:tiny-web']")
+    advice = page.locator("#recommendations .recommendation[data-kind=template]")
+    expect(advice).to_contain_text("template tiny-web is not built")
+    advice.locator("button[data-action=build]").click()
+    expect(advice.locator(".progress")).to_contain_text("built tiny-web 1.0.0", timeout=600000)
+    expect(page.locator("#recommendations .recommendation[data-kind=template]")).to_have_count(0)
+    expect(page.locator("#verdict")).to_have_text("valid")

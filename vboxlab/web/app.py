@@ -14,7 +14,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from html import escape
 from importlib import resources
@@ -40,6 +40,7 @@ from vboxlab.control.launcher import client, down, up
 from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.labdirs import clean, find_lab
 from vboxlab.labstatus import TOPOLOGY_COPY
+from vboxlab.names import check_name
 from vboxlab.net.topology import GilbertElliott, Impairment, load_topology
 from vboxlab.report.timeline import render_svg
 from vboxlab.report.topology_svg import LiveLinks, render_topology_svg
@@ -47,6 +48,7 @@ from vboxlab.snapshots import TREE_FILE, SnapshotTree
 from vboxlab.templates import TemplateRepository
 from vboxlab.web import builder
 from vboxlab.web.guard import Guard, csrf_token
+from vboxlab.web.jobs import Jobs
 from vboxlab.web.metrics import Sampler
 from vboxlab.web.vendor import injected_style_hashes
 
@@ -78,6 +80,7 @@ class Dashboard:
         self.sampler = Sampler(base, interval)
         self.topologies = topologies
         self.repository = TemplateRepository()
+        self.jobs = Jobs()
 
     def __repr__(self) -> str:
         return f"<Dashboard {self.base}>"
@@ -135,6 +138,25 @@ class Dashboard:
             raise ConfigError(checked["errors"][0]["message"])
         ready = await run_in_threadpool(self._deploy, text, name)
         return JSONResponse({"result": ready})
+
+    async def build(self, request: Request) -> Response:
+        """POST {"template": NAME}: build it in the background; poll /api/jobs/ID."""
+        payload = await self._json_body(request)
+        name = check_name(payload.get("template"), "template")
+        self.repository.definition(name)  # unknown: the error lists the known ones
+
+        def work(progress: Callable[[str], None]) -> dict[str, Any]:
+            built, ran = self.repository.build(name, progress=progress)
+            return {"template": name, "version": built.template.version, "built": ran}
+
+        job = self.jobs.start(f"build {name}", f"building template {name}", work)
+        return JSONResponse({"result": job.as_dict()})
+
+    async def job(self, request: Request) -> Response:
+        job = self.jobs.get(request.path_params["job"])
+        if job is None:
+            return _error(404, f"no job {request.path_params['job']!r}")
+        return JSONResponse(job.as_dict())
 
     def _deploy(self, text: str, name: str | None) -> dict[str, Any]:
         fd, path = tempfile.mkstemp(prefix="vboxlab-builder-", suffix=".yaml")
@@ -274,6 +296,8 @@ def create_app(base: Path, token: str, hosts: set[str], *, interval: float = 1.0
             Route("/api/builder/examples", dashboard.examples),
             Route("/api/builder/check", dashboard.check, methods=["POST"]),
             Route("/api/builder/deploy", dashboard.deploy, methods=["POST"]),
+            Route("/api/builder/build", dashboard.build, methods=["POST"]),
+            Route("/api/jobs/{job}", dashboard.job),
             Route("/api/labs", dashboard.labs),
             Route("/api/history", dashboard.history),
             Route("/api/events", dashboard.events),

@@ -181,7 +181,9 @@
       : [el("li", {class: "empty"}, "none")]));
     const advice = document.getElementById("recommendations");
     advice.replaceChildren(...(result.recommendations.length ? result.recommendations.map(r =>
-      el("div", {class: "recommendation", dataset: {kind: r.kind, path: r.path.join(".")}}, r.text))
+      el("div", {class: "recommendation", dataset: {kind: r.kind, path: r.path.join(".")}}, r.text,
+        r.kind === "template" ? el("div", {}, el("button", {type: "button", dataset: {action: "build", template: r.template},
+          onclick: e => build(r.template, e.target)}, `Build ${r.template}`), el("span", {class: "progress"})) : null))
       : [el("p", {class: "empty"}, "none")]));
     if (result.ok) {
       document.getElementById("export-yaml").value = result.yaml;
@@ -193,6 +195,28 @@
     for (const node of nodes.values()) nodeData.update(look(node));
     for (const link of links) edgeData.update(edgeLook(link));
     markFields();
+  }
+
+  /** Build a template on the server and follow its progress until it is done. */
+  async function build(template, button) {
+    const line = button.nextElementSibling;
+    button.disabled = true;
+    try {
+      let job = (await request("POST", "/api/builder/build", {template})).result;
+      while (job.state === "running") {
+        line.textContent = ` ${job.steps.slice(-1)[0] || "starting"}…`;
+        await new Promise(resolve => setTimeout(resolve, 1000));
+        job = await request("GET", `/api/jobs/${job.id}`);
+      }
+      if (job.state === "failed") throw new Error(job.error);
+      line.textContent = ` built ${template} ${job.result.version}`;
+      log(`template ${template} built`, "ok");
+      palette = await request("GET", "/api/builder/palette");
+      changed();
+    } catch (error) {
+      line.textContent = "";
+      log(`building ${template} failed: ${error.message}`, "failed");
+    } finally { button.disabled = false; }
   }
 
   function selectPath(path) {
