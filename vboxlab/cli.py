@@ -17,8 +17,8 @@ from vboxlab.control.launcher import client
 from vboxlab.control.protocol import ControlClient
 from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
-from vboxlab.labdirs import attach_machine, find_lab, list_labs
 from vboxlab.labdirs import clean as clean_labs
+from vboxlab.labdirs import find_lab, kept_machine, list_labs
 from vboxlab.machine import Machine
 from vboxlab.net import load_topology
 from vboxlab.net.plan import describe
@@ -131,9 +131,7 @@ def _up_client(lab_dir: str | None, lab_id: str) -> ControlClient | None:
 def _kept(lab_dir: str | None, lab_id: str, vm_name: str, *,
           unplug_nics: bool = False) -> Machine:
     """A kept lab's machine, attached through its provider, its snapshot tree reconciled."""
-    machine = attach_machine(lab_base(lab_dir), lab_id, vm_name, unplug_nics=unplug_nics)
-    machine.sync_snapshots()
-    return machine
+    return kept_machine(lab_base(lab_dir), lab_id, vm_name, unplug_nics=unplug_nics)
 
 
 @snapshots.command("list")

@@ -146,6 +146,14 @@ def find_lab(base: Path, lab_id: str) -> LabRecord:
     return record
 
 
+def kept_machine(base: Path, lab_id: str, name: str, *, unplug_nics: bool = False) -> Machine:
+    """A kept lab's machine, attached (:func:`attach_machine`), its snapshot tree reconciled
+    with what its disk holds: what the CLI's and the dashboard's snapshot actions act on."""
+    machine = attach_machine(base, lab_id, name, unplug_nics=unplug_nics)
+    machine.sync_snapshots()
+    return machine
+
+
 def attach_machine(base: Path, lab_id: str, name: str, *, unplug_nics: bool = False) -> Machine:
     """A machine of a kept lab, driven through its provider as a live session would.
 

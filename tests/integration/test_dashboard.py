@@ -24,8 +24,18 @@ from playwright.sync_api import expect, sync_playwright
 from vboxlab.paths import cache_dir
 from vboxlab.pytest.policy import require_tool
 
-from .helpers import CLI, cli, qemu_pids
+from .helpers import CLI, cli, qemu_pids, wait_for
 
+KEEP_A_LAB = """
+import sys
+from pathlib import Path
+from vboxlab.lab import Lab
+with Lab(base=Path(sys.argv[1]), keep=True, accel="tcg") as lab:
+    vm = lab.vm("k")
+    vm.snapshot("clean")
+    vm.succeed("touch /root/later")
+print(lab.id)
+"""
 PAIR = """\
 name: web
 nodes:
@@ -287,3 +297,36 @@ def test_a_template_not_built_is_built_from_the_builder(served, page):
     expect(advice.locator(".progress")).to_contain_text("built tiny-web 1.0.0", timeout=600000)
     expect(page.locator("#recommendations .recommendation[data-kind=template]")).to_have_count(0)
     expect(page.locator("#verdict")).to_have_text("valid")
+
+
+def test_a_kept_labs_snapshots_are_restored_and_the_lab_removed_from_the_dashboard(served):
+    url, base, _ = served
+    origin, token = url.split("/?token=")
+    made = subprocess.run([sys.executable, "-c", KEEP_A_LAB, str(base)], capture_output=True,
+                          text=True, timeout=180, check=True)  # a run that ended: its lab kept
+    lab_id = made.stdout.strip()
+    cookies = {"vboxlab_token": token}
+    page = httpx.get(f"{origin}/", cookies=cookies).text
+    headers = {"Origin": origin,
+               "X-CSRF-Token": re.search(r'name="csrf-token" content="([0-9a-f]+)"', page)[1]}
+
+    def act(action, **args):
+        return httpx.post(f"{origin}/api/labs/{lab_id}/action", cookies=cookies,
+                          headers=headers, json={"action": action, "args": args}, timeout=120)
+
+    def shown_kept():
+        listed = httpx.get(f"{origin}/api/labs", cookies=cookies).json()["labs"]
+        return any(item["id"] == lab_id and item["status"] == "kept" for item in listed)
+
+    wait_for(shown_kept, 10, "the kept lab to be shown")  # the next sample, within a second
+    restored = act("snapshot.restore", machine="k", name="clean")
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["result"]["state"] == "running"
+    assert cli("ssh", lab_id, "k", "test", "-e", "/root/later", "--lab-dir", str(base),
+               check=False).returncode == 1
+    refused = act("machine.stop", machine="k")
+    assert refused.status_code == 400 and "is not a `vboxlab up` lab" in refused.json()["error"]
+    assert act("snapshot.restore", machine="k", name="nope").status_code == 400
+    removed = act("down")
+    assert removed.status_code == 200 and removed.json()["result"]["was"] == "kept"
+    assert not (base / lab_id).exists() and qemu_pids(str(base)) == []

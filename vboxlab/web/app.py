@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 from vboxlab.control.actions import ACTIONS
 from vboxlab.control.launcher import client, down, up
 from vboxlab.errors import ConfigError, VboxlabError
-from vboxlab.labdirs import clean, find_lab
+from vboxlab.labdirs import clean, find_lab, kept_machine
 from vboxlab.labstatus import TOPOLOGY_COPY
 from vboxlab.names import check_name
 from vboxlab.net.topology import GilbertElliott, Impairment, load_topology
@@ -57,6 +58,8 @@ _LAB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,80}")
 _MACHINE = re.compile(r"[a-z][a-z0-9-]{0,19}")
 _CAPTURE = re.compile(r"[a-z][a-z0-9-]{0,19}-to-[a-z][a-z0-9-]{0,19}\.pcap(\.[0-9]{1,6})?")
 MAX_BODY = 256 << 10
+#: what the dashboard does to a kept lab (no supervisor): its snapshots, through the provider
+KEPT_ACTIONS = {"snapshot.restore", "snapshot.delete"}
 
 
 def _impairment(settings: dict[str, Any]) -> Impairment:
@@ -259,7 +262,27 @@ class Dashboard:
         record = find_lab(self.base, lab)
         if name == "down":
             return {"lab": lab, "was": down(self.base, lab)}
+        if record.status == "kept" and name in KEPT_ACTIONS:
+            return self._kept_action(lab, name, args)
         return client(record).call(name, **args)
+
+    def _kept_action(self, lab: str, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """A snapshot action on a kept lab's machine, through its provider (as the CLI does)."""
+        try:
+            args = ACTIONS[name].args.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{name}: {exc.errors()[0]['msg']}") from None
+        machine = kept_machine(self.base, lab, str(getattr(args, "machine", "")))
+        try:
+            if name == "snapshot.restore":
+                machine.restore(str(getattr(args, "name", "")))
+                return {"machine": machine.name, "snapshot": getattr(args, "name", None),
+                        "state": machine.state.value}
+            gone = machine.delete_snapshot(str(getattr(args, "name", "")),
+                                           subtree=bool(getattr(args, "subtree", False)))
+            return {"machine": machine.name, "deleted": gone}
+        finally:
+            machine.channel.close()
 
     async def clean(self, request: Request) -> Response:
         removed = await run_in_threadpool(clean, self.base)

@@ -93,12 +93,12 @@
           cell(k("kill"), el("button", {type: "button", class: "danger", dataset: {action: "kill"}, onclick: e => act(lab.id, "machine.kill", {machine: m.name}, e.target, `kill ${m.name}`).catch(() => {})}, "Kill")),
           cell(k("snap"), el("button", {type: "button", dataset: {action: "snapshot"}, onclick: e => act(lab.id, "snapshot.take", {machine: m.name}, e.target, `snapshot ${m.name}`).catch(() => {})}, "Snapshot"))) : null);
       body.append(row, el("tr", {class: "machine-more", dataset: {machine: m.name}},
-        el("td", {colspan: writable ? 13 : 12}, machineDetails(lab, m, writable))));
+        el("td", {colspan: writable ? 13 : 12}, machineDetails(lab, m, writable, writable || lab.status === "kept"))));
     }
     return el("table", {class: "machines"}, el("thead", {}, head), body);
   }
 
-  function machineDetails(lab, m, writable) {
+  function machineDetails(lab, m, writable, snapshotsWritable) {
     const id = key(lab.id, m.name);
     const details = el("details", {dataset: {machine: m.name}});
     details.open = openDetails.has(id);
@@ -126,7 +126,7 @@
     const timeline = cell(key(lab.id, "m", m.name, "timeline"), el("div", {class: "timeline", dataset: {machine: m.name}}));
     const chosen = cell(key(lab.id, "m", m.name, "chosen"), el("span", {class: "chosen"}, "click a snapshot to act on it"));
     details.append(el("h3", {}, "Snapshot timeline"), timeline);
-    if (writable) {
+    if (snapshotsWritable) {
       details.append(el("div", {}, chosen, " ",
         el("button", {type: "button", dataset: {action: "restore"}, onclick: e => {
           const name = selected.get(id); if (!name) return log("choose a snapshot in the timeline first", "failed");
