@@ -8,7 +8,8 @@ Every message says what happened, why, and how to fix it::
      │    ├── TemplateNotBuilt       the definition exists, the image does not
      │    ├── UntrustedImage         a template's files are not what its manifest says
      │    ├── HostFileNotFound       a host path given to vboxlab does not exist
-     │    └── MachineNotFound        no machine by that name in the lab (also a KeyError)
+     │    ├── MachineNotFound        no machine by that name in the lab (also a KeyError)
+ │    └── LabNotFound            no lab by that name in the state folder
      ├── HostError                   the host lacks a tool, a device or memory
      │    └── UnsafeStateDir         the state folder is not private to this user
      ├── BuildError                  a template build failed
@@ -56,6 +57,10 @@ class MachineNotFound(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message's repr
         return str(self.args[0]) if self.args else ""
+
+
+class LabNotFound(ConfigError):
+    """No lab by that name in the state folder; the message lists the labs there are."""
 
 
 class HostError(VboxlabError):

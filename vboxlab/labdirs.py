@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vboxlab import procs
-from vboxlab.errors import ConfigError
+from vboxlab.errors import ConfigError, LabNotFound
 from vboxlab.keys import load as load_key
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
@@ -142,7 +142,7 @@ def find_lab(base: Path, lab_id: str) -> LabRecord:
     record = read_lab(base / lab_id) if "/" not in lab_id and lab_id not in (".", "..") else None
     if record is None:
         known = ", ".join(r.id for r in list_labs(base)) or "none"
-        raise ConfigError(f"no lab {lab_id!r} in {base}; labs: {known}")
+        raise LabNotFound(f"no lab {lab_id!r} in {base}; labs: {known}")
     return record
 
 

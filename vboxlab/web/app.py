@@ -38,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 
 from vboxlab.control.actions import ACTIONS
 from vboxlab.control.launcher import client, down, up
-from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.errors import ConfigError, LabNotFound, VboxlabError
 from vboxlab.labdirs import clean, find_lab, kept_machine
 from vboxlab.labstatus import TOPOLOGY_COPY
 from vboxlab.names import check_name
@@ -60,6 +60,10 @@ _CAPTURE = re.compile(r"[a-z][a-z0-9-]{0,19}-to-[a-z][a-z0-9-]{0,19}\.pcap(\.[0-
 MAX_BODY = 256 << 10
 #: what the dashboard does to a kept lab (no supervisor): its snapshots, through the provider
 KEPT_ACTIONS = {"snapshot.restore", "snapshot.delete"}
+
+
+class BodyTooLarge(ConfigError):
+    """A request body over :data:`MAX_BODY`."""
 
 
 def _impairment(settings: dict[str, Any]) -> Impairment:
@@ -110,7 +114,7 @@ class Dashboard:
     async def _json_body(self, request: Request) -> dict[str, Any]:
         body = await request.body()
         if len(body) > MAX_BODY:
-            raise ConfigError(f"request over {MAX_BODY} bytes")
+            raise BodyTooLarge(f"request over {MAX_BODY} bytes")
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
@@ -238,14 +242,13 @@ class Dashboard:
     async def action(self, request: Request) -> Response:
         """POST {"action": NAME, "args": {...}}: run it on the lab (its supervisor, or down)."""
         lab = request.path_params["lab"]
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, f"request over {MAX_BODY} bytes")
         try:
-            payload = json.loads(body or b"{}")
-        except ValueError:
-            return _error(400, "the request body is not JSON")
-        if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+            payload = await self._json_body(request)
+        except BodyTooLarge as exc:
+            return _error(413, str(exc))
+        except ConfigError as exc:
+            return _error(400, str(exc))
+        if not isinstance(payload.get("action"), str):
             return _error(400, "send {\"action\": NAME, \"args\": {...}}")
         name, args = payload["action"], payload.get("args") or {}
         if not isinstance(args, dict):
@@ -309,7 +312,9 @@ def create_app(base: Path, token: str, hosts: set[str], *, interval: float = 1.0
         return _error(404, f"no such page: {request.url.path}")
 
     async def bad_input(request: Request, exc: Exception) -> Response:
-        return _error(404 if "no lab" in str(exc) else 400, str(exc))
+        if isinstance(exc, BodyTooLarge):
+            return _error(413, str(exc))
+        return _error(404 if isinstance(exc, LabNotFound) else 400, str(exc))
 
     app = Starlette(
         routes=[
