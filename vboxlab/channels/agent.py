@@ -154,14 +154,19 @@ class AgentChannel:
             except WaitTimeout as exc:
                 raise BootTimeout(str(exc)) from None
             self._sock = sock
+            self._ready.clear()  # before reading: a READY sent at once must count
             self._reader = threading.Thread(target=self._read_loop, args=(sock,),
                                             name=f"vboxlab-agent-{self.name}", daemon=True)
             self._reader.start()
-            self._await_hello(deadline, timeout)
+            self._await_hello(deadline, timeout, fresh=True)
 
-    def _await_hello(self, deadline: float, timeout: float) -> None:
-        """Send HELLO with a fresh nonce until the agent answers it (or says READY)."""
-        self._ready.clear()
+    def _await_hello(self, deadline: float, timeout: float, *, fresh: bool = False) -> None:
+        """Send HELLO with a fresh nonce until the agent answers it (or says READY).
+
+        ``fresh``: a new connection, whose READY may already have come.
+        """
+        if not fresh:
+            self._ready.clear()
         self._nonce = os.urandom(8)
         hello = encode(Kind.HELLO, self._next_seq(), self._nonce)
         sent = 0
