@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
-	debootstrap nmap clamav lynis yara
+	debootstrap nmap clamav lynis yara \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
 # from bookworm-backports (Suricata 7; bookworm itself has 6). Where services start on install,
 # the package starts a system-wide Suricata sniffing eth0; vboxlab runs its own per test, so
 # set-up stops the one it just installed.
@@ -21,7 +22,7 @@ BACKPORTS_LIST := /etc/apt/sources.list.d/vboxlab-backports.sources
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps venv template templates setup demo test lint unit bench clean-labs
+.PHONY: help deps venv template templates libvirt setup demo test lint unit bench clean-labs
 
 help:
 	@echo "make demo   - set up, build the tiny template, run examples/ against real VMs"
@@ -80,6 +81,23 @@ templates: deps venv template
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/vboxlab templates build debian-12 netlab vulnlab; \
 	else echo "not building debian-12, netlab and vulnlab: debootstrap needs root (their tests will skip)"; fi
 
+# libvirtd for the libvirt provider (root). Not libvirt-daemon-system: it pulls systemd, which
+# is not PID 1 on these machines; so the daemons are started by hand, QEMU domains run as root,
+# and a qemu.conf of the user's own is never touched.
+LIBVIRT_QEMU_CONF := /etc/libvirt/qemu.conf
+libvirt: deps
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "not starting libvirtd: it needs root (the libvirt provider's tests will skip)"; \
+	else \
+	  id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin libvirt-qemu; \
+	  mkdir -p /var/log/libvirt /var/lib/libvirt/qemu /run/libvirt; \
+	  [ -f $(LIBVIRT_QEMU_CONF) ] || printf '# written by vboxlab (make libvirt): QEMU domains run as root\nuser = "root"\ngroup = "root"\n' > $(LIBVIRT_QEMU_CONF); \
+	  pgrep -x virtlogd >/dev/null || virtlogd -d; \
+	  pgrep -x libvirtd >/dev/null || libvirtd -d; \
+	  for i in $$(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done; \
+	  virsh -c qemu:///system version >/dev/null && echo "libvirtd: running"; \
+	fi
+
 setup: deps venv template
 
 demo: setup
@@ -91,7 +109,7 @@ lint: venv
 	$(BIN)/ruff check vboxlab tests examples benchmarks conftest.py
 	$(BIN)/mypy
 
-test: setup templates lint
+test: setup templates libvirt lint
 	@mkdir -p $(REPORTS)
 	$(BIN)/pytest --junitxml=$(REPORTS)/test-junit.xml $(PYTEST_ARGS)
 	@echo "test report: $(CURDIR)/$(REPORTS)/test-junit.xml"
@@ -108,6 +126,7 @@ bench: setup templates
 	$(BIN)/python benchmarks/media.py --output $(REPORTS)/bench-media.json
 	$(BIN)/python benchmarks/templates.py --output $(REPORTS)/bench-templates.json
 	$(BIN)/python benchmarks/console.py --output $(REPORTS)/bench-console.json
+	$(BIN)/python benchmarks/dashboard.py --output $(REPORTS)/bench-dashboard.json
 	$(BIN)/python benchmarks/netsec.py --output $(REPORTS)/bench-netsec.json
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python benchmarks/leaks.py --output $(REPORTS)/bench-leaks.json && \
 	  $(BIN)/python benchmarks/scans.py --output $(REPORTS)/bench-scans.json; \

@@ -137,5 +137,9 @@ def release(resource: Resource, folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+    elif resource.kind == "libvirt-domain":
+        from vboxlab.providers.libvirt import release_domain
+
+        release_domain(resource.name, data)
     else:
         raise ValueError(f"unknown resource kind {resource.kind!r}")

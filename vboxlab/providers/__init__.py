@@ -25,7 +25,8 @@ from vboxlab.providers.base import (
 
 #: used when vboxlab runs from a source tree that was never installed
 _BUILTIN = {"qemu": "vboxlab.providers.qemu:QemuProvider",
-            "netns": "vboxlab.providers.netns:NetnsProvider"}
+            "netns": "vboxlab.providers.netns:NetnsProvider",
+            "libvirt": "vboxlab.providers.libvirt:LibvirtProvider"}
 
 
 def available() -> dict[str, str]:

@@ -176,13 +176,20 @@ class QemuProvider:
             restrict=spec.restrict, agent=agent,
             cpu=TCG_CPU if accel.accel == "tcg" else None,
             kernel_firmware=str(QBOOT) if media is None and QBOOT.is_file() else None)
-        machine = QemuMachine(launch, work, ledger, spec.log, tied=spec.tied,
-                              ssh_user=definition.access.user,
-                              host_key_line=spec.host_key.public_line if spec.host_key else "",
-                              template=(built.template.name, built.template.version))
+        machine = self._machine(launch, spec, ledger)
         machine.wire(spec)
         machine.prepare(spec)
         return machine
+
+    def _machine(self, launch: QemuLaunch, spec: MachineSpec, ledger: Ledger) -> QemuMachine:
+        """The machine object for a launch (a provider built on this one returns its own)."""
+        assert spec.template is not None
+        definition = spec.template.template.definition
+        return QemuMachine(launch, spec.workdir, ledger, spec.log, tied=spec.tied,
+                           ssh_user=definition.access.user,
+                           host_key_line=spec.host_key.public_line if spec.host_key else "",
+                           template=(spec.template.template.name,
+                                     spec.template.template.version))
 
     def attach(self, workdir: Path, ledger: Ledger, log: logging.Logger, *,
                unplug_nics: bool = False) -> QemuMachine:
