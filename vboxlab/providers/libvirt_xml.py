@@ -60,9 +60,9 @@ def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None 
     _sub(os_, "kernel", launch.kernel)
     _sub(os_, "initrd", launch.initrd)
     _sub(os_, "cmdline", launch.cmdline)
-    features = _sub(domain, "features")  # without <acpi/> libvirt passes -no-acpi: no poweroff
-    _sub(features, "acpi")
-    _sub(features, "apic")
+    machine_features = _sub(domain, "features")  # without <acpi/>: -no-acpi, and no poweroff
+    _sub(machine_features, "acpi")
+    _sub(machine_features, "apic")
     if launch.cpu and launch.accel != "kvm":
         model, *features = launch.cpu.split(",")
         cpu = _sub(domain, "cpu", mode="custom", match="exact")
