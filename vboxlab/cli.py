@@ -97,7 +97,8 @@ def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None
                                    f"{', '.join(record.machines) or 'none'}")
     if not info.get("running"):
         raise click.ClickException(f"VM {vm_name} of lab {lab_id} is not running")
-    if info.get("provider", "qemu") != "qemu" or not isinstance(info.get("ssh"), dict):
+    if info.get("provider", "qemu") not in ("qemu", "libvirt") or \
+            not isinstance(info.get("ssh"), dict):
         raise click.ClickException(f"{vm_name} of lab {lab_id} has no SSH (a "
                                    f"{info.get('provider')} machine); vboxlab labs shows how "
                                    "to reach it")

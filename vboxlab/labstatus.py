@@ -61,7 +61,7 @@ def describe_machine(folder: Path, info: dict[str, object]) -> dict[str, Any]:
                        if isinstance(n, dict)] or info.get("interfaces", []),
         "snapshots": snapshots, "current_snapshot": current,
     }
-    if isinstance(ssh, dict) and ssh.get("port") and described["provider"] == "qemu":
+    if isinstance(ssh, dict) and ssh.get("port") and described["provider"] in ("qemu", "libvirt"):
         described["ssh"] = {"host": ssh.get("host"), "port": ssh.get("port"),
                             "user": ssh.get("user")}
     return described
