@@ -244,8 +244,8 @@ class LibvirtMachine(QemuMachine):
             if domain is not None:
                 try:
                     domain.destroy()
-                except lv.libvirtError as exc:
-                    if domain.isActive():
+                except lv.libvirtError as exc:  # a transient domain that powered off is gone
+                    if self._domain_running():
                         raise ProviderError(f"{self.name}: libvirt could not destroy "
                                             f"{self.domain_name}: {exc.get_error_message()}"
                                             ) from None
