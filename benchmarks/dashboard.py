@@ -20,17 +20,16 @@ Targets (issue 14): first paint <= 1 s, idle <= 2 % of one core, update <= 1.5 s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from boot import emit, summary
 from playwright.sync_api import expect, sync_playwright
 
 from vboxlab.control.launcher import client, down, up
@@ -56,10 +55,6 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "n": len(values)}
 
 
 def main() -> int:
@@ -102,11 +97,7 @@ def main() -> int:
         "update_latency_s": result["update_latency_s"]["p50"] <= TARGETS["update_latency_s"],
     }
     result["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit(result, args.output)
     return 0
 
 

@@ -14,22 +14,19 @@ own ``revertToSnapshot`` beside the ``loadvm`` the provider uses. Targets
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from boot import emit, summary
+
 from vboxlab.lab import Lab
 
 PROVIDERS = ("qemu", "libvirt")
 TARGETS = {"boot_ratio": 1.2, "restore_ratio": 2.0}
 
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "n": len(values)}
 
 
 def main() -> int:
@@ -90,11 +87,7 @@ def main() -> int:
     }
     result["met"] = {"boot_ratio": result["boot_ratio"] <= TARGETS["boot_ratio"],  # type: ignore[operator]
                      "restore_ratio": result["restore_ratio"] <= TARGETS["restore_ratio"]}  # type: ignore[operator]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+    emit(result, args.output)
     return 0
 
 
