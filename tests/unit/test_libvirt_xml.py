@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from vboxlab.providers.libvirt_xml import QEMU_NS, domain_name, domain_xml
+from vboxlab.providers.libvirt_xml import QEMU_NS, UdpNic, domain_name, domain_xml
 from vboxlab.providers.qemu_argv import LaunchMedia
 
 from .test_qemu_argv import launch
@@ -51,3 +51,20 @@ def test_what_it_cannot_do_is_refused():
     with pytest.raises(ValueError, match="boot media"):
         domain_xml(launch(media=LaunchMedia("/x.iso", "cdrom", "bios")), "d", owner="o")
     assert domain_name("1128-1-ab", "web") == "vboxlab-1128-1-ab-web"
+
+
+def test_lab_nics_are_udp_interfaces_after_the_user_nic():
+    nics = [UdpNic("52:54:00:00:00:0a", 40001, 40002), UdpNic("52:54:00:00:00:0b", 40003, 40004)]
+    root = ET.fromstring(domain_xml(launch(), "vboxlab-lab-vm", owner="/labs/x", udp_nics=nics))
+    interfaces = root.findall("devices/interface")
+    assert [i.get("type") for i in interfaces] == ["udp", "udp"]
+    first = interfaces[0]
+    assert first.find("mac").get("address") == "52:54:00:00:00:0a"
+    assert first.find("source").attrib == {"address": "127.0.0.1", "port": "40002"}
+    assert first.find("source/local").attrib == {"address": "127.0.0.1", "port": "40001"}
+    args = [a.get("value") for a in root.find(f"{{{QEMU_NS}}}commandline")]
+    user_slot = int(args[3].rsplit("addr=", 1)[1], 16)
+    slots = [int(i.find("address").get("slot"), 16) for i in interfaces]
+    assert user_slot < slots[0] < slots[1]  # the guest names NICs in slot order: eth0 first
+    with pytest.raises(ValueError, match="slots for"):
+        domain_xml(launch(), "vboxlab-lab-vm", owner="/labs/x", udp_nics=nics * 13)

@@ -12,9 +12,13 @@ memory, devices and disk in the overlay) and loaded with QEMU's own ``loadvm``
 through libvirt's monitor (5x faster than ``revertToSnapshot`` here, and it
 also loads a snapshot libvirt no longer knows, taken before a stop).
 
-Not yet: lab NICs (``<interface type='udp'>`` into the fabric), boot media,
-remote hypervisors (``qemu+ssh://``), keeping a lab (``--lab-keep``): each
-raises NotSupported saying so.
+Lab NICs join the fabric as ``<interface type='udp'>``: each NIC gets a pair
+of UDP sockets on 127.0.0.1 like a QEMU NIC, but its near end is closed and its
+port given to libvirt, whose QEMU binds it (libvirtd cannot inherit our file
+descriptors); the far end is the fabric port.
+
+Not yet: boot media, keeping a lab (``--lab-keep``), direct wires and vde
+switches: each raises NotSupported saying so.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vboxlab import procs
-from vboxlab.errors import HostError, MachineDied, NotSupported, ProviderError
+from vboxlab.errors import ConfigError, HostError, MachineDied, NotSupported, ProviderError
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
+from vboxlab.net.wire import socket_pair
 from vboxlab.providers.base import Capability, MachineSpec, MachineState, ProviderOptions
-from vboxlab.providers.libvirt_xml import domain_name, domain_xml
+from vboxlab.providers.libvirt_xml import MAX_LAB_NICS, UdpNic, domain_name, domain_xml
 from vboxlab.providers.qemu import (
     INFO_FILE,
     QemuMachine,
@@ -100,9 +105,6 @@ class LibvirtProvider(QemuProvider):
         if spec.media is not None:
             raise NotSupported(f"{spec.name}: boot media are not supported by the libvirt "
                                "provider yet; use the qemu provider")
-        if any(n for n in spec.nics):
-            raise NotSupported(f"{spec.name}: lab NICs are not supported by the libvirt "
-                               "provider yet; use qemu nodes for networks")
         if not spec.tied:
             raise NotSupported(f"{spec.name}: libvirt labs cannot be kept yet (--lab-keep); "
                                "their domains end with the run")
@@ -124,7 +126,8 @@ class LibvirtMachine(QemuMachine):
     """One VM as a transient libvirt domain; files and channel as a QEMU machine's."""
 
     capabilities = frozenset({Capability.SNAPSHOTS, Capability.PORT_FORWARD,
-                              Capability.RESTART, Capability.GUEST_POWEROFF})
+                              Capability.RESTART, Capability.GUEST_POWEROFF,
+                              Capability.LAB_NICS})
 
     def __init__(self, provider: LibvirtProvider, launch: QemuLaunch, workdir: Path,
                  ledger: Ledger, log: logging.Logger, *, domain: str, **kwargs: Any) -> None:
@@ -134,6 +137,7 @@ class LibvirtMachine(QemuMachine):
         self._domain: libvirt.virDomain | None = None
         self._domain_rid: int | None = None
         self._stopping = False
+        self._udp_nics: list[UdpNic] = []
 
     def __repr__(self) -> str:
         return f"<LibvirtMachine {self.name} {self.state().value} ({self.domain_name})>"
@@ -142,6 +146,24 @@ class LibvirtMachine(QemuMachine):
     def qemu_log(self) -> Path:
         return Path("/var/log/libvirt/qemu") / f"{self.domain_name}.log"
 
+    def wire(self, spec: MachineSpec) -> None:
+        """One UDP socket pair per fabric NIC: the far end stays here as the fabric's port,
+        the near end's port goes to libvirt (its QEMU binds it once the domain starts)."""
+        if len(spec.nics) > MAX_LAB_NICS:
+            raise ConfigError(f"{spec.name}: {len(spec.nics)} lab NICs; a libvirt machine takes "
+                              f"at most {MAX_LAB_NICS}")
+        for nic in spec.nics:
+            if nic.vde is not None or nic.fd is not None:
+                raise NotSupported(
+                    f"{spec.name}: NIC {nic.name}: libvirt machines join lab networks through "
+                    "the fabric (a topology); direct wires and vde switches need the qemu "
+                    "provider")
+            near, far = socket_pair()
+            self._udp_nics.append(UdpNic(nic.mac, near.getsockname()[1], far.getsockname()[1]))
+            near.close()
+            self._own_sockets.append(far)
+            self._fabric_ends.append(far)
+
     # -- life -----------------------------------------------------------
     def start(self, loadvm: str | None = None) -> None:
         """Create the transient domain (AUTODESTROY: it ends with this process)."""
@@ -149,7 +171,8 @@ class LibvirtMachine(QemuMachine):
             raise ProviderError(f"{self.name} is already running")
         lv = _libvirt()
         connection = self.provider.connection()
-        xml = domain_xml(self.launch, self.domain_name, owner=str(self.workdir), loadvm=loadvm)
+        xml = domain_xml(self.launch, self.domain_name, owner=str(self.workdir), loadvm=loadvm,
+                         udp_nics=self._udp_nics)
         if self.launch.agent is not None:
             Path(self.launch.agent).unlink(missing_ok=True)
             self._ledger.add("socket", f"agent {self.name}", path=self.launch.agent)
@@ -268,7 +291,9 @@ class LibvirtMachine(QemuMachine):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def detach(self) -> None:
+        """Forget the domain and close the fabric ends of the NICs."""
         self._domain = None
+        super().detach()
 
     # -- the monitor ----------------------------------------------------
     def hmp(self, command: str) -> str:

@@ -4,23 +4,41 @@ The domain is what ``vboxlab.providers.qemu_argv`` gives QEMU directly, said in
 libvirt's words: direct kernel boot (qboot's ROM as firmware when there is
 one), the overlay disk over the template's image, the serial console to the
 VM's ``console.log``, the guest agent's virtio-serial port on ``agent.sock``,
-TCG's CPU model with RDRAND. Only the user-mode network and its SSH forward go
-through ``<qemu:commandline>``: libvirt 9.0 forwards ports only with passt,
+TCG's CPU model with RDRAND, and each lab NIC as an ``<interface type='udp'>``
+whose frames go to its fabric port exactly as a QEMU NIC's do (QEMU, started by
+libvirtd, binds the NIC's end itself). Only the user-mode network and its SSH
+forward go through ``<qemu:commandline>``: libvirt 9.0 forwards ports only with passt,
 which it refuses here. Built with ElementTree, so every path is escaped.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from vboxlab.providers.qemu_argv import QemuLaunch
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 #: the user-mode network's id (``hostfwd_add`` names it)
 USER_NETDEV = "n0"
-#: a free slot on q35's root bus for the user network's NIC (the disk and the agent's port
-#: take 3 and 4)
-USER_NIC_ADDR = "0x10"
+#: slots on q35's root bus: the disk 3, the agent's port 4, the user network's NIC 5 (the
+#: guest's eth0: the kernel names NICs in slot order), lab NICs from 6 (eth1, eth2, ...) up to
+#: 0x1e (0x1f is the ICH9 bridge)
+USER_NIC_SLOT = 0x05
+FIRST_LAB_NIC_SLOT = 0x06
+LAST_LAB_NIC_SLOT = 0x1e
+MAX_LAB_NICS = LAST_LAB_NIC_SLOT - FIRST_LAB_NIC_SLOT + 1
+
+
+@dataclass(frozen=True)
+class UdpNic:
+    """A lab NIC carried as UDP datagrams on 127.0.0.1: QEMU binds ``local_port`` and sends
+    to ``remote_port``, where the fabric's end of the NIC is."""
+
+    mac: str
+    local_port: int
+    remote_port: int
 
 
 def domain_name(lab_id: str, machine: str) -> str:
@@ -41,8 +59,12 @@ def _root_slot(device: ET.Element, slot: str) -> None:
     _sub(device, "address", type="pci", domain="0x0000", bus="0x00", slot=slot, function="0x0")
 
 
-def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None = None) -> str:
+def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None = None,
+               udp_nics: Sequence[UdpNic] = ()) -> str:
     """The domain's XML; ``owner`` (the lab folder) goes into its description."""
+    if len(udp_nics) > MAX_LAB_NICS:
+        raise ValueError(f"{launch.name}: {len(udp_nics)} lab NICs; a libvirt machine has "
+                         f"slots for {MAX_LAB_NICS}")
     if launch.media is not None:
         raise ValueError("boot media are not supported by the libvirt provider yet")
     if launch.kernel is None or launch.initrd is None:
@@ -91,12 +113,19 @@ def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None 
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "source", mode="bind", path=launch.agent)
         _sub(channel, "target", type="virtio", name="org.vboxlab.agent.0")
+    for index, nic in enumerate(udp_nics):
+        interface = _sub(devices, "interface", type="udp")
+        _sub(interface, "mac", address=nic.mac)
+        source = _sub(interface, "source", address="127.0.0.1", port=str(nic.remote_port))
+        _sub(source, "local", address="127.0.0.1", port=str(nic.local_port))
+        _sub(interface, "model", type="virtio")
+        _root_slot(interface, f"{FIRST_LAB_NIC_SLOT + index:#04x}")
     _sub(devices, "controller", type="usb", model="none")
     _sub(devices, "memballoon", model="none")
     restrict = ",restrict=on" if launch.restrict else ""
     args = ["-netdev", f"user,id={USER_NETDEV}{restrict},hostfwd=tcp:127.0.0.1:0-:"
                        f"{launch.ssh_port}",
-            "-device", f"virtio-net-pci,netdev={USER_NETDEV},bus=pcie.0,addr={USER_NIC_ADDR}"]
+            "-device", f"virtio-net-pci,netdev={USER_NETDEV},bus=pcie.0,addr={USER_NIC_SLOT:#04x}"]
     if loadvm is not None:
         args += ["-loadvm", loadvm]
     commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
