@@ -13,7 +13,10 @@ APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux i
 	procps ca-certificates chromium gcc libc6-dev tcpdump tshark iputils-ping iperf3 vde2 \
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
 	debootstrap nmap clamav lynis yara \
-	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config \
+	openssh-server
+# openssh-server: tests start their own sshd on 127.0.0.1 (a second host, simulated); where the
+# package starts the system's sshd on install, set-up stops the one it just installed
 # from bookworm-backports (Suricata 7; bookworm itself has 6). Where services start on install,
 # the package starts a system-wide Suricata sniffing eth0; vboxlab runs its own per test, so
 # set-up stops the one it just installed.
@@ -36,7 +39,8 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing && \
+	  case " $$missing " in *" openssh-server "*) $(SUDO) /etc/init.d/ssh stop >/dev/null 2>&1 || true;; esac; \
 	else echo "Debian packages: all present"; fi
 	@[ -n "$$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit)" ] || $(SUDO) apt-get update -q
 	@if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then \

@@ -17,6 +17,7 @@ long as the lab.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -76,7 +77,7 @@ class Lab:
                  template: str = "tiny", keep: bool = False, worker: str | None = None,
                  accel: str = "auto", repository: TemplateRepository | None = None,
                  boot_timeout: float = 90.0, channel: str = "auto", name: str | None = None,
-                 role: str = "session") -> None:
+                 role: str = "session", libvirt_uri: str | None = None) -> None:
         self.base = private_dir(Path(base) if base is not None else state_base())
         self.id = check_name(name, "lab") if name is not None else new_lab_id(worker)
         self.dir = self.base / self.id
@@ -93,7 +94,7 @@ class Lab:
         if channel not in ("auto", "ssh"):
             raise ConfigError(f"command channel {channel!r}: use auto (the template's agent "
                               "where it has one, else SSH) or ssh")
-        self._options = ProviderOptions(accel=accel, channel=channel)
+        self._options = ProviderOptions(accel=accel, channel=channel, libvirt_uri=libvirt_uri)
         self._providers: dict[str, Provider] = {}
         self.machines: dict[str, Machine] = {}
         #: called with each machine once it first answers (the plugin's hook uses it)
@@ -141,13 +142,17 @@ class Lab:
         tmp.replace(self.dir / LEASE)
 
     # -- providers ------------------------------------------------------
-    def provider_for(self, name: str | None = None) -> Provider:
-        """The provider called ``name`` (default: the lab's), loaded once."""
+    def provider_for(self, name: str | None = None, host_uri: str | None = None) -> Provider:
+        """The provider called ``name`` (default: the lab's), loaded once; with ``host_uri``,
+        the libvirt provider of that remote host (one per host)."""
         name = name or self.default_provider
+        key = name if host_uri is None else f"{name} on {host_uri}"
         with self._lock:
-            if name not in self._providers:
-                self._providers[name] = load_provider(name, self._options)
-            return self._providers[name]
+            if key not in self._providers:
+                options = self._options if host_uri is None else \
+                    dataclasses.replace(self._options, libvirt_uri=host_uri)
+                self._providers[key] = load_provider(name, options)
+            return self._providers[key]
 
     def accelerators(self) -> dict[str, str]:
         """Provider name -> the accelerator its machines run with, once chosen."""
@@ -180,8 +185,9 @@ class Lab:
                nics: Sequence[NicSpec] = (), hosts: str = "",
                routes: Sequence[tuple[str, str]] = (), forward: bool = False,
                media: BootMedia | None = None, restrict: bool | None = None,
-               kernel_args: str = "") -> Machine:
-        """Create a machine through its provider without starting it (see :meth:`vm`)."""
+               kernel_args: str = "", host_uri: str | None = None) -> Machine:
+        """Create a machine through its provider without starting it (see :meth:`vm`);
+        ``host_uri``: the remote host a libvirt machine runs on (a topology's ``host:``)."""
         try:
             kernel_args = check_kernel_args(kernel_args)
         except ValueError as exc:
@@ -189,7 +195,7 @@ class Lab:
         self._reserve(name)
         workdir = self.dir / name
         try:
-            chosen = self.provider_for(provider)
+            chosen = self.provider_for(provider, host_uri)
             built = None
             if chosen.needs_template:
                 built = self.repository.built(template or self.default_template)
@@ -382,8 +388,8 @@ class Lab:
             self._building_network = True
         try:
             plan = plan_network(topology, self.id)
-            for provider, names in plan.providers.items():
-                self.provider_for(provider).preflight(names)
+            for (provider, host_uri), names in plan.providers.items():
+                self.provider_for(provider, host_uri).preflight(names)
             if seed is None:
                 seed = secrets.randbits(48)
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
@@ -400,7 +406,8 @@ class Lab:
                 started = time.monotonic()
                 for node in plan.nodes:  # all start, then all are waited for: boots overlap
                     machine = self.create(
-                        node.name, provider=node.provider, template=node.template,
+                        node.name, provider=node.provider, host_uri=node.host_uri,
+                        template=node.template,
                         memory=node.memory, cpus=node.cpus,
                         nics=tuple(NicSpec(n.name, n.mac, n.address) for n in node.nics),
                         hosts=plan.hosts, routes=node.routes, forward=node.forward)

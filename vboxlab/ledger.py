@@ -141,5 +141,9 @@ def release(resource: Resource, folder: Path) -> None:
         from vboxlab.providers.libvirt import release_domain
 
         release_domain(resource.name, data)
+    elif resource.kind == "remote-dir":
+        from vboxlab.providers.remote_host import release_machine_dir
+
+        release_machine_dir(resource.name, data)
     else:
         raise ValueError(f"unknown resource kind {resource.kind!r}")

@@ -8,11 +8,14 @@ provider added later is done when it passes this suite.
 
 import pytest
 
+from tests.sshd import LocalSshd
 from vboxlab.errors import HostError
 from vboxlab.lab import Lab
 from vboxlab.pytest.policy import missing_capability
 
-PROVIDERS = ["qemu", "netns", "libvirt"]
+#: provider variants: ``libvirt-remote`` is the libvirt provider on a second host, simulated by
+#: an sshd on 127.0.0.1 (``qemu+ssh://root@127.0.0.1:PORT/system``)
+VARIANTS = ["qemu", "netns", "libvirt", "libvirt-remote"]
 
 
 def provider_or_skip(lab: Lab, name: str) -> None:
@@ -24,15 +27,37 @@ def provider_or_skip(lab: Lab, name: str) -> None:
         missing_capability(f"the {name} provider: {exc}")
 
 
-@pytest.fixture(scope="module", params=PROVIDERS)
-def provider(request):
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant(request):
     return request.param
 
 
 @pytest.fixture(scope="module")
-def plab(provider, tmp_path_factory):
+def provider(variant):
+    """The provider's name (what ``Lab(provider=...)`` and topologies take)."""
+    return variant.removesuffix("-remote")
+
+
+@pytest.fixture(scope="module")
+def second_host(variant, tmp_path_factory):
+    """The remote variant's host (an sshd living as long as the module), else None."""
+    if not variant.endswith("-remote"):
+        yield None
+        return
+    with LocalSshd(tmp_path_factory.mktemp("host2")) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def libvirt_uri(second_host):
+    return second_host.libvirt_uri if second_host is not None else None
+
+
+@pytest.fixture(scope="module")
+def plab(provider, libvirt_uri, tmp_path_factory):
     """A lab whose default provider is the one under test."""
-    with Lab(base=tmp_path_factory.mktemp("prov") / "labs", provider=provider, accel="tcg") as lab:
+    with Lab(base=tmp_path_factory.mktemp("prov") / "labs", provider=provider, accel="tcg",
+             libvirt_uri=libvirt_uri) as lab:
         provider_or_skip(lab, provider)
         yield lab
 

@@ -18,6 +18,7 @@ from vboxlab.errors import (
 )
 from vboxlab.leftovers import find_leftovers
 from vboxlab.providers import Capability, MachineState, supports
+from vboxlab.providers.remote_host import REMOTE_ROOT, RemoteTarget
 
 
 def test_boots_to_a_first_command(machine, provider):
@@ -86,17 +87,6 @@ def test_stop_and_start_where_declared(machine):
     assert machine.succeed("cat /data/persisted") == "kept\n"  # the disk outlives a stop
 
 
-def test_a_killed_machine_says_so(plab, provider):
-    machine = plab.vm("victim")
-    machine.succeed("true")
-    machine.kill()
-    assert machine.state in (MachineState.STOPPED, MachineState.CRASHED)
-    with pytest.raises((MachineDied, ChannelError, NotSupported)) as caught:
-        machine.succeed("true")
-    assert "victim" in str(caught.value)
-    plab.remove_vm("victim")
-
-
 def test_lab_nics_through_the_fabric_where_declared(plab, provider, machine):
     topology = {"name": "pair", "defaults": {"provider": provider},
                 "nodes": {"pa": {}, "pb": {}}, "links": [{"between": ["pa", "pb"]}]}
@@ -111,20 +101,35 @@ def test_lab_nics_through_the_fabric_where_declared(plab, provider, machine):
         net.node("pa").succeed("ping -c 2 -W 3 pb")
 
 
+def test_a_killed_machine_says_so(plab, machine):
+    """The last test of the shared machine: it ends it (a provider that cannot start again
+    after the stop test gets a fresh one)."""
+    if machine.state is not MachineState.RUNNING:
+        machine = plab.vm("victim")
+    machine.succeed("true")
+    machine.kill()
+    assert machine.state in (MachineState.STOPPED, MachineState.CRASHED)
+    with pytest.raises((MachineDied, ChannelError, NotSupported)) as caught:
+        machine.succeed("true")
+    assert machine.name in str(caught.value)
+
+
 SIGKILLED = """
 import os, signal, sys
 from pathlib import Path
 from vboxlab.lab import Lab
-lab = Lab(base=Path(sys.argv[1]), provider=sys.argv[2], accel="tcg")
+lab = Lab(base=Path(sys.argv[1]), provider=sys.argv[2], accel="tcg",
+          libvirt_uri=sys.argv[3] or None)
 lab.vm("doomed").succeed("true")
 print("up", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_nothing_is_left_after_sigkill(provider, tmp_path):
+def test_nothing_is_left_after_sigkill(provider, libvirt_uri, second_host, tmp_path):
     base = tmp_path / "labs"
-    run = subprocess.run([sys.executable, "-c", SIGKILLED, str(base), provider],
+    run = subprocess.run([sys.executable, "-c", SIGKILLED, str(base), provider,
+                          libvirt_uri or ""],
                          capture_output=True, text=True, timeout=180, check=False)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     deadline = time.monotonic() + 15
@@ -132,7 +137,9 @@ def test_nothing_is_left_after_sigkill(provider, tmp_path):
         left = {kind: items for kind, items in find_leftovers(base).items()
                 if items and kind != "lab folders"}
         if provider == "libvirt":
-            listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"],
+            uri = RemoteTarget.parse(libvirt_uri).libvirt_uri() if libvirt_uri else \
+                "qemu:///system"
+            listed = subprocess.run(["virsh", "-c", uri, "list", "--name"],
                                     capture_output=True, text=True, check=True).stdout
             domains = [d for d in listed.split() if d.startswith("vboxlab-") and
                        any(d.startswith(f"vboxlab-{p.name}") for p in base.iterdir())]
@@ -142,10 +149,14 @@ def test_nothing_is_left_after_sigkill(provider, tmp_path):
             break
         time.sleep(0.2)
     assert left == {}
+    killed = [p.name for p in base.iterdir()]
     cleaned = subprocess.run([sys.executable, "-m", "vboxlab.cli", "clean", "--lab-dir",
                               str(base)], capture_output=True, text=True, check=False)
     assert cleaned.returncode == 0, cleaned.stderr
     assert list(base.iterdir()) == []
+    if second_host is not None:  # the machine's folder on the host went too
+        on_host = second_host.home / REMOTE_ROOT / "labs"
+        assert killed and not any((on_host / name).exists() for name in killed)
 
 
 def test_errors_are_vboxlab_errors(plab, provider):

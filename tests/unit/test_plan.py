@@ -26,7 +26,7 @@ MIXED = {
 def test_a_plan_names_every_port_trunk_and_direction():
     plan = plan_network(Topology.from_dict(MIXED), "lab1")
     assert [n.name for n in plan.nodes] == ["web", "gw", "cli"]
-    assert plan.providers == {"qemu": ["web", "cli"], "netns": ["gw"]}
+    assert plan.providers == {("qemu", None): ["web", "cli"], ("netns", None): ["gw"]}
     web, gw, cli = plan.nodes
     assert [(n.name, n.address, n.port) for n in web.nics] == [("eth1", "10.9.0.1/24", 0)]
     assert [(n.name, n.port) for n in gw.nics] == [("eth1", 1), ("eth2", 3)]

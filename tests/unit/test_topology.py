@@ -47,7 +47,7 @@ def test_addresses_interfaces_and_names():
         ("web", "eth1"), ("web", "eth2")]
     assert topology.nodes["db"].memory == 512 and topology.nodes["web"].template == "tiny"
     assert "192.168.7.80 web\n" in topology.hosts_file()
-    assert topology.providers == {"qemu": ["web", "db"], "netns": ["cli"]}
+    assert topology.providers == {("qemu", None): ["web", "db"], ("netns", None): ["cli"]}
     assert topology.link("web", "cli").a_to_b.delay == pytest.approx(0.010)
 
 

@@ -74,6 +74,8 @@ class NodePlan:
     nics: tuple[PlannedNic, ...]
     routes: tuple[tuple[str, str], ...]
     forward: bool
+    #: the libvirt URI of the remote host it runs on (None: this machine)
+    host_uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,11 @@ class NetworkPlan:
         raise KeyError(name)
 
     @property
-    def providers(self) -> dict[str, list[str]]:
-        """Provider name -> the nodes it runs."""
-        found: dict[str, list[str]] = {}
+    def providers(self) -> dict[tuple[str, str | None], list[str]]:
+        """(provider name, remote host URI or None) -> the nodes it runs."""
+        found: dict[tuple[str, str | None], list[str]] = {}
         for node in self.nodes:
-            found.setdefault(node.provider, []).append(node.name)
+            found.setdefault((node.provider, node.host_uri), []).append(node.name)
         return found
 
 
@@ -139,7 +141,7 @@ def plan_network(topology: Topology, lab_id: str) -> NetworkPlan:
         nodes.append(NodePlan(name, node.provider, node.template, node.memory, node.cpus,
                               tuple(nics[name]),
                               tuple((str(net), str(via)) for net, via in found.routes),
-                              found.forward))
+                              found.forward, node.host_uri))
     trunks: list[TrunkPlan] = []
     links: list[LinkPlan] = []
     for link in topology.links:

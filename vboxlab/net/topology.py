@@ -16,7 +16,10 @@ written down once:
   ``10.<100+k>.0.0/24`` (point-to-point ones ``10.250.x.y/30``) avoiding the
   subnets that are given; nodes get ``.1``, ``.2``, ... in link order, skipping
   addresses given explicitly;
-* every node resolves every other node's name to its first address.
+* every node resolves every other node's name to its first address;
+* ``hosts`` names hypervisor hosts (``local`` or a libvirt ``qemu+ssh://`` URI) and
+  a node's ``host`` places it on one; a node on a remote host runs on the libvirt
+  provider there, its NICs crossing to the lab's fabric.
 
 Link properties apply to both directions; ``a_to_b`` and ``b_to_a`` override them
 for one direction (``a`` is the first endpoint). ``loss`` (random) and
@@ -27,6 +30,7 @@ override of either replaces the other. Names of nodes and segments follow
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 from dataclasses import dataclass
@@ -190,6 +194,8 @@ class NodeSpec(_Strict):
     provider: str | None = None
     memory: int | None = Field(None, ge=64)
     cpus: int | None = Field(None, ge=1, le=64)
+    #: a name from the topology's ``hosts`` (default: this machine)
+    host: str | None = None
 
     _provider = field_validator("provider")(_check_provider)
 
@@ -219,8 +225,10 @@ class TopologyFile(_Strict):
     links: list[LinkSpec] = Field(default_factory=list)
     #: static: routes over the fewest hops to every subnet (see net/routing.py); none: no routes
     routing: Literal["static", "none"] = "static"
+    #: hypervisor hosts nodes may be placed on: NAME -> "local" or a libvirt qemu+ssh:// URI
+    hosts: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("nodes", "segments")
+    @field_validator("nodes", "segments", "hosts")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -257,6 +265,8 @@ class Node:
     provider: str
     memory: int
     cpus: int
+    #: the libvirt URI of the remote host it runs on (None: this machine)
+    host_uri: str | None = None
 
 
 class Topology:
@@ -274,6 +284,7 @@ class Topology:
                               (s.memory if s and s.memory else d.memory),
                               (s.cpus if s and s.cpus else d.cpus))
                       for n, s in spec.nodes.items()}
+        self._place()
         self.segments: dict[str, Network] = {}
         self.links: list[Link] = []
         self.interfaces: list[Interface] = []
@@ -287,6 +298,41 @@ class Topology:
         return TopologyError(f"{where}: {field}: {message}", path)
 
     # -- working it out -------------------------------------------------
+    def _place(self) -> None:
+        """Nodes on remote hosts: checked URIs, and the libvirt provider (the one that runs
+        machines there; a node that names another provider is refused)."""
+        from vboxlab.providers.remote_host import RemoteTarget, is_remote
+
+        uris: dict[str, str | None] = {}
+        for host, uri in self.spec.hosts.items():
+            if uri == "local":
+                uris[host] = None
+                continue
+            if not is_remote(uri):
+                raise self._error(("hosts", host), f"{uri!r} is neither 'local' nor a "
+                                  "qemu+ssh://USER@HOST[:PORT]/system URI")
+            try:
+                RemoteTarget.parse(uri)
+            except ConfigError as exc:
+                raise self._error(("hosts", host), str(exc)) from None
+            uris[host] = uri
+        for name, spec in self.spec.nodes.items():
+            if spec is None or spec.host is None:
+                continue
+            if spec.host not in uris:
+                raise self._error(("nodes", name, "host"),
+                                  f"{spec.host!r} is not in hosts: "
+                                  f"{', '.join(uris) or 'none are declared'}")
+            placed = uris[spec.host]
+            if placed is None:
+                continue
+            node = self.nodes[name]
+            if spec.provider not in (None, "libvirt"):
+                raise self._error(("nodes", name, "provider"),
+                                  f"{spec.provider} cannot run on remote host {spec.host}; "
+                                  "only libvirt runs machines there (leave provider out)")
+            self.nodes[name] = dataclasses.replace(node, provider="libvirt", host_uri=placed)
+
     def _build(self) -> None:
         spec = self.spec
         clash = set(spec.nodes) & set(spec.segments)
@@ -406,11 +452,12 @@ class Topology:
 
     # -- reading ----------------------------------------------------------
     @property
-    def providers(self) -> dict[str, list[str]]:
-        """Provider name -> the nodes it runs (ask each provider's ``preflight`` about them)."""
-        found: dict[str, list[str]] = {}
+    def providers(self) -> dict[tuple[str, str | None], list[str]]:
+        """(provider name, remote host URI or None) -> the nodes it runs (ask each provider's
+        ``preflight`` about them)."""
+        found: dict[tuple[str, str | None], list[str]] = {}
         for node in self.nodes.values():
-            found.setdefault(node.provider, []).append(node.name)
+            found.setdefault((node.provider, node.host_uri), []).append(node.name)
         return found
 
     def addresses(self, node: str) -> list[Address]:

@@ -56,6 +56,8 @@ class ProviderOptions:
     accel: str = "auto"
     #: command channel: "auto" (the template's first, the agent where it has one) or "ssh"
     channel: str = "auto"
+    #: the libvirt provider's hypervisor (None: $VBOXLAB_LIBVIRT_URI, else qemu:///system)
+    libvirt_uri: str | None = None
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,20 @@ switches: each raises NotSupported saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vboxlab import procs
+from vboxlab.accel import AccelChoice
 from vboxlab.errors import ConfigError, HostError, MachineDied, NotSupported, ProviderError
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
@@ -47,6 +51,7 @@ from vboxlab.providers.qemu import (
     offline_snapshots,
 )
 from vboxlab.providers.qemu_argv import QemuLaunch
+from vboxlab.providers.remote_host import RemoteHost, RemoteTarget, is_remote
 from vboxlab.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -75,26 +80,52 @@ class LibvirtProvider(QemuProvider):
 
     def __init__(self, options: ProviderOptions | None = None, binary: str | None = None) -> None:
         super().__init__(options, binary)
-        self.uri = os.environ.get("VBOXLAB_LIBVIRT_URI", DEFAULT_URI)
-        if self.uri != DEFAULT_URI and not self.uri.startswith("qemu:///"):
-            raise NotSupported(f"libvirt URI {self.uri!r}: only a local hypervisor "
-                               "(qemu:///system) is supported yet; remote hosts come later")
+        given = (options or ProviderOptions()).libvirt_uri
+        self.uri = given or os.environ.get("VBOXLAB_LIBVIRT_URI") or DEFAULT_URI
+        #: the host's SSH side when the hypervisor is remote (``qemu+ssh://``)
+        self.remote: RemoteHost | None = None
+        if is_remote(self.uri):
+            self.remote = RemoteHost(RemoteTarget.parse(self.uri))
+        elif urllib.parse.urlsplit(self.uri).scheme != "qemu" or \
+                not self.uri.startswith("qemu:///system"):
+            raise ConfigError(f"libvirt URI {self.uri!r}: use qemu:///system for this machine's "
+                              "libvirtd or qemu+ssh://USER@HOST[:PORT]/system for a remote host")
         self._connection: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
     def connection(self) -> libvirt.virConnect:
-        """This process's one connection: domains made AUTODESTROY live as long as it."""
+        """This process's one connection: domains made AUTODESTROY live as long as it (on a
+        remote host too: its libvirtd ends them when the SSH session carrying it closes)."""
         with self._lock:
             if self._connection is None:
                 lv = _libvirt()
+                opened = self.uri
+                if self.remote is not None:
+                    self.remote.connect()  # SSH errors are clearer from paramiko than libssh
+                    opened = self.remote.target.libvirt_uri()
                 try:
-                    self._connection = lv.open(self.uri)
+                    self._connection = lv.open(opened)
                 except lv.libvirtError as exc:
                     raise HostError(
                         f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}; "
-                        "is libvirtd running? (as root: `virtlogd -d && libvirtd -d`, or "
+                        "is libvirtd running there? (as root: `virtlogd -d && libvirtd -d`, or "
                         "`make libvirt` in vboxlab's checkout)") from None
             return self._connection
+
+    @property
+    def ledger_uri(self) -> str:
+        """The URI ``vboxlab clean`` reopens to remove a left domain."""
+        return self.remote.target.libvirt_uri() if self.remote is not None else self.uri
+
+    def accel_for(self, kernel: Path, log: logging.Logger) -> AccelChoice:
+        """Locally the probe decides; a remote host runs TCG unless KVM is asked for (this
+        machine's probe says nothing about another host's KVM)."""
+        if self.remote is None:
+            return super().accel_for(kernel, log)
+        if self.requested_accel == "kvm":
+            return AccelChoice("kvm", f"asked for on {self.remote.target.label}")
+        return AccelChoice("tcg", f"{self.remote.target.label}: KVM is used there only when "
+                                  "asked for (--lab-accel kvm)")
 
     def preflight(self, names: list[str]) -> None:
         """Connect now, so a missing libvirtd is reported before any machine starts."""
@@ -109,12 +140,19 @@ class LibvirtProvider(QemuProvider):
             raise NotSupported(f"{spec.name}: libvirt labs cannot be kept yet (--lab-keep); "
                                "their domains end with the run")
         definition = spec.template.template.definition
-        return LibvirtMachine(self, launch, spec.workdir, ledger, spec.log, tied=spec.tied,
-                              ssh_user=definition.access.user,
-                              host_key_line=spec.host_key.public_line if spec.host_key else "",
-                              template=(spec.template.template.name,
-                                        spec.template.template.version),
-                              domain=domain_name(spec.lab_id, spec.name))
+        common: dict[str, Any] = {
+            "tied": spec.tied, "ssh_user": definition.access.user,
+            "host_key_line": spec.host_key.public_line if spec.host_key else "",
+            "template": (spec.template.template.name, spec.template.template.version),
+            "domain": domain_name(spec.lab_id, spec.name)}
+        if self.remote is not None:
+            from vboxlab.providers.libvirt_remote import RemoteLibvirtMachine
+
+            # commands go over SSH through the host: the agent's socket would be the host's
+            launch = dataclasses.replace(launch, agent=None)
+            return RemoteLibvirtMachine(self, launch, spec.workdir, ledger, spec.log,
+                                        remote=self.remote, lab_id=spec.lab_id, **common)
+        return LibvirtMachine(self, launch, spec.workdir, ledger, spec.log, **common)
 
     def attach(self, workdir: Path, ledger: Ledger, log: logging.Logger, *,
                unplug_nics: bool = False) -> QemuMachine:
@@ -158,11 +196,20 @@ class LibvirtMachine(QemuMachine):
                     f"{spec.name}: NIC {nic.name}: libvirt machines join lab networks through "
                     "the fabric (a topology); direct wires and vde switches need the qemu "
                     "provider")
-            near, far = socket_pair()
-            self._udp_nics.append(UdpNic(nic.mac, near.getsockname()[1], far.getsockname()[1]))
-            near.close()
+            far, qemu_address, qemu_port = self._nic_end()
+            fabric_address, fabric_port = far.getsockname()
+            self._udp_nics.append(UdpNic(nic.mac, qemu_port, fabric_port, qemu_address,
+                                         fabric_address))
             self._own_sockets.append(far)
             self._fabric_ends.append(far)
+
+    def _nic_end(self) -> tuple[socket.socket, str, int]:
+        """The fabric's end of one NIC (connected to QEMU's) and the address and port QEMU
+        is to bind."""
+        near, far = socket_pair()
+        port = near.getsockname()[1]
+        near.close()
+        return far, "127.0.0.1", port
 
     # -- life -----------------------------------------------------------
     def start(self, loadvm: str | None = None) -> None:
@@ -171,22 +218,21 @@ class LibvirtMachine(QemuMachine):
             raise ProviderError(f"{self.name} is already running")
         lv = _libvirt()
         connection = self.provider.connection()
-        xml = domain_xml(self.launch, self.domain_name, owner=str(self.workdir), loadvm=loadvm,
-                         udp_nics=self._udp_nics)
+        xml = self._domain_xml(loadvm)
         if self.launch.agent is not None:
             Path(self.launch.agent).unlink(missing_ok=True)
             self._ledger.add("socket", f"agent {self.name}", path=self.launch.agent)
         self._domain_rid = self._ledger.add("libvirt-domain", self.domain_name,
-                                            uri=self.provider.uri)
+                                            uri=self.provider.ledger_uri)
         self._log.info("%s: creating libvirt domain %s", self.name, self.domain_name)
         try:
-            self._domain = connection.createXML(xml, lv.VIR_DOMAIN_START_AUTODESTROY)
+            self._domain = self._create_domain(connection, xml)
         except lv.libvirtError as exc:
             self._ledger.done(self._domain_rid)
             self._state = MachineState.CRASHED
             raise ProviderError(f"{self.name}: libvirt could not start domain "
                                 f"{self.domain_name}: {exc.get_error_message()}\n"
-                                f"{tail(self.qemu_log, 10)}") from None
+                                f"{self._qemu_errors()}") from None
         assert self._domain is not None
         self._ledger.set(self._domain_rid, uuid=self._domain.UUIDString())
         self._state = MachineState.RUNNING
@@ -195,10 +241,25 @@ class LibvirtMachine(QemuMachine):
             self._ssh_port = wait_until(lambda: self._find_forward(self.launch.ssh_port),
                                         timeout=30, interval=0.05,
                                         what=f"the SSH forward of {self.name}")
+            self._started()
         except BaseException:
             self.kill()
             raise
         self._write_info()
+
+    def _domain_xml(self, loadvm: str | None) -> str:
+        return domain_xml(self.launch, self.domain_name, owner=str(self.workdir), loadvm=loadvm,
+                          udp_nics=self._udp_nics)
+
+    def _create_domain(self, connection: libvirt.virConnect, xml: str) -> libvirt.virDomain:
+        """Start the transient domain; it ends when this process's connection closes."""
+        return connection.createXML(xml, _libvirt().VIR_DOMAIN_START_AUTODESTROY)
+
+    def _started(self) -> None:
+        """Called once the domain runs and its SSH forward is known."""
+
+    def _qemu_errors(self) -> str:
+        return tail(self.qemu_log, 10) or "(no message)"
 
     def _find_forward(self, guest_port: int) -> int | None:
         return next((h for h, g in self._forwards_now() if g == guest_port), None)

@@ -33,12 +33,16 @@ MAX_LAB_NICS = LAST_LAB_NIC_SLOT - FIRST_LAB_NIC_SLOT + 1
 
 @dataclass(frozen=True)
 class UdpNic:
-    """A lab NIC carried as UDP datagrams on 127.0.0.1: QEMU binds ``local_port`` and sends
-    to ``remote_port``, where the fabric's end of the NIC is."""
+    """A lab NIC carried as UDP datagrams: QEMU binds ``local_address:local_port`` and sends
+    to ``remote_address:remote_port``, where the fabric's end of the NIC is (both 127.0.0.1
+    on this machine; a remote host's address and ours across hosts)."""
 
     mac: str
     local_port: int
     remote_port: int
+    #: where QEMU binds (its host's address) and where the fabric's end is
+    local_address: str = "127.0.0.1"
+    remote_address: str = "127.0.0.1"
 
 
 def domain_name(lab_id: str, machine: str) -> str:
@@ -60,8 +64,10 @@ def _root_slot(device: ET.Element, slot: str) -> None:
 
 
 def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None = None,
-               udp_nics: Sequence[UdpNic] = ()) -> str:
-    """The domain's XML; ``owner`` (the lab folder) goes into its description."""
+               udp_nics: Sequence[UdpNic] = (), console_pty: bool = False) -> str:
+    """The domain's XML; ``owner`` (the lab folder) goes into its description. With
+    ``console_pty`` the serial console is a pty read through libvirt's console stream (a
+    remote host's files are not this machine's) instead of a file."""
     if len(udp_nics) > MAX_LAB_NICS:
         raise ValueError(f"{launch.name}: {len(udp_nics)} lab NICs; a libvirt machine has "
                          f"slots for {MAX_LAB_NICS}")
@@ -105,8 +111,9 @@ def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None 
     _sub(backing, "backingStore")  # the template's image names nothing further
     _sub(disk, "target", dev="vda", bus="virtio")
     _root_slot(disk, "0x03")
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=launch.console, append="on")
+    serial = _sub(devices, "serial", type="pty" if console_pty else "file")
+    if not console_pty:
+        _sub(serial, "source", path=launch.console, append="on")
     _sub(serial, "target", port="0")
     if launch.agent is not None:
         _root_slot(_sub(devices, "controller", type="virtio-serial", index="0"), "0x04")
@@ -116,8 +123,8 @@ def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None 
     for index, nic in enumerate(udp_nics):
         interface = _sub(devices, "interface", type="udp")
         _sub(interface, "mac", address=nic.mac)
-        source = _sub(interface, "source", address="127.0.0.1", port=str(nic.remote_port))
-        _sub(source, "local", address="127.0.0.1", port=str(nic.local_port))
+        source = _sub(interface, "source", address=nic.remote_address, port=str(nic.remote_port))
+        _sub(source, "local", address=nic.local_address, port=str(nic.local_port))
         _sub(interface, "model", type="virtio")
         _root_slot(interface, f"{FIRST_LAB_NIC_SLOT + index:#04x}")
     _sub(devices, "controller", type="usb", model="none")

@@ -90,8 +90,13 @@ def offline_snapshots(overlay: Path) -> list[dict[str, Any]]:
     """Snapshots in a disk no QEMU is running on (``qemu-img info``)."""
     out = run([require("qemu-img", "to read snapshots"), "info", "-U", "--output=json",
                str(overlay)], what=f"reading snapshots of {overlay}", error=ProviderError)
+    return snapshots_in_info(out)
+
+
+def snapshots_in_info(info_json: str) -> list[dict[str, Any]]:
+    """The snapshots ``qemu-img info --output=json`` lists."""
     return [{"name": s["name"], "vm-state-size": s.get("vm-state-size", 0)}
-            for s in json.loads(out).get("snapshots", [])]
+            for s in json.loads(info_json).get("snapshots", [])]
 
 
 def offline_delete(overlay: Path, tag: str) -> None:
@@ -270,11 +275,7 @@ class QemuMachine:
     def prepare(self, spec: MachineSpec) -> None:
         """Create the overlay and the VM's own initrd."""
         assert spec.template is not None and spec.host_key is not None
-        qemu_img = require("qemu-img", "to create copy-on-write overlays")
-        self._ledger.add("file", f"overlay {self.name}", path=str(self.overlay))
-        run([qemu_img, "create", "-q", "-f", "qcow2", "-F", self.launch.base_format, "-b",
-             self.launch.base_disk, str(self.overlay)],
-            what=f"creating the overlay of {self.name}", error=ProviderError)
+        self._create_overlay()
         extra = io.BytesIO()
         cpio = CpioWriter(extra)
         prefix = "vboxlab/root/" if spec.template.template.definition.boot.files_into == \
@@ -294,6 +295,14 @@ class QemuMachine:
         self.initrd.chmod(0o600)  # it holds the VM's private host key
         (self.workdir / "console.log").touch()
         (self.workdir / "known_hosts.pub").write_text(self._host_key_line + "\n")
+
+    def _create_overlay(self) -> None:
+        """The copy-on-write overlay over the template's disk."""
+        qemu_img = require("qemu-img", "to create copy-on-write overlays")
+        self._ledger.add("file", f"overlay {self.name}", path=str(self.overlay))
+        run([qemu_img, "create", "-q", "-f", "qcow2", "-F", self.launch.base_format, "-b",
+             self.launch.base_disk, str(self.overlay)],
+            what=f"creating the overlay of {self.name}", error=ProviderError)
 
     def adopt(self, info: dict[str, Any], *, unplug_nics: bool) -> None:
         """Take over the process recorded in ``machine.json`` (if it still runs)."""

@@ -36,7 +36,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     the_lab = Lab(base=base_path, provider=option(config, "provider"),
                   template=option(config, "template"), keep=config.getoption("--lab-keep"),
                   worker=worker_id(config), accel=option(config, "accel"),
-                  boot_timeout=boot_timeout, channel=option(config, "channel"))
+                  boot_timeout=boot_timeout, channel=option(config, "channel"),
+                  libvirt_uri=option(config, "libvirt_uri") or None)
     state = state_of(config)
     state.lab = the_lab
     if config.pluginmanager.has_plugin("junitxml"):  # seeds and digests as suite properties
@@ -159,9 +160,9 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
     if not path.is_absolute():
         path = request.config.rootpath / path
     model = load_topology(path)
-    for provider, names in model.providers.items():
+    for (provider, host_uri), names in model.providers.items():
         try:
-            lab.provider_for(provider).preflight(names)
+            lab.provider_for(provider, host_uri).preflight(names)
         except HostError as exc:
             missing_capability(f"topology {path.name}: {exc}")
     seed = marker.kwargs.get("seed") if marker is not None else None

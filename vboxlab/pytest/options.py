@@ -35,6 +35,10 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--lab-channel", default=None, choices=["auto", "ssh"],
                     help="Command channel of QEMU machines: auto (the guest agent where the "
                          "template has one, else SSH) or ssh")
+    group.addoption("--lab-libvirt-uri", default=None, metavar="URI",
+                    help="Hypervisor of the libvirt provider: qemu:///system (this machine, "
+                         "the default) or qemu+ssh://USER@HOST[:PORT]/system[?keyfile=PATH&"
+                         "known_hosts=PATH] for a remote host")
     group.addoption("--lab-boot-timeout", default=None, type=float,
                     help="Seconds a VM may take to answer SSH (default: 90)")
     group.addoption("--lab-snapshot-on-failure", action="store_true", default=False,
@@ -62,6 +66,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("lab_template", "Default for --lab-template", default="tiny")
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
     parser.addini("lab_channel", "Default for --lab-channel", default="auto")
+    parser.addini("lab_libvirt_uri", "Default for --lab-libvirt-uri", default="")
     parser.addini("lab_snapshot_on_failure", "Default for --lab-snapshot-on-failure",
                   type="bool", default=False)
     parser.addini("lab_snapshot_every", "Default for --lab-snapshot-every", default="0")

@@ -1,0 +1,102 @@
+"""The libvirt provider on a remote host (a second host simulated by an sshd on 127.0.0.1):
+what the conformance suite does not cover: the console streamed home, template files sent
+once per host, forwarded ports served on this machine, and a host that is not the pinned one
+refused."""
+
+import subprocess
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.providers.conftest import provider_or_skip
+from tests.sshd import LocalSshd
+from vboxlab.errors import HostError
+from vboxlab.lab import Lab
+from vboxlab.providers.remote_host import REMOTE_ROOT
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    with LocalSshd(tmp_path_factory.mktemp("host2")) as sshd:
+        yield sshd
+
+
+@pytest.fixture(scope="module")
+def rlab(host, tmp_path_factory):
+    with Lab(base=tmp_path_factory.mktemp("remote") / "labs", provider="libvirt", accel="tcg",
+             libvirt_uri=host.libvirt_uri) as lab:
+        provider_or_skip(lab, "libvirt")
+        yield lab
+
+
+def test_the_console_is_streamed_home_and_files_go_once(rlab, host):
+    blobs = host.home / REMOTE_ROOT / "blobs"
+    first = rlab.vm("r1")
+    assert "Linux version" in first.console_log.read_text()  # the guest's serial console
+    sent = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
+    assert len(sent) == 2  # the template's disk and its kernel, named by their SHA-256
+    second = rlab.vm("r2")
+    assert second.succeed("hostname") == "r2\n"
+    assert {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()} == sent  # not sent again
+    machine_dir = host.home / REMOTE_ROOT / "labs" / rlab.id / "r2"
+    assert (machine_dir / "disk.qcow2").is_file() and (machine_dir / "initrd.img").is_file()
+    rlab.remove_vm("r2")
+    assert not machine_dir.exists()
+
+
+def test_a_forwarded_port_is_served_on_this_machine(rlab):
+    machine = rlab.machines["r1"]
+    machine.succeed("mkdir -p /tmp/www && echo remote-page > /tmp/www/index.html && "
+                    "(httpd -p 8080 -h /tmp/www &)")
+    machine.wait_for_port(8080, timeout=30)
+    port = machine.forward_port(8080)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as answer:
+        assert answer.read() == b"remote-page\n"
+
+
+def test_a_host_whose_key_is_not_the_pinned_one_is_refused(host, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")],
+                   check=True)
+    wrong = tmp_path / "known_hosts"
+    public = (tmp_path / "key.pub").read_text().split()[:2]
+    wrong.write_text(f"[127.0.0.1]:{host.port} {' '.join(public)}\n")
+    query = urllib.parse.urlencode({"keyfile": str(host.user_key), "known_hosts": str(wrong)})
+    uri = f"qemu+ssh://root@127.0.0.1:{host.port}/system?{query}"
+    with Lab(base=tmp_path / "labs", provider="libvirt", libvirt_uri=uri) as lab, \
+            pytest.raises(HostError, match="is not the one pinned in"):
+        lab.provider_for("libvirt").preflight([])
+
+
+def test_a_lab_across_two_hosts_follows_its_links_delay(rlab, host):
+    """Nodes on this machine (qemu) and on the second host (libvirt) on one segment: frames
+    cross hosts through the lab's fabric, which applies the link's delay and counts them."""
+    from vboxlab.net.topology import Topology
+
+    topology = Topology.from_dict({
+        "name": "two-hosts", "hosts": {"here": "local", "h2": host.libvirt_uri},
+        "nodes": {"near": {"host": "here"}, "far": {"host": "h2"}},
+        "links": [{"between": ["near", "far"], "delay": "40ms"}]})
+    assert topology.nodes["far"].provider == "libvirt"
+    assert topology.nodes["near"].provider == "qemu"
+    with rlab.network(topology) as net:
+        assert net.node("far").handle.remote.target.port == host.port
+        out = net.node("near").succeed("ping -c 3 -i 0.3 -W 5 far")
+        rtts = [float(part.split("=")[1]) for part in out.split() if part.startswith("time=")]
+        assert len(rtts) == 3 and min(rtts) >= 80.0, out  # 40 ms each way
+        assert net.node("far").succeed("ping -c 1 -W 5 near").count("time=") == 1
+        counters = net.link("near", "far").counters()
+        assert counters["a_to_b"]["tx_packets"] > 0 and counters["b_to_a"]["tx_packets"] > 0
+
+
+def test_a_topology_placing_nodes_badly_is_refused_with_the_field(host):
+    from vboxlab.net.topology import Topology, TopologyError
+
+    with pytest.raises(TopologyError, match=r"nodes\.b\.host: 'h9' is not in hosts: h2"):
+        Topology.from_dict({"hosts": {"h2": host.libvirt_uri},
+                            "nodes": {"a": {}, "b": {"host": "h9"}}})
+    with pytest.raises(TopologyError, match="netns cannot run on remote host h2"):
+        Topology.from_dict({"hosts": {"h2": host.libvirt_uri},
+                            "nodes": {"a": {}, "b": {"host": "h2", "provider": "netns"}}})
+    with pytest.raises(TopologyError, match=r"hosts\.h2: .* is neither 'local' nor"):
+        Topology.from_dict({"hosts": {"h2": "qemu:///system"}, "nodes": {"a": {"host": "h2"}}})
