@@ -17,11 +17,13 @@ from vboxlab.control.launcher import client
 from vboxlab.control.protocol import ControlClient
 from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.inventory import lab_inventory, render_inventory
 from vboxlab.labdirs import clean as clean_labs
 from vboxlab.labdirs import find_lab, kept_machine, list_labs
 from vboxlab.machine import Machine
 from vboxlab.net import load_topology
 from vboxlab.net.plan import describe
+from vboxlab.sshconfig import ssh_config_of_record
 from vboxlab.tables import print_table
 
 
@@ -89,33 +91,49 @@ def labs(lab_dir: str | None) -> None:
 @lab_dir_option
 def ssh(lab_id: str, vm_name: str, command: tuple[str, ...], lab_dir: str | None) -> None:
     """Open a shell (or run COMMAND) in a VM of a kept or running lab."""
-    record = find_lab(lab_base(lab_dir), lab_id)
-    folder = record.dir
-    info = record.machines.get(vm_name)
-    if info is None:
-        raise click.ClickException(f"lab {lab_id} has no VM {vm_name!r}; VMs: "
-                                   f"{', '.join(record.machines) or 'none'}")
-    if not info.get("running"):
-        raise click.ClickException(f"VM {vm_name} of lab {lab_id} is not running")
-    if info.get("provider", "qemu") not in ("qemu", "libvirt") or \
-            not isinstance(info.get("ssh"), dict):
-        raise click.ClickException(f"{vm_name} of lab {lab_id} has no SSH (a "
-                                   f"{info.get('provider')} machine); vboxlab labs shows how "
-                                   "to reach it")
+    facts = ssh_config_of_record(find_lab(lab_base(lab_dir), lab_id), vm_name)
     ssh_bin = shutil.which("ssh")
     if ssh_bin is None:
         raise click.ClickException("ssh not found; install it with: apt-get install "
                                    "openssh-client")
-    endpoint = info["ssh"]
-    assert isinstance(endpoint, dict)
-    known_hosts = folder / vm_name / "known_hosts"
-    host_key = (folder / vm_name / "known_hosts.pub").read_text().split()[:2]
-    known_hosts.write_text(f"[{endpoint['host']}]:{endpoint['port']} {' '.join(host_key)}\n")
-    argv = [ssh_bin, "-i", str(folder / "id_ed25519"), "-p", str(endpoint["port"]),
-            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+    argv = [ssh_bin, "-i", str(facts.identity_file), "-p", str(facts.port),
+            "-o", f"UserKnownHostsFile={facts.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
-            f"{endpoint['user']}@{endpoint['host']}", *command]
+            f"{facts.user}@{facts.host}", *command]
     os.execv(ssh_bin, argv)  # noqa: S606 - argv list, no shell
+
+
+@main.command("ssh-config")
+@click.argument("lab_id")
+@click.argument("vm_names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="The facts as JSON instead")
+@lab_dir_option
+def ssh_config(lab_id: str, vm_names: tuple[str, ...], as_json: bool,
+               lab_dir: str | None) -> None:
+    """Print an OpenSSH config block per running machine (all, or VM_NAMES) of a lab:
+    `ssh -F FILE VM`, scp, rsync -e and Ansible take it."""
+    record = find_lab(lab_base(lab_dir), lab_id)
+    names = list(vm_names) or sorted(n for n, i in record.machines.items()
+                                     if i.get("running") and isinstance(i.get("ssh"), dict))
+    if not names:
+        raise click.ClickException(f"lab {lab_id} has no running machine with SSH")
+    facts = [ssh_config_of_record(record, name) for name in names]
+    if as_json:
+        click.echo(json.dumps([f.as_dict() for f in facts], indent=2))
+    else:
+        click.echo("\n".join(f.as_openssh() for f in facts), nl=False)
+
+
+@main.command()
+@click.argument("lab_id")
+@click.option("--format", "fmt", type=click.Choice(["ini", "yaml", "json"]), default="ini",
+              show_default=True)
+@lab_dir_option
+def inventory(lab_id: str, fmt: str, lab_dir: str | None) -> None:
+    """Print an Ansible inventory of a lab's running machines: groups by template (and by
+    segment for an up lab), connection facts as host variables."""
+    click.echo(render_inventory(lab_inventory(find_lab(lab_base(lab_dir), lab_id)), fmt),
+               nl=False)
 
 
 @main.group()

@@ -19,15 +19,20 @@ from vboxlab.errors import (
     GuestCommandError,
     HostFileNotFound,
     MachineDied,
+    NotSupported,
     ProviderError,
     WaitTimeout,
 )
 from vboxlab.logs import tail
 from vboxlab.providers.base import Capability, MachineState, ProviderMachine, require, supports
 from vboxlab.snapshots import TREE_FILE, SnapshotNode, SnapshotTree, check_name
+from vboxlab.sshconfig import SshConfig, ssh_config_for
+from vboxlab.testinfra_backend import testinfra_host
 from vboxlab.waiting import wait_until
 
 if TYPE_CHECKING:
+    import testinfra.host
+
     from vboxlab.templates.repository import BuiltTemplate
 
 DEFAULT_TIMEOUT = 120.0
@@ -63,6 +68,7 @@ class Machine:
         self._tree = SnapshotTree(state_dir / TREE_FILE)
         self._auto = 0
         self._snapshot_lock = threading.RLock()  # schedules snapshot from another thread
+        self._testinfra: testinfra.host.Host | None = None
 
     def __repr__(self) -> str:
         snaps = f", {len(self._tree)} snapshots" if len(self._tree) else ""
@@ -85,6 +91,26 @@ class Machine:
         return tail(self.console_log, lines)
 
     # -- commands -------------------------------------------------------
+    def ssh_config(self) -> SshConfig:
+        """How plain ``ssh``, ``scp``, ``rsync`` and Ansible reach this machine: address,
+        port, user, the lab's key and a known_hosts file holding only its pinned host key
+        (``.as_openssh()`` gives a ``Host`` block)."""
+        endpoint = getattr(self.handle, "ssh_endpoint", None)
+        user = getattr(self.handle, "ssh_user", None)
+        if endpoint is None or user is None:
+            raise NotSupported(f"{self.name} has no SSH (a {self.provider} machine); use "
+                               "vm.execute or vm.host")
+        host, port = endpoint()
+        return ssh_config_for(self.state_dir, self.name, host, port, user)
+
+    @property
+    def host(self) -> testinfra.host.Host:
+        """A pytest-testinfra host bound to this machine (its commands run over the
+        machine's own channel): ``vm.host.file("/etc/shadow").mode == 0o640``."""
+        if self._testinfra is None:
+            self._testinfra = testinfra_host(self)
+        return self._testinfra
+
     def execute(self, command: str, timeout: float = DEFAULT_TIMEOUT) -> CommandResult:
         """Run ``command`` (a shell string) and return its result, whatever the exit status."""
         self._log.debug("%s$ %s", self.name, command)

@@ -449,16 +449,21 @@ class LibvirtMachine(QemuMachine):
         return offline_snapshots(self.overlay)
 
     # -- files ----------------------------------------------------------
+    def _published_ports(self) -> tuple[int | None, dict[int, int]]:
+        """The SSH port and guest port -> port forwards as this machine reaches them."""
+        return self._ssh_port, self._forwards
+
     def _write_info(self) -> None:
+        ssh_port, forwards = self._published_ports()
         pid = self._domain_pid()
         info = {
             "name": self.name, "provider": "libvirt", "domain": self.domain_name,
             "uri": self.provider.uri, "template": self.template[0],
             "version": self.template[1], "pid": pid,
             "start": procs.start_time(pid) if pid else None,
-            "ssh": {"host": "127.0.0.1", "port": self._ssh_port,
+            "ssh": {"host": "127.0.0.1", "port": ssh_port,
                     "guest_port": self.launch.ssh_port, "user": self._ssh_user},
-            "forwards": {str(g): h for g, h in self._forwards.items()},
+            "forwards": {str(g): h for g, h in forwards.items()},
             "launch": self.launch.to_dict(), "updated": time.time(),
         }
         tmp = self.workdir / f".{INFO_FILE}.tmp"

@@ -179,6 +179,13 @@ class RemoteLibvirtMachine(LibvirtMachine):
             raise ProviderError(f"{self.name} is not running")
         return "127.0.0.1", self._ssh_local
 
+    def _domain_pid(self) -> int | None:
+        return None  # a process of another host: nothing this machine can check or kill
+
+    def _published_ports(self) -> tuple[int | None, dict[int, int]]:
+        """The tunnels on this machine (they live as long as this process)."""
+        return self._ssh_local, self._local_forwards
+
     def forward_port(self, guest_port: int) -> int:
         """A port on this machine's 127.0.0.1 reaching ``guest_port`` (through the host)."""
         if guest_port not in self._local_forwards:

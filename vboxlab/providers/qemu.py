@@ -319,6 +319,11 @@ class QemuMachine:
             self._state = MachineState.STOPPED
 
     @property
+    def ssh_user(self) -> str:
+        """The user SSH logs in as."""
+        return self._ssh_user
+
+    @property
     def console_log(self) -> Path:
         return Path(self.launch.console)
 

@@ -37,7 +37,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                   template=option(config, "template"), keep=config.getoption("--lab-keep"),
                   worker=worker_id(config), accel=option(config, "accel"),
                   boot_timeout=boot_timeout, channel=option(config, "channel"),
-                  libvirt_uri=option(config, "libvirt_uri") or None)
+                  libvirt_uri=config.getoption("--lab-libvirt-uri") or
+                  str(config.getini("lab_libvirt_uri")) or None)
     state = state_of(config)
     state.lab = the_lab
     if config.pluginmanager.has_plugin("junitxml"):  # seeds and digests as suite properties
