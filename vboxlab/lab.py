@@ -40,6 +40,7 @@ from vboxlab.labdirs import LEASE, LEDGER
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
 from vboxlab.names import check_name
+from vboxlab.net.placement import local_free_mb, parse_hosts, place, unplaced
 from vboxlab.net.topology import Topology, load_topology
 from vboxlab.net.wire import DirectWire
 from vboxlab.paths import private_dir, state_base
@@ -77,7 +78,8 @@ class Lab:
                  template: str = "tiny", keep: bool = False, worker: str | None = None,
                  accel: str = "auto", repository: TemplateRepository | None = None,
                  boot_timeout: float = 90.0, channel: str = "auto", name: str | None = None,
-                 role: str = "session", libvirt_uri: str | None = None) -> None:
+                 role: str = "session", libvirt_uri: str | None = None,
+                 hosts: dict[str, str] | None = None) -> None:
         self.base = private_dir(Path(base) if base is not None else state_base())
         self.id = check_name(name, "lab") if name is not None else new_lab_id(worker)
         self.dir = self.base / self.id
@@ -95,6 +97,8 @@ class Lab:
             raise ConfigError(f"command channel {channel!r}: use auto (the template's agent "
                               "where it has one, else SSH) or ssh")
         self._options = ProviderOptions(accel=accel, channel=channel, libvirt_uri=libvirt_uri)
+        #: hosts topologies' unplaced nodes are spread over (``--lab-hosts``): name -> URI
+        self.hosts = parse_hosts([f"{k}={v}" for k, v in (hosts or {}).items()])
         self._providers: dict[str, Provider] = {}
         self.machines: dict[str, Machine] = {}
         #: called with each machine once it first answers (the plugin's hook uses it)
@@ -359,6 +363,25 @@ class Lab:
         """The network built in this lab, if one is running."""
         return self._network
 
+    def place(self, topology: Topology) -> Topology:
+        """``topology`` with its unplaced nodes spread over the lab's hosts by memory (each
+        host's free memory asked now); unchanged without ``hosts``."""
+        todo = unplaced(topology)
+        if not self.hosts or not todo:
+            return topology
+        free: dict[str, int] = {}
+        for name, uri in self.hosts.items():
+            if uri == "local":
+                free[name] = local_free_mb()
+            else:
+                provider = self.provider_for("libvirt", uri)
+                free[name] = int(provider.free_memory_mb())  # type: ignore[attr-defined]
+        chosen = place(todo, free)
+        self.log.info("placed nodes of %s by memory: %s", topology.name,
+                      ", ".join(f"{n} on {h}" for n, h in sorted(chosen.items())))
+        return topology.placed({node: (host, None if self.hosts[host] == "local" else
+                                       self.hosts[host]) for node, host in chosen.items()})
+
     def network(self, topology: Topology | str | Path, *, seed: int | None = None) -> Network:
         """Build a topology (a file or a Topology) into this lab: fabric, NICs and machines.
 
@@ -387,6 +410,7 @@ class Lab:
                                   f"{', '.join(sorted(clash))}; rename the topology's nodes")
             self._building_network = True
         try:
+            topology = self.place(topology)
             plan = plan_network(topology, self.id)
             for (provider, host_uri), names in plan.providers.items():
                 self.provider_for(provider, host_uri).preflight(names)

@@ -100,3 +100,20 @@ def test_a_topology_placing_nodes_badly_is_refused_with_the_field(host):
                             "nodes": {"a": {}, "b": {"host": "h2", "provider": "netns"}}})
     with pytest.raises(TopologyError, match=r"hosts\.h2: .* is neither 'local' nor"):
         Topology.from_dict({"hosts": {"h2": "qemu:///system"}, "nodes": {"a": {"host": "h2"}}})
+
+
+def test_lab_hosts_spread_unplaced_nodes_by_memory(host, tmp_path):
+    from vboxlab.net.topology import Topology
+
+    topology = Topology.from_dict({"nodes": {"n1": {"memory": 256}, "n2": {"memory": 256},
+                                             "ns": {"provider": "netns"}}})
+    with Lab(base=tmp_path / "labs", accel="tcg",
+             hosts={"here": "local", "h2": host.libvirt_uri}) as lab:
+        provider_or_skip(lab, "libvirt")
+        placed = lab.place(topology)
+        hosts = {name: node.host for name, node in placed.nodes.items()}
+        assert sorted([hosts["n1"], hosts["n2"]]) == ["h2", "here"]  # one each: equal memory
+        assert hosts["ns"] is None  # namespace hosts stay here
+        remote = next(n for n in ("n1", "n2") if hosts[n] == "h2")
+        assert placed.nodes[remote].provider == "libvirt"
+        assert "placed nodes of" in (lab.dir / "lab.log").read_text()

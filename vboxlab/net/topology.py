@@ -267,6 +267,8 @@ class Node:
     cpus: int
     #: the libvirt URI of the remote host it runs on (None: this machine)
     host_uri: str | None = None
+    #: the name of the host it was placed on (``host:``, or a placement), None: not placed
+    host: str | None = None
 
 
 class Topology:
@@ -324,14 +326,27 @@ class Topology:
                                   f"{spec.host!r} is not in hosts: "
                                   f"{', '.join(uris) or 'none are declared'}")
             placed = uris[spec.host]
+            node = self.nodes[name] = dataclasses.replace(self.nodes[name], host=spec.host)
             if placed is None:
                 continue
-            node = self.nodes[name]
             if spec.provider not in (None, "libvirt"):
                 raise self._error(("nodes", name, "provider"),
                                   f"{spec.provider} cannot run on remote host {spec.host}; "
                                   "only libvirt runs machines there (leave provider out)")
             self.nodes[name] = dataclasses.replace(node, provider="libvirt", host_uri=placed)
+
+    def placed(self, where: dict[str, tuple[str, str | None]]) -> Topology:
+        """A copy with nodes put on hosts: node -> (host name, its URI or None for this
+        machine); a node on a remote host runs on libvirt there."""
+        copy = object.__new__(Topology)
+        copy.__dict__.update(self.__dict__)
+        copy.nodes = dict(self.nodes)
+        for name, (host, uri) in where.items():
+            node = copy.nodes[name]
+            copy.nodes[name] = dataclasses.replace(
+                node, host=host, host_uri=uri,
+                provider="libvirt" if uri is not None else node.provider)
+        return copy
 
     def _build(self) -> None:
         spec = self.spec

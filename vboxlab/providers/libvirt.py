@@ -112,6 +112,15 @@ class LibvirtProvider(QemuProvider):
                         "`make libvirt` in vboxlab's checkout)") from None
             return self._connection
 
+    def free_memory_mb(self) -> int:
+        """The hypervisor host's free memory, MiB (libvirt's ``getFreeMemory``)."""
+        lv = _libvirt()
+        try:
+            return int(self.connection().getFreeMemory()) >> 20
+        except lv.libvirtError as exc:
+            raise HostError(f"{self.uri}: cannot read the host's free memory: "
+                            f"{exc.get_error_message()}") from None
+
     @property
     def ledger_uri(self) -> str:
         """The URI ``vboxlab clean`` reopens to remove a left domain."""

@@ -14,6 +14,7 @@ from vboxlab.lab import Lab
 from vboxlab.labdirs import clean
 from vboxlab.machine import Machine
 from vboxlab.net.network import Network
+from vboxlab.net.placement import parse_hosts
 from vboxlab.net.topology import load_topology
 from vboxlab.pytest.ids import start_live
 from vboxlab.pytest.options import option, state_of, worker_id
@@ -38,7 +39,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                   worker=worker_id(config), accel=option(config, "accel"),
                   boot_timeout=boot_timeout, channel=option(config, "channel"),
                   libvirt_uri=config.getoption("--lab-libvirt-uri") or
-                  str(config.getini("lab_libvirt_uri")) or None)
+                  str(config.getini("lab_libvirt_uri")) or None,
+                  hosts=parse_hosts(config.getoption("--lab-hosts") or
+                                    list(config.getini("lab_hosts"))))
     state = state_of(config)
     state.lab = the_lab
     if config.pluginmanager.has_plugin("junitxml"):  # seeds and digests as suite properties
@@ -160,7 +163,7 @@ def network(request: pytest.FixtureRequest, lab: Lab) -> Generator[Network, None
     path = Path(topology)
     if not path.is_absolute():
         path = request.config.rootpath / path
-    model = load_topology(path)
+    model = lab.place(load_topology(path))
     for (provider, host_uri), names in model.providers.items():
         try:
             lab.provider_for(provider, host_uri).preflight(names)

@@ -220,7 +220,7 @@ def _skip_reason(report: pytest.TestReport) -> str:
 
 #: --lab-* options that change what tests do (a rerun repeats them); output places are left out
 BEHAVIOUR_OPTIONS = ("--lab-provider", "--lab-template", "--lab-accel", "--lab-channel",
-                     "--lab-libvirt-uri", "--lab-boot-timeout",
+                     "--lab-libvirt-uri", "--lab-hosts", "--lab-boot-timeout",
                      "--lab-capture-limit", "--lab-capture-window", "--lab-ids",
                      "--lab-ids-rules",
                      "--lab-advisories", "--lab-debsecan", "--lab-security-suite",

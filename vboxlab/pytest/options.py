@@ -39,6 +39,10 @@ def add_options(parser: pytest.Parser) -> None:
                     help="Hypervisor of the libvirt provider: qemu:///system (this machine, "
                          "the default) or qemu+ssh://USER@HOST[:PORT]/system[?keyfile=PATH&"
                          "known_hosts=PATH] for a remote host")
+    group.addoption("--lab-hosts", action="append", default=None, metavar="NAME=URI",
+                    help="A hypervisor host topologies' nodes without host: are spread over by "
+                         "memory: NAME=local or NAME=qemu+ssh://USER@HOST[:PORT]/system?..."
+                         " (repeat for each host)")
     group.addoption("--lab-boot-timeout", default=None, type=float,
                     help="Seconds a VM may take to answer SSH (default: 90)")
     group.addoption("--lab-snapshot-on-failure", action="store_true", default=False,
@@ -67,6 +71,8 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
     parser.addini("lab_channel", "Default for --lab-channel", default="auto")
     parser.addini("lab_libvirt_uri", "Default for --lab-libvirt-uri", default="")
+    parser.addini("lab_hosts", "Default for --lab-hosts (one NAME=URI per line)",
+                  type="linelist", default=[])
     parser.addini("lab_snapshot_on_failure", "Default for --lab-snapshot-on-failure",
                   type="bool", default=False)
     parser.addini("lab_snapshot_every", "Default for --lab-snapshot-every", default="0")
