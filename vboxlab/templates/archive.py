@@ -74,7 +74,7 @@ def export_template(built: BuiltTemplate, output: Path, *, level: int = 6) -> Pa
     return output
 
 
-def _check_manifest(data: Any) -> dict[str, Any]:
+def check_archive_manifest(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArchiveError("manifest.json is not a JSON object")
     name, version, files = data.get("name"), data.get("version"), data.get("files")
@@ -124,38 +124,55 @@ def import_template(archive: Path, repository: TemplateRepository, *,
     archive = Path(archive)
     if not archive.is_file():
         raise HostFileNotFound(f"{archive}: no such archive")
-    scratch = repository.images / f".import-{os.getpid()}-{time.monotonic_ns()}"
-    scratch.mkdir(parents=True)
+    scratch = new_scratch(repository)
     try:
         manifest, files = _unpack(archive, scratch)
-        name, version = manifest["name"], manifest["version"]
-        what = f"{archive.name} ({name} {version})"
-        try:
-            check_manifest(manifest, what=what)
-            check_disk(scratch / "disk.qcow2", str(manifest.get("disk_format", "qcow2")),
-                       what=what)
-        except UntrustedImage as exc:
-            raise ArchiveError(str(exc)) from None
-        manifest["imported"] = {"from": archive.name, "at": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "foreign": manifest.get("origin") != local_origin()}
-        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        with repository.lock(name):
-            target = repository.images / name / version
-            if (target / MANIFEST).is_file():
-                present = json.loads((target / MANIFEST).read_text()).get("files")
-                if present == files:
-                    return ImportResult(name, version, target, True)
-                if not force:
-                    raise ArchiveError(f"{name} {version} is already installed with different "
-                                       "files; remove it first (vboxlab templates remove "
-                                       f"{name}@{version}) or import with --force")
-                shutil.rmtree(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            scratch.rename(target)
-        return ImportResult(name, version, target, False)
+        return install_verified(scratch, manifest, files, repository, source=archive.name,
+                                force=force)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def new_scratch(repository: TemplateRepository) -> Path:
+    """A private folder in the repository to gather a template in before it is installed."""
+    scratch = repository.images / f".import-{os.getpid()}-{time.monotonic_ns()}"
+    scratch.mkdir(parents=True)
+    return scratch
+
+
+def install_verified(scratch: Path, manifest: dict[str, Any], files: dict[str, str],
+                     repository: TemplateRepository, *, source: str,
+                     force: bool = False) -> ImportResult:
+    """Install the template gathered in ``scratch`` (every file already checked against the
+    manifest's SHA-256) once the template itself passes the trust checks; ``source`` says
+    where it came from. The same name and version with other files is refused unless
+    ``force``."""
+    name, version = manifest["name"], manifest["version"]
+    what = f"{source} ({name} {version})"
+    try:
+        check_manifest(manifest, what=what)
+        check_disk(scratch / "disk.qcow2", str(manifest.get("disk_format", "qcow2")),
+                   what=what)
+    except UntrustedImage as exc:
+        raise ArchiveError(str(exc)) from None
+    manifest["imported"] = {"from": source, "at": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "foreign": manifest.get("origin") != local_origin()}
+    (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with repository.lock(name):
+        target = repository.images / name / version
+        if (target / MANIFEST).is_file():
+            present = json.loads((target / MANIFEST).read_text()).get("files")
+            if present == files:
+                return ImportResult(name, version, target, True)
+            if not force:
+                raise ArchiveError(f"{name} {version} is already installed with different "
+                                   "files; remove it first (vboxlab templates remove "
+                                   f"{name}@{version}) or import with --force")
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch.rename(target)
+    return ImportResult(name, version, target, False)
 
 
 def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -174,7 +191,7 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
                         raise ArchiveError(f"the first entry must be {TOP}/{MANIFEST}, "
                                            f"not {member.name!r}")
                     try:
-                        manifest = _check_manifest(json.loads(stream.read(1 << 20)))
+                        manifest = check_archive_manifest(json.loads(stream.read(1 << 20)))
                     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8
                         raise ArchiveError(f"manifest.json is not valid JSON: {exc}") from None
                     continue
@@ -188,7 +205,7 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
                         f"cache ({scratch.parent}) has {free >> 20} MiB free (and keeps "
                         f"{FREE_SPACE_RESERVE >> 20} MiB in reserve); free some space or move "
                         "the cache with VBOXLAB_CACHE")
-                digest = _copy_hashing(stream, scratch / name)
+                digest = copy_hashing(stream, scratch / name)
                 if digest != files[name]:
                     raise ArchiveError(f"{name}: SHA-256 {digest} does not match the manifest's "
                                        f"{files[name]}: the archive is corrupted or was "
@@ -205,7 +222,8 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
     return manifest, dict(manifest["files"])
 
 
-def _copy_hashing(stream: IO[bytes], target: Path) -> str:
+def copy_hashing(stream: IO[bytes], target: Path) -> str:
+    """Copy ``stream`` into a new file ``target``; returns the SHA-256 of what was copied."""
     digest = hashlib.sha256()
     with target.open("xb") as out:
         while chunk := stream.read(1 << 20):

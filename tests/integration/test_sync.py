@@ -1,0 +1,129 @@
+"""Templates pushed to and pulled from real remotes (a folder, and SFTP on an sshd this test
+starts), moved as content-addressed blobs, verified, refused when they conflict or are
+damaged, and still bootable after the trip."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.sshd import LocalSshd
+from vboxlab.errors import HostError
+from vboxlab.lab import Lab
+from vboxlab.sync.remotes import Remote
+from vboxlab.sync.store import SyncError, TemplateStore
+from vboxlab.templates import TemplateRepository
+
+CLI = [sys.executable, "-m", "vboxlab.cli"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return TemplateRepository().built("tiny")
+
+
+def blobs(folder):
+    return sorted(p.name for p in (folder / "blobs").iterdir())
+
+
+def test_a_folder_remote_moves_only_missing_blobs_and_pulls_verified(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    store = TemplateStore(Remote.parse(str(remote)))
+    first = store.push(tiny)
+    assert (first.moved_files, first.already) == (3, False)
+    assert blobs(remote) == sorted(tiny.manifest["files"].values())
+    assert store.templates() == [("tiny", tiny.template.version)]
+    assert store.push(tiny).already  # nothing moves the second time
+    other = TemplateRepository(cache=tmp_path / "other", search=[])
+    pulled = store.pull("tiny", tiny.template.version, other)
+    assert (pulled.moved_files, pulled.moved_bytes > 20e6) == (3, True)
+    (got,) = other.installed("tiny")
+    assert got.manifest["files"] == tiny.manifest["files"]
+    assert got.manifest["imported"]["from"] == store.remote.url
+    assert store.pull("tiny", tiny.template.version, other).already
+
+
+def test_conflicts_and_damaged_blobs_are_refused_and_nothing_half_appears(tiny, tmp_path):
+    remote = tmp_path / "remote"
+    store = TemplateStore(Remote.parse(str(remote)))
+    store.push(tiny)
+    manifest_path = remote / "templates" / "tiny" / tiny.template.version / "manifest.json"
+    theirs = json.loads(manifest_path.read_text())
+    theirs["files"]["initrd.cpio"] = "0" * 64  # someone else built other contents
+    manifest_path.write_text(json.dumps(theirs))
+    with pytest.raises(SyncError, match=r"differs on .* remote holds contents [0-9a-f]{16}.*"
+                                        r"this machine [0-9a-f]{16}"):
+        store.push(tiny)
+    assert json.loads(manifest_path.read_text()) == theirs  # never overwritten
+    # a blob damaged on the remote: the pull refuses it and installs nothing
+    store2 = TemplateStore(Remote.parse(str(tmp_path / "remote2")))
+    store2.push(tiny)
+    kernel = tmp_path / "remote2" / "blobs" / tiny.manifest["files"]["vmlinuz"]
+    kernel.write_bytes(kernel.read_bytes()[:-1] + b"X")
+    other = TemplateRepository(cache=tmp_path / "other", search=[])
+    with pytest.raises(SyncError, match=r"vmlinuz of tiny .* has SHA-256 .* not installed"):
+        store2.pull("tiny", tiny.template.version, other)
+    assert other.installed() == [] and not list(other.images.glob(".import-*"))
+
+
+def test_an_interrupted_push_is_invisible_and_resumes(tiny, tmp_path, monkeypatch):
+    store = TemplateStore(Remote.parse(str(tmp_path / "remote")))
+    real_put = store.fs.put_file
+    sent = []
+
+    def failing_put(local, remote_path, *args, **kwargs):
+        if sent:
+            raise OSError("connection lost")
+        sent.append(local)
+        return real_put(local, remote_path, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "put_file", failing_put)
+    with pytest.raises(OSError, match="connection lost"):
+        store.push(tiny)
+    assert store.templates() == []  # no manifest: not visible
+    monkeypatch.setattr(store.fs, "put_file", real_put)
+    resumed = store.push(tiny)
+    assert resumed.moved_files == 2  # the blob sent before the break is not sent again
+
+
+def test_sftp_round_trip_boots_and_an_unpinned_host_is_refused(tiny, tmp_path):
+    with LocalSshd(tmp_path / "host") as host:
+        url = (f"sftp://root@127.0.0.1:{host.port}/{host.home}/templates?keyfile="
+               f"{host.user_key}&known_hosts={host.known_hosts}")
+        store = TemplateStore(Remote.parse(url))
+        assert store.push(tiny).moved_files == 3
+        assert sorted(p.name for p in (host.home / "templates" / "blobs").iterdir()) == \
+            sorted(tiny.manifest["files"].values())
+        other = TemplateRepository(cache=tmp_path / "other", search=[])
+        assert store.pull("tiny", tiny.template.version, other).moved_files == 3
+        with Lab(base=tmp_path / "labs", repository=other, accel="tcg") as lab:
+            assert lab.vm("pulled").succeed("hostname") == "pulled\n"
+        (tmp_path / "empty_known_hosts").write_text("")
+        with pytest.raises(HostError, match="cannot connect over SFTP"):
+            TemplateStore(Remote.parse(url.replace(str(host.known_hosts),
+                                                   str(tmp_path / "empty_known_hosts"))))
+
+
+def test_the_command_line_adds_remotes_and_syncs(tiny, tmp_path):
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    remote = tmp_path / "remote"
+
+    def run(*args):
+        result = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env,
+                                timeout=300, check=False)
+        return result.returncode, result.stdout + result.stderr
+
+    assert run("remote", "add", "team", str(remote))[0] == 0
+    assert (tmp_path / "config" / "vboxlab" / "remotes.json").stat().st_mode & 0o777 == 0o600
+    code, out = run("sync", "push", "tiny")
+    assert code == 0 and f"pushed tiny {tiny.template.version}: 3 of 3 files" in out, out
+    code, out = run("sync", "list")
+    assert code == 0 and "tiny" in out
+    code, out = run("sync", "push", "tiny", "--remote", "team")
+    assert code == 0 and "already there" in out
+    code, out = run("remote", "add", "bad", "ftp://example.org/x")
+    assert code == 2 and "scheme 'ftp' is not supported" in out
+    code, out = run("sync", "pull", "nosuch", "--remote", "team")
+    assert code == 2 and "no template nosuch; there are: tiny@" in out

@@ -1,0 +1,1 @@
+"""Templates on remotes: ``vboxlab remote`` and ``vboxlab sync`` (see :mod:`.store`)."""

@@ -1,0 +1,166 @@
+"""Named remotes (``vboxlab remote add NAME URL``) and opening them as fsspec filesystems.
+
+A remote is a URL: a folder (``/srv/templates`` or ``file:///srv/templates``) or
+``sftp://USER@HOST[:PORT]/PATH[?keyfile=PATH&known_hosts=PATH]`` (fsspec's
+``sshfs``; the host key is checked against ``known_hosts``, default
+``~/.ssh/known_hosts``, and an unknown one is refused). Credentials are never
+stored: keys come from the given key file, the SSH agent or the usual files. The
+list lives in ``$XDG_CONFIG_HOME/vboxlab/remotes.json`` (mode 0600), outside any
+project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vboxlab.errors import ConfigError, HostError
+from vboxlab.names import is_valid_name
+
+SCHEMES = ("file", "sftp")
+_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+
+
+def config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "vboxlab" / "remotes.json"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote's URL taken apart and checked."""
+
+    url: str
+    scheme: str
+    root: str
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    keyfile: Path | None = None
+    known_hosts: Path | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> Remote:
+        hint = ("give a folder, file:///PATH or sftp://USER@HOST[:PORT]/PATH"
+                "[?keyfile=PATH&known_hosts=PATH]")
+        if url.startswith("/"):
+            url = f"file://{url}"
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise ConfigError(f"remote {url!r}: scheme {parts.scheme or 'none'!r} is not "
+                              f"supported; {hint}")
+        root = urllib.parse.unquote(parts.path)
+        if not root.startswith("/") or ".." in root.split("/"):
+            raise ConfigError(f"remote {url!r}: the path must be absolute, without '..'")
+        if parts.scheme == "file":
+            if parts.netloc or parts.query:
+                raise ConfigError(f"remote {url!r}: a folder remote takes only a path; {hint}")
+            return cls(url, "file", root.rstrip("/") or "/")
+        host = parts.hostname or ""
+        if not _HOST_RE.match(host):
+            raise ConfigError(f"remote {url!r}: host {host!r} is not a host name; {hint}")
+        if parts.password is not None:
+            raise ConfigError(f"remote {url!r}: holds a password; use a key or the SSH agent")
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise ConfigError(f"remote {url!r}: the port is not a number") from None
+        params = urllib.parse.parse_qs(parts.query)
+        unknown = sorted(set(params) - {"keyfile", "known_hosts"})
+        if unknown:
+            raise ConfigError(f"remote {url!r}: parameters {', '.join(unknown)} are not "
+                              "understood; sftp remotes take keyfile and known_hosts")
+        keyfile = Path(params["keyfile"][0]).expanduser() if "keyfile" in params else None
+        if keyfile is not None and (not keyfile.is_file() or keyfile.stat().st_mode & 0o077):
+            raise ConfigError(f"remote {url!r}: keyfile {keyfile} is missing or readable by "
+                              f"others (chmod 600 {keyfile})")
+        known = Path(params.get("known_hosts", ["~/.ssh/known_hosts"])[0]).expanduser()
+        if not known.is_file():
+            raise ConfigError(f"remote {url!r}: no known_hosts file at {known}; pin the "
+                              f"host's key there first (`ssh-keyscan -p {port} {host}`, after "
+                              "checking its fingerprint)")
+        return cls(url, "sftp", root.rstrip("/") or "/", host, port,
+                   urllib.parse.unquote(parts.username or os.environ.get("USER", "root")),
+                   keyfile, known)
+
+    def filesystem(self) -> Any:
+        """An fsspec filesystem for the remote (connecting, for SFTP)."""
+        import fsspec
+
+        if self.scheme == "file":
+            return fsspec.filesystem("file")
+        try:
+            return fsspec.filesystem(
+                "sftp", host=self.host, port=self.port, username=self.user,
+                known_hosts=str(self.known_hosts),
+                client_keys=[str(self.keyfile)] if self.keyfile else None,
+                skip_instance_cache=True)
+        except ImportError:
+            raise HostError("sftp remotes need the sshfs package: pip install sshfs") from None
+        except Exception as exc:  # asyncssh raises its own classes for host key and auth
+            raise HostError(f"remote {self.url}: cannot connect over SFTP: "
+                            f"{type(exc).__name__}: {exc}") from None
+
+
+def load_remotes() -> dict[str, str]:
+    """Name -> URL of the remotes added with ``vboxlab remote add``."""
+    path = config_file()
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc}); fix or remove it") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"{path}: expected an object of remote name -> URL")
+    return dict(data)
+
+
+def add_remote(name: str, url: str) -> Remote:
+    """Check and store a remote under ``name``."""
+    if not is_valid_name(name):
+        raise ConfigError(f"remote name {name!r}: use lowercase letters, digits and dashes")
+    remote = Remote.parse(url)
+    remotes = load_remotes()
+    remotes[name] = remote.url
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(remotes, indent=2) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return remote
+
+
+def remove_remote(name: str) -> None:
+    remotes = load_remotes()
+    if name not in remotes:
+        raise ConfigError(f"no remote {name!r}; remotes: {', '.join(remotes) or 'none'}")
+    del remotes[name]
+    path = config_file()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(remotes, indent=2) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def resolve_remote(name_or_url: str | None) -> Remote:
+    """A remote by name (default: the only one, or the one called ``origin``) or by URL."""
+    remotes = load_remotes()
+    if name_or_url is None:
+        if "origin" in remotes:
+            return Remote.parse(remotes["origin"])
+        if len(remotes) == 1:
+            return Remote.parse(next(iter(remotes.values())))
+        raise ConfigError("which remote? give --remote NAME (remotes: "
+                          f"{', '.join(remotes) or 'none; add one with vboxlab remote add'})")
+    if name_or_url in remotes:
+        return Remote.parse(remotes[name_or_url])
+    if "/" in name_or_url:
+        return Remote.parse(name_or_url)
+    raise ConfigError(f"no remote {name_or_url!r}; remotes: {', '.join(remotes) or 'none'}")
