@@ -127,3 +127,22 @@ def test_the_command_line_adds_remotes_and_syncs(tiny, tmp_path):
     assert code == 2 and "scheme 'ftp' is not supported" in out
     code, out = run("sync", "pull", "nosuch", "--remote", "team")
     assert code == 2 and "no template nosuch; there are: tiny@" in out
+
+
+def test_s3_round_trip_and_wrong_keys_are_refused(tiny, tmp_path, monkeypatch):
+    from tests.s3server import LocalS3
+
+    with LocalS3(tmp_path / "s3") as s3:
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        url = f"s3://templates/team?endpoint={s3.endpoint}"
+        store = TemplateStore(Remote.parse(url))
+        assert store.push(tiny).moved_files == 3
+        assert store.templates() == [("tiny", tiny.template.version)]
+        assert store.push(tiny).already
+        other = TemplateRepository(cache=tmp_path / "other", search=[])
+        assert store.pull("tiny", tiny.template.version, other).moved_files == 3
+        assert other.installed("tiny")[0].manifest["files"] == tiny.manifest["files"]
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        with pytest.raises(HostError, match="refused"):
+            TemplateStore(Remote.parse(url)).templates()

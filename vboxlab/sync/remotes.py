@@ -1,11 +1,13 @@
 """Named remotes (``vboxlab remote add NAME URL``) and opening them as fsspec filesystems.
 
-A remote is a URL: a folder (``/srv/templates`` or ``file:///srv/templates``) or
+A remote is a URL: a folder (``/srv/templates`` or ``file:///srv/templates``),
 ``sftp://USER@HOST[:PORT]/PATH[?keyfile=PATH&known_hosts=PATH]`` (fsspec's
 ``sshfs``; the host key is checked against ``known_hosts``, default
-``~/.ssh/known_hosts``, and an unknown one is refused). Credentials are never
-stored: keys come from the given key file, the SSH agent or the usual files. The
-list lives in ``$XDG_CONFIG_HOME/vboxlab/remotes.json`` (mode 0600), outside any
+``~/.ssh/known_hosts``, and an unknown one is refused) or
+``s3://BUCKET/PATH[?endpoint=URL&region=NAME]`` (``s3fs``; any S3 server).
+Credentials are never stored: SSH keys come from the given key file, the SSH
+agent or the usual files; S3 keys from the environment or ``~/.aws``. The list
+lives in ``$XDG_CONFIG_HOME/vboxlab/remotes.json`` (mode 0600), outside any
 project.
 """
 
@@ -22,7 +24,8 @@ from typing import Any
 from vboxlab.errors import ConfigError, HostError
 from vboxlab.names import is_valid_name
 
-SCHEMES = ("file", "sftp")
+SCHEMES = ("file", "sftp", "s3")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 
 
@@ -43,11 +46,13 @@ class Remote:
     user: str = ""
     keyfile: Path | None = None
     known_hosts: Path | None = None
+    endpoint: str | None = None
+    region: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> Remote:
-        hint = ("give a folder, file:///PATH or sftp://USER@HOST[:PORT]/PATH"
-                "[?keyfile=PATH&known_hosts=PATH]")
+        hint = ("give a folder, file:///PATH, sftp://USER@HOST[:PORT]/PATH"
+                "[?keyfile=PATH&known_hosts=PATH] or s3://BUCKET/PATH[?endpoint=URL]")
         if url.startswith("/"):
             url = f"file://{url}"
         parts = urllib.parse.urlsplit(url)
@@ -61,6 +66,8 @@ class Remote:
             if parts.netloc or parts.query:
                 raise ConfigError(f"remote {url!r}: a folder remote takes only a path; {hint}")
             return cls(url, "file", root.rstrip("/") or "/")
+        if parts.scheme == "s3":
+            return cls._parse_s3(url, parts, root)
         host = parts.hostname or ""
         if not _HOST_RE.match(host):
             raise ConfigError(f"remote {url!r}: host {host!r} is not a host name; {hint}")
@@ -88,12 +95,44 @@ class Remote:
                    urllib.parse.unquote(parts.username or os.environ.get("USER", "root")),
                    keyfile, known)
 
+    @classmethod
+    def _parse_s3(cls, url: str, parts: urllib.parse.SplitResult, root: str) -> Remote:
+        bucket = parts.netloc
+        if not _BUCKET_RE.match(bucket):
+            raise ConfigError(f"remote {url!r}: {bucket!r} is not an S3 bucket name")
+        params = urllib.parse.parse_qs(parts.query)
+        unknown = sorted(set(params) - {"endpoint", "region"})
+        if unknown:
+            raise ConfigError(f"remote {url!r}: parameters {', '.join(unknown)} are not "
+                              "understood; s3 remotes take endpoint and region (keys come "
+                              "from the environment or ~/.aws, never from the URL)")
+        endpoint = params.get("endpoint", [None])[0]
+        if endpoint is not None:
+            where = urllib.parse.urlsplit(endpoint)
+            if where.scheme not in ("http", "https") or not where.hostname or where.path not in \
+                    ("", "/") or where.query or where.username:
+                raise ConfigError(f"remote {url!r}: endpoint {endpoint!r} is not "
+                                  "http(s)://HOST[:PORT]")
+        path = root.strip("/")
+        return cls(url, "s3", f"{bucket}/{path}" if path else bucket, endpoint=endpoint,
+                   region=params.get("region", [None])[0])
+
     def filesystem(self) -> Any:
         """An fsspec filesystem for the remote (connecting, for SFTP)."""
         import fsspec
 
         if self.scheme == "file":
             return fsspec.filesystem("file")
+        if self.scheme == "s3":
+            client: dict[str, str] = {}
+            if self.endpoint:
+                client["endpoint_url"] = self.endpoint
+            if self.region:
+                client["region_name"] = self.region
+            try:
+                return fsspec.filesystem("s3", client_kwargs=client, skip_instance_cache=True)
+            except ImportError:
+                raise HostError("s3 remotes need the s3fs package: pip install s3fs") from None
         try:
             return fsspec.filesystem(
                 "sftp", host=self.host, port=self.port, username=self.user,

@@ -6,7 +6,8 @@ Layout under the remote's path::
     templates/NAME/VERSION/manifest.json written last: a template is visible when complete
 
 Push sends only the blobs the remote lacks (a blob is uploaded under a
-``.partial`` name, its size checked, then renamed), then the manifest. Pull
+``.partial`` name, its size checked, then renamed; on S3, where an object
+appears whole or not at all, under its own name), then the manifest. Pull
 reads the manifest (checked like an archive's), takes each file from a local
 template that already has that digest or from the remote, verifies every
 SHA-256 while writing into a scratch folder, and installs the template through
@@ -19,15 +20,16 @@ both digests, never overwritten.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.errors import ConfigError, HostError, VboxlabError
 from vboxlab.sync.remotes import Remote
 from vboxlab.templates.archive import (
     ArchiveError,
@@ -39,6 +41,8 @@ from vboxlab.templates.archive import (
 from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateRepository
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
+SFTP_BLOCK = 255 * 1024
 
 
 class SyncError(VboxlabError):
@@ -72,6 +76,21 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _remote_errors(method: Callable[..., T]) -> Callable[..., T]:
+    """The remote's refusals (credentials, permissions) as one clear HostError."""
+
+    @functools.wraps(method)
+    def wrapper(self: TemplateStore, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except PermissionError as exc:
+            raise HostError(f"{self.remote.url} refused the request: {exc} (check the "
+                            "credentials: for S3 the AWS_* variables or ~/.aws, for SFTP "
+                            "the key)") from None
+
+    return wrapper
+
+
 class TemplateStore:
     """One remote's templates (see the module's docstring)."""
 
@@ -79,6 +98,10 @@ class TemplateStore:
         self.remote = remote
         self.fs = fs if fs is not None else remote.filesystem()
         self.root = remote.root
+        #: SFTP: requests of 255 KiB (OpenSSH's sftp-server takes messages up to 256 KiB)
+        #: instead of the default 16 KiB; 2x faster on a 700 MB disk image here
+        self._transfer_options: dict[str, Any] = \
+            {"block_size": SFTP_BLOCK} if remote.scheme == "sftp" else {}
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -87,6 +110,7 @@ class TemplateStore:
         return self._path("templates", name, version, MANIFEST)
 
     # -- reading --------------------------------------------------------
+    @_remote_errors
     def templates(self) -> list[tuple[str, str]]:
         """(name, version) of every complete template on the remote."""
         found = []
@@ -96,6 +120,7 @@ class TemplateStore:
                           posixpath.basename(version_dir)))
         return sorted(found)
 
+    @_remote_errors
     def manifest(self, name: str, version: str) -> dict[str, Any] | None:
         """The remote's manifest of ``name`` ``version`` (checked), or None."""
         path = self._manifest_path(name, version)
@@ -114,6 +139,7 @@ class TemplateStore:
         return manifest
 
     # -- push -----------------------------------------------------------
+    @_remote_errors
     def push(self, built: BuiltTemplate, progress: Progress = _quiet) -> Transfer:
         """Send ``built``: missing blobs first, the manifest last."""
         name, version = built.template.name, built.template.version
@@ -137,23 +163,34 @@ class TemplateStore:
             partial = self._path("blobs", f".partial-{digest}")
             size = local.stat().st_size
             progress(f"{name} {version}: sending {file} ({size / 1e6:.1f} MB)")
-            self.fs.put_file(str(local), partial)
-            if self.fs.size(partial) != size:
+            if self.remote.scheme == "s3":  # an object appears whole or not at all
+                self.fs.put_file(str(local), blob)
+                partial = blob
+            else:
+                self.fs.put_file(str(local), partial, **self._transfer_options)
+            arrived = self.fs.size(partial)
+            if arrived != size:
                 self.fs.rm(partial)
                 raise SyncError(f"{self.remote.url}: {file} of {name} {version} arrived with "
-                                f"{self.fs.size(partial)} bytes, not {size}")
-            self.fs.mv(partial, blob)
+                                f"{arrived} bytes, not {size}")
+            if partial != blob:
+                self.fs.mv(partial, blob)
             moved += 1
             moved_bytes += size
         shared = {k: v for k, v in built.manifest.items() if k != "imported"}
         folder = self._path("templates", name, version)
         self.fs.makedirs(folder, exist_ok=True)
-        partial = self._path("templates", name, version, f".{MANIFEST}.partial")
-        self.fs.pipe_file(partial, (json.dumps(shared, indent=2) + "\n").encode())
-        self.fs.mv(partial, self._manifest_path(name, version))
+        text = (json.dumps(shared, indent=2) + "\n").encode()
+        if self.remote.scheme == "s3":
+            self.fs.pipe_file(self._manifest_path(name, version), text)
+        else:
+            partial = self._path("templates", name, version, f".{MANIFEST}.partial")
+            self.fs.pipe_file(partial, text)
+            self.fs.mv(partial, self._manifest_path(name, version))
         return Transfer(name, version, len(files), moved, moved_bytes, False)
 
     # -- pull -----------------------------------------------------------
+    @_remote_errors
     def pull(self, name: str, version: str, repository: TemplateRepository,
              progress: Progress = _quiet) -> Transfer:
         """Fetch ``name`` ``version`` into ``repository`` (verified, installed whole)."""
@@ -184,7 +221,8 @@ class TemplateStore:
                         got = copy_hashing(stream, target)
                 else:
                     progress(f"{name} {version}: fetching {file}")
-                    with self.fs.open(self._path("blobs", digest), "rb") as stream:
+                    with self.fs.open(self._path("blobs", digest), "rb",
+                                      **self._transfer_options) as stream:
                         got = copy_hashing(stream, target)
                     moved += 1
                     moved_bytes += target.stat().st_size
