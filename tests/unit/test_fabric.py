@@ -487,3 +487,39 @@ def test_a_tee_streams_both_directions_live_and_never_stalls_the_link(fabric, tm
     assert stuck_counters["packets"] + stuck_counters["dropped_packets"] == 5000
     assert stuck_counters["dropped_packets"] > 0
     os.close(stuck_fd)
+
+
+def test_a_fabric_controlled_over_stdio_makes_its_own_udp_ports_and_ends_at_eof(tmp_path):
+    """How a fabric started over SSH on another host is driven: commands on stdin, ports whose
+    sockets it makes itself (uport), connected later (connect); EOF on stdin ends it."""
+    import socket
+    import subprocess
+
+    from vboxlab.net.fabric.control import build_binary
+
+    proc = subprocess.Popen([str(build_binary()), str(tmp_path / "f.sock"), "--stdio"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+    def command(line):
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        b.settimeout(3)
+        first = command(f"uport 0 0 127.0.0.1 127.0.0.1 {a.getsockname()[1]}")
+        second = command("uport 1 0 127.0.0.1 127.0.0.1 0")
+        assert first.startswith("ok ") and second.startswith("ok ")
+        assert command(f"connect 1 127.0.0.1 {b.getsockname()[1]}") == "ok"
+        assert command("uport 2 0 300.1.1.1 127.0.0.1 0") == "error bad address"
+        assert command("connect 9 127.0.0.1 5") == "error bad port or address"
+        broadcast = frame(b"\xff" * 6, mac(1))
+        a.sendto(broadcast, ("127.0.0.1", int(first.split()[1])))
+        assert b.recv(2048) == broadcast
+    proc.stdin.close()
+    assert proc.wait(timeout=5) == 0
+    proc.stdout.close()

@@ -20,7 +20,9 @@
  * Control: text lines on a UNIX stream socket (see handle_command); one reply
  * line each, "ok ..." or "error ...". A port's descriptor (a NIC's socket, a tap)
  * travels with its "port" command as SCM_RIGHTS ancillary data, so ports can be
- * added while the fabric runs.
+ * added while the fabric runs. A fabric started far from its controller (over
+ * SSH, with --stdio: commands on stdin, replies on stdout, EOF ends it) makes its
+ * ports' UDP sockets itself ("uport") and connects them later ("connect").
  *
  * Randomness: every direction has a generator of its own, seeded from the lab
  * seed ("seed N") and the direction's name, so one seed gives the same drops,
@@ -48,6 +50,8 @@
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,6 +115,8 @@ static seg_t segs[MAX_SEGS];
 static dir_t dirs[MAX_DIRS];
 static int epfd, tfd, listen_fd;
 static int clients[MAX_CLIENTS];
+static int client_out[MAX_CLIENTS]; /* where replies go: the client's socket, or stdout */
+static int stdio_client = -1;       /* with --stdio: the slot of stdin/stdout (EOF ends the fabric) */
 static char client_buf[MAX_CLIENTS][4096];
 static size_t client_len[MAX_CLIENTS];
 static int client_fds[MAX_CLIENTS][MAX_PENDING_FDS]; /* descriptors received, oldest first */
@@ -532,6 +538,33 @@ static int take_fd(int c) {
     return fd;
 }
 
+/* port p on segment s reads and writes fd (a datagram socket or a tap); 0, or -1 with the
+   error written to out (fd closed) */
+static int add_port(int p, int s, int fd, FILE *out) {
+    char name[32];
+    if (p < 0 || p >= MAX_PORTS || s < 0 || s >= MAX_SEGS || ports[p].used) {
+        close(fd);
+        fputs("error bad port", out);
+        return -1;
+    }
+    snprintf(name, sizeof name, "p%d.in", p);
+    int in = new_dir(name);
+    snprintf(name, sizeof name, "p%d.out", p);
+    int o = new_dir(name);
+    if (in < 0 || o < 0) { close(fd); fputs("error too many links", out); return -1; }
+    dirs[in].to_seg = s; dirs[in].from_ep = p;
+    dirs[o].to_port = p;
+    int sock_type, tap = 0;
+    socklen_t optlen = sizeof sock_type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &sock_type, &optlen) < 0) tap = errno == ENOTSOCK;
+    ports[p] = (port_t){1, fd, s, in, o, tap};
+    segs[s].used = 1;
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)p};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    return 0;
+}
+
 /* one control command from client c; the reply goes to out (one line) */
 static void handle_command(int c, char *line, FILE *out) {
     char *argv[24];
@@ -542,27 +575,41 @@ static void handle_command(int c, char *line, FILE *out) {
     if (!strcmp(argv[0], "port") && argc == 3) {            /* port ID SEG, the fd attached */
         int fd = take_fd(c);
         if (fd < 0) { fputs("error port needs its descriptor sent with the command", out); return; }
-        int p = atoi(argv[1]), s = atoi(argv[2]);
-        if (p < 0 || p >= MAX_PORTS || s < 0 || s >= MAX_SEGS || ports[p].used) {
-            close(fd);
-            fputs("error bad port", out);
+        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, out) == 0) fputs("ok", out);
+    } else if (!strcmp(argv[0], "uport") && argc == 6) {    /* uport ID SEG ADDR PEER_ADDR PEER_PORT */
+        /* a port whose UDP socket the fabric makes itself (a fabric started far from the
+           caller, which cannot send it descriptors): bound to ADDR, connected to the peer
+           unless PEER_PORT is 0 (then later, with connect); the reply is its port */
+        struct sockaddr_in here = {.sin_family = AF_INET}, peer = {.sin_family = AF_INET};
+        int peer_port = atoi(argv[5]);
+        if (inet_pton(AF_INET, argv[3], &here.sin_addr) != 1 ||
+            inet_pton(AF_INET, argv[4], &peer.sin_addr) != 1 || peer_port < 0 || peer_port > 65535) {
+            fputs("error bad address", out);
             return;
         }
-        snprintf(name, sizeof name, "p%d.in", p);
-        int in = new_dir(name);
-        snprintf(name, sizeof name, "p%d.out", p);
-        int o = new_dir(name);
-        if (in < 0 || o < 0) { close(fd); fputs("error too many links", out); return; }
-        dirs[in].to_seg = s; dirs[in].from_ep = p;
-        dirs[o].to_port = p;
-        int sock_type, tap = 0;
-        socklen_t optlen = sizeof sock_type;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &sock_type, &optlen) < 0) tap = errno == ENOTSOCK;
-        ports[p] = (port_t){1, fd, s, in, o, tap};
-        segs[s].used = 1;
-        fcntl(fd, F_SETFL, O_NONBLOCK);
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)p};
-        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+        peer.sin_port = htons((uint16_t)peer_port);
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        int buffer = 4 << 20;
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
+        socklen_t len = sizeof here;
+        if (fd < 0 || bind(fd, (struct sockaddr *)&here, sizeof here) < 0 ||
+            (peer_port && connect(fd, (struct sockaddr *)&peer, sizeof peer) < 0) ||
+            getsockname(fd, (struct sockaddr *)&here, &len) < 0) {
+            fprintf(out, "error socket: %s", strerror(errno));
+            if (fd >= 0) close(fd);
+            return;
+        }
+        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, out) == 0) fprintf(out, "ok %d", ntohs(here.sin_port));
+    } else if (!strcmp(argv[0], "connect") && argc == 4) {  /* connect ID PEER_ADDR PEER_PORT */
+        int p = atoi(argv[1]), peer_port = atoi(argv[3]);
+        struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons((uint16_t)peer_port)};
+        if (p < 0 || p >= MAX_PORTS || !ports[p].used || ports[p].tap ||
+            inet_pton(AF_INET, argv[2], &peer.sin_addr) != 1 || peer_port <= 0 || peer_port > 65535) {
+            fputs("error bad port or address", out);
+            return;
+        }
+        if (connect(ports[p].fd, (struct sockaddr *)&peer, sizeof peer) < 0) { fprintf(out, "error connect: %s", strerror(errno)); return; }
         fputs("ok", out);
     } else if (!strcmp(argv[0], "trunk") && argc == 4) {    /* trunk ID SEG_A SEG_B */
         int t = atoi(argv[1]), a = atoi(argv[2]), b = atoi(argv[3]);
@@ -693,6 +740,7 @@ static void handle_command(int c, char *line, FILE *out) {
 }
 
 static void drop_client(int c) {
+    if (c == stdio_client) running = 0; /* whoever started us over a pipe is gone */
     close(clients[c]);
     clients[c] = -1;
     client_len[c] = 0;
@@ -703,7 +751,9 @@ static void client_input(int c) {
     char control[CMSG_SPACE(sizeof(int) * MAX_PENDING_FDS)];
     struct iovec iov = {client_buf[c] + client_len[c], sizeof client_buf[c] - client_len[c] - 1};
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control};
-    ssize_t n = recvmsg(clients[c], &msg, MSG_CMSG_CLOEXEC);
+    ssize_t n = c == stdio_client ? read(clients[c], iov.iov_base, iov.iov_len)
+                                  : recvmsg(clients[c], &msg, MSG_CMSG_CLOEXEC);
+    if (c == stdio_client) msg.msg_controllen = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); n > 0 && cm; cm = CMSG_NXTHDR(&msg, cm)) {
         if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
         size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -724,7 +774,7 @@ static void client_input(int c) {
         handle_command(c, start, out);
         fputc('\n', out);
         fclose(out);
-        if (write(clients[c], reply, size) < 0) perror("fabric: reply");
+        if (write(client_out[c], reply, size) < 0) perror("fabric: reply");
         free(reply);
         start = nl + 1;
     }
@@ -735,7 +785,10 @@ static void client_input(int c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) { fprintf(stderr, "usage: %s CONTROL_SOCKET\n", argv[0]); return 2; }
+    if (argc != 2 && !(argc == 3 && !strcmp(argv[2], "--stdio"))) {
+        fprintf(stderr, "usage: %s CONTROL_SOCKET [--stdio]\n", argv[0]);
+        return 2;
+    }
     signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < MAX_CLIENTS; i++) clients[i] = -1;
     epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -753,6 +806,13 @@ int main(int argc, char **argv) {
     epoll_ctl(epfd, EPOLL_CTL_ADD, listen_fd, &ev);
     ev.data.u32 = 1000001;
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &ev);
+    if (argc == 3) { /* commands on stdin, replies on stdout (a fabric started over SSH) */
+        stdio_client = 0;
+        clients[0] = 0;
+        client_out[0] = 1;
+        struct epoll_event sev = {.events = EPOLLIN, .data.u32 = 2000000};
+        epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &sev);
+    }
     fprintf(stderr, "fabric: listening on %s\n", argv[1]);
     static uint8_t bufs[BATCH][MAX_FRAME];
     struct mmsghdr msgs[BATCH];
@@ -789,6 +849,7 @@ int main(int argc, char **argv) {
                 for (int c = 0; c < MAX_CLIENTS; c++) if (clients[c] < 0) { slot = c; break; }
                 if (fd >= 0 && slot >= 0) {
                     clients[slot] = fd;
+                    client_out[slot] = fd;
                     struct epoll_event cev = {.events = EPOLLIN, .data.u32 = 2000000 + (uint32_t)slot};
                     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &cev);
                 } else if (fd >= 0) close(fd);
