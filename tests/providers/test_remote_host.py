@@ -1,9 +1,10 @@
 """The libvirt provider on a remote host (a second host simulated by an sshd on 127.0.0.1):
 what the conformance suite does not cover: the console streamed home, template files sent
 once per host, forwarded ports served on this machine, and a host that is not the pinned one
-refused."""
+refused, a lab across hosts, placement by memory, and a fabric run on the host over SSH."""
 
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 
@@ -117,3 +118,63 @@ def test_lab_hosts_spread_unplaced_nodes_by_memory(host, tmp_path):
         remote = next(n for n in ("n1", "n2") if hosts[n] == "h2")
         assert placed.nodes[remote].provider == "libvirt"
         assert "placed nodes of" in (lab.dir / "lab.log").read_text()
+
+
+def test_a_fabric_runs_on_the_host_over_ssh_and_ends_with_its_session(host, tmp_path):
+    """The building block of one fabric per host: started over SSH, ports it makes itself,
+    frames switched between them, gone (process and folder) when closed."""
+    import socket
+
+    from vboxlab.net.fabric.remote import RemoteFabric
+    from vboxlab.providers.remote_host import RemoteHost, RemoteTarget
+
+    remote = RemoteHost(RemoteTarget.parse(host.libvirt_uri))
+    fabric = RemoteFabric(remote, "lab1")
+    try:
+        fabric.start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+            a.bind(("127.0.0.1", 0))
+            b.bind(("127.0.0.1", 0))
+            b.settimeout(3)
+            port_a = fabric.add_uport(0, 0, "127.0.0.1", "127.0.0.1", a.getsockname()[1])
+            fabric.add_uport(1, 0, "127.0.0.1", "127.0.0.1", b.getsockname()[1])
+            broadcast = b"\xff" * 6 + bytes([0x52, 0x54, 0, 0, 0, 1]) + b"\x88\xb5" + b"x" * 60
+            a.sendto(broadcast, ("127.0.0.1", port_a))
+            assert b.recv(2048) == broadcast
+        assert fabric.stats()["p0.in"]["rx_packets"] == 1
+        folder = host.home / REMOTE_ROOT / "labs" / "lab1" / "vboxlab-fabric"
+        assert folder.is_dir()
+        running = subprocess.run(["pgrep", "-f", f"{folder}/fabric.sock"], capture_output=True,
+                                 text=True, check=False).stdout.split()
+        assert len(running) == 1
+    finally:
+        fabric.close()
+        remote.close()
+    assert not folder.exists()
+    deadline = time.monotonic() + 5
+    while subprocess.run(["pgrep", "-f", f"{folder}/fabric.sock"], capture_output=True,
+                         check=False).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", f"{folder}/fabric.sock"], capture_output=True,
+                          check=False).returncode == 1
+
+
+def test_a_remote_fabric_ends_when_the_ssh_connection_is_lost(host):
+    from vboxlab.net.fabric.remote import RemoteFabric
+    from vboxlab.providers.remote_host import RemoteHost, RemoteTarget
+
+    remote = RemoteHost(RemoteTarget.parse(host.libvirt_uri))
+    fabric = RemoteFabric(remote, "lab2")
+    fabric.start()
+    socket_path = f"{fabric.folder}/fabric.sock"
+    remote.close()  # as when the run is killed: no quit, the session just ends
+    deadline = time.monotonic() + 5
+    while subprocess.run(["pgrep", "-f", socket_path], capture_output=True,
+                         check=False).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", socket_path], capture_output=True,
+                          check=False).returncode == 1
+    cleaner = RemoteHost(RemoteTarget.parse(host.libvirt_uri))
+    cleaner.remove_machine_dir(fabric.folder)
+    cleaner.close()

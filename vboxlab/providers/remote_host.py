@@ -269,6 +269,13 @@ class RemoteHost:
                                 f"{command}): {err.decode(errors='replace').strip()[-800:]}")
         return out.decode(errors="replace")
 
+    def exec_channel(self, argv: Sequence[str]) -> paramiko.Channel:
+        """``argv`` started on the host, its stdin, stdout and stderr on the returned channel
+        (it ends when the channel or the connection closes)."""
+        channel = self._transport().open_session(timeout=10)
+        channel.exec_command(shlex.join(argv))
+        return channel
+
     def which(self, program: str, why: str) -> str:
         """The path of ``program`` on the host, or HostError saying what to install."""
         if program in self._found:

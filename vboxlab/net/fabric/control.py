@@ -69,7 +69,65 @@ def build_binary() -> Path:
     return compile_c(SOURCE, "vboxlab-fabric", "the network fabric")
 
 
-class Fabric:
+class FabricCommands:
+    """The fabric's commands, over whatever carries them (:meth:`command`)."""
+
+    def command(self, line: str, fd: int | None = None) -> str:
+        raise NotImplementedError
+
+    def add_uport(self, port: int, segment: int, address: str, peer_address: str,
+                  peer_port: int = 0) -> int:
+        """A port whose UDP socket the fabric makes itself, bound to ``address`` and
+        connected to the peer unless ``peer_port`` is 0; returns the socket's port."""
+        return int(self.command(f"uport {port} {segment} {address} {peer_address} "
+                                f"{peer_port}"))
+
+    def connect_port(self, port: int, peer_address: str, peer_port: int) -> None:
+        """Connect a port made by :meth:`add_uport` to its peer."""
+        self.command(f"connect {port} {peer_address} {peer_port}")
+
+    def add_trunk(self, trunk: int, segment_a: int, segment_b: int) -> None:
+        self.command(f"trunk {trunk} {segment_a} {segment_b}")
+
+    def set(self, direction: str, **settings: float | int | str) -> None:
+        """Change one direction's impairments (fabric units: ns, fractions, bit/s, bytes)."""
+        pairs = " ".join(f"{key}={value}" for key, value in settings.items())
+        self.command(f"set {direction} {pairs}")
+
+    def capture(self, direction: str, path: Path | None, *,
+                ring: CaptureRing | None = None) -> None:
+        """Capture ``direction`` to ``path`` (None: stop), within ``ring``'s limits if given."""
+        if path is None:
+            self.command(f"capture {direction} off")
+        elif ring is None or not ring.limited:
+            self.command(f"capture {direction} {path}")
+        else:
+            self.command(f"capture {direction} {path} {ring.max_bytes or 0} "
+                         f"{int((ring.max_seconds or 0) * 1e9)}")
+
+    def tee(self, name: str, path: Path, directions: list[str]) -> None:
+        """Copy ``directions``' frames, merged in time order, as one live pcap stream to
+        ``path`` (a FIFO a reader already holds open). Never blocks the data path: frames
+        the reader is too slow for are dropped and counted."""
+        self.command(f"tee {name} {path} {','.join(directions)}")
+
+    def untee(self, name: str) -> dict[str, int]:
+        """Hand the reader what is pending (5 s at most), close the stream: its counters."""
+        result: dict[str, int] = json.loads(self.command(f"untee {name}"))
+        return result
+
+    def flush(self) -> None:
+        self.command("flush")
+
+    def seed(self, value: int) -> None:
+        self.command(f"seed {value}")
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = json.loads(self.command("stats"))
+        return result
+
+
+class Fabric(FabricCommands):
     """One fabric process: ports (NICs), trunks, and link directions to steer."""
 
     def __init__(self, workdir: Path, *, tied: bool = True, ledger: Ledger | None = None) -> None:
@@ -155,46 +213,6 @@ class Fabric:
     def add_port(self, port: int, fd: int, segment: int) -> None:
         """Add a port on ``segment`` whose frames come and go through ``fd`` (sent along)."""
         self.command(f"port {port} {segment}", fd=fd)
-
-    def add_trunk(self, trunk: int, segment_a: int, segment_b: int) -> None:
-        self.command(f"trunk {trunk} {segment_a} {segment_b}")
-
-    def set(self, direction: str, **settings: float | int | str) -> None:
-        """Change one direction's impairments (fabric units: ns, fractions, bit/s, bytes)."""
-        pairs = " ".join(f"{key}={value}" for key, value in settings.items())
-        self.command(f"set {direction} {pairs}")
-
-    def capture(self, direction: str, path: Path | None, *,
-                ring: CaptureRing | None = None) -> None:
-        """Capture ``direction`` to ``path`` (None: stop), within ``ring``'s limits if given."""
-        if path is None:
-            self.command(f"capture {direction} off")
-        elif ring is None or not ring.limited:
-            self.command(f"capture {direction} {path}")
-        else:
-            self.command(f"capture {direction} {path} {ring.max_bytes or 0} "
-                         f"{int((ring.max_seconds or 0) * 1e9)}")
-
-    def tee(self, name: str, path: Path, directions: list[str]) -> None:
-        """Copy ``directions``' frames, merged in time order, as one live pcap stream to
-        ``path`` (a FIFO a reader already holds open). Never blocks the data path: frames
-        the reader is too slow for are dropped and counted."""
-        self.command(f"tee {name} {path} {','.join(directions)}")
-
-    def untee(self, name: str) -> dict[str, int]:
-        """Hand the reader what is pending (5 s at most), close the stream: its counters."""
-        result: dict[str, int] = json.loads(self.command(f"untee {name}"))
-        return result
-
-    def flush(self) -> None:
-        self.command("flush")
-
-    def seed(self, value: int) -> None:
-        self.command(f"seed {value}")
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        result: dict[str, dict[str, int]] = json.loads(self.command("stats"))
-        return result
 
     def detach(self) -> None:
         """Close this process's handles to the fabric and leave it running (a kept lab)."""
