@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -40,6 +41,7 @@ from vboxlab.labdirs import LEASE, LEDGER
 from vboxlab.ledger import Ledger
 from vboxlab.machine import Machine
 from vboxlab.names import check_name
+from vboxlab.net.fabric.fabricset import MAX_PORTS, FabricSet
 from vboxlab.net.placement import local_free_mb, parse_hosts, place, unplaced
 from vboxlab.net.topology import Topology, load_topology
 from vboxlab.net.wire import DirectWire
@@ -51,7 +53,9 @@ from vboxlab.templates.trust import is_foreign
 
 if TYPE_CHECKING:
     from vboxlab.net.fabric import Fabric
+    from vboxlab.net.fabric.remote import RemoteFabric
     from vboxlab.net.network import LinkHandle, Network
+    from vboxlab.net.plan import NetworkPlan
 
 
 
@@ -150,6 +154,8 @@ class Lab:
         """The provider called ``name`` (default: the lab's), loaded once; with ``host_uri``,
         the libvirt provider of that remote host (one per host)."""
         name = name or self.default_provider
+        if host_uri == self._options.libvirt_uri:
+            host_uri = None  # the lab's own libvirt host: its default provider
         key = name if host_uri is None else f"{name} on {host_uri}"
         with self._lock:
             if key not in self._providers:
@@ -420,24 +426,32 @@ class Lab:
                 raise ConfigError(f"seed {seed!r}: give an integer from 0 to 2**63-1")
             self.log.info("network %s: seed %d (replay it with seed=%d)", topology.name, seed,
                           seed)
-            fabric = Fabric(self.dir, tied=not self.keep, ledger=self.ledger)
+            local = Fabric(self.dir, tied=not self.keep, ledger=self.ledger)
+            where = {n.name: self._remote_host_of(n.provider, n.host_uri) for n in plan.nodes}
+            remote_hosts = sorted({where[n.name] or "" for n in plan.nodes
+                                   if where[n.name] and n.nics})
+            fabric: Fabric | FabricSet = FabricSet(local) if remote_hosts else local
             machines: dict[str, Machine] = {}
             try:
-                fabric.start()
+                local.start()
+                remote_fabrics = self._start_remote_fabrics(fabric, remote_hosts, plan, where)
                 fabric.seed(seed)
                 for trunk in plan.trunks:
                     fabric.add_trunk(trunk.id, trunk.segment_a, trunk.segment_b)
                 started = time.monotonic()
                 for node in plan.nodes:  # all start, then all are waited for: boots overlap
+                    on_host = remote_fabrics.get(where[node.name] or "")
+                    nics = tuple(NicSpec(n.name, n.mac, n.address, udp=self._remote_port(
+                        on_host, n.port, n.segment) if on_host else None) for n in node.nics)
                     machine = self.create(
                         node.name, provider=node.provider, host_uri=node.host_uri,
-                        template=node.template,
-                        memory=node.memory, cpus=node.cpus,
-                        nics=tuple(NicSpec(n.name, n.mac, n.address) for n in node.nics),
+                        template=node.template, memory=node.memory, cpus=node.cpus, nics=nics,
                         hosts=plan.hosts, routes=node.routes, forward=node.forward)
                     machines[node.name] = machine
                     machine.power_on()
-                    for nic, fd in zip(node.nics, machine.handle.fabric_fds(), strict=True):
+                    handed = [n for n, spec in zip(node.nics, nics, strict=True)
+                              if spec.udp is None]
+                    for nic, fd in zip(handed, machine.handle.fabric_fds(), strict=True):
                         fabric.add_port(nic.port, fd, nic.segment)
                 for link in plan.links:
                     fabric.set(link.a_to_b_dir, **fabric_settings(link.a_to_b))
@@ -456,6 +470,68 @@ class Lab:
             with self._lock:
                 self._building_network = False
 
+    def _remote_host_of(self, provider: str, host_uri: str | None) -> str | None:
+        """The remote host a node runs on: its ``host:``, or the lab's libvirt URI for a
+        libvirt node when that is remote; None for this machine."""
+        from vboxlab.providers.remote_host import is_remote
+
+        if host_uri is not None:
+            return host_uri
+        lab_uri = self._options.libvirt_uri or os.environ.get("VBOXLAB_LIBVIRT_URI")
+        if provider == "libvirt" and lab_uri and is_remote(lab_uri):
+            return lab_uri
+        return None
+
+    def _start_remote_fabrics(self, fabric: Fabric | FabricSet, hosts: list[str],
+                              plan: NetworkPlan,
+                              where: dict[str, str | None]) -> dict[str, RemoteFabric]:
+        """One fabric on each remote host with lab NICs, and a tunnel port on each side for
+        every segment that host shares with others (a star through this machine's fabric)."""
+        from vboxlab.net.fabric.remote import RemoteFabric
+        from vboxlab.providers.remote_host import address_toward
+
+        started: dict[str, RemoteFabric] = {}
+        if not isinstance(fabric, FabricSet):
+            return started
+        segments_on: dict[str | None, set[int]] = {}
+        for node in plan.nodes:
+            segments_on.setdefault(where[node.name], set()).update(n.segment for n in node.nics)
+        tunnel = MAX_PORTS  # tunnel ports count down from the top; NICs count up from 0
+        for uri in hosts:
+            provider = self.provider_for("libvirt", uri)
+            remote = provider.remote  # type: ignore[attr-defined]
+            remote_fabric = RemoteFabric(remote, self.id, ledger=self.ledger)
+            fabric.add_remote(remote_fabric)
+            remote_fabric.start()
+            started[uri] = remote_fabric
+            for node in plan.nodes:
+                if where[node.name] == uri:
+                    for nic in node.nics:
+                        fabric.own(nic.port, remote_fabric)
+            host_address = remote.address()
+            here = address_toward(host_address)
+            shared = {s for other, segs in segments_on.items() if other != uri for s in segs}
+            for segment in sorted(segments_on[uri] & shared):
+                tunnel -= 1
+                far_port = remote_fabric.add_uport(tunnel, segment, host_address, here, 0)
+                end = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    end.bind((here, 0))
+                    end.connect((host_address, far_port))
+                    fabric.add_port(tunnel, end.fileno(), segment)
+                    remote_fabric.connect_port(tunnel, here, end.getsockname()[1])
+                finally:
+                    end.close()  # the fabric holds its own copy
+                self.log.info("tunnel %d: segment %d between here (%s) and %s", tunnel, segment,
+                              here, remote.target.label)
+        return started
+
+    def _remote_port(self, fabric: RemoteFabric, port: int, segment: int) -> tuple[int, int]:
+        """A NIC port of a remote host's fabric: (QEMU's port there, the fabric's)."""
+        qemu_port = fabric.remote.free_udp_port()
+        fabric_port = fabric.add_uport(port, segment, "127.0.0.1", "127.0.0.1", qemu_port)
+        return qemu_port, fabric_port
+
     def _network_closed(self, network: Network) -> None:
         """Called once by ``network.close()``: remove its machines, then its fabric."""
         with self._lock:
@@ -465,7 +541,7 @@ class Lab:
             return  # the lab's own teardown releases everything
         self._teardown_network(list(network.machines), network.fabric)
 
-    def _teardown_network(self, names: list[str], fabric: Fabric) -> None:
+    def _teardown_network(self, names: list[str], fabric: Fabric | FabricSet) -> None:
         for name in reversed(names):
             if name in self.machines:
                 try:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from vboxlab.errors import ConfigError
 from vboxlab.net.fabric import CaptureRing, Fabric
+from vboxlab.net.fabric.fabricset import FabricSet
 from vboxlab.net.flows import Flows, Rate, flows_of_links, rates
 from vboxlab.net.pcaps import ring_files
 from vboxlab.net.plan import LinkPlan, NetworkPlan, fabric_settings
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 class LinkHandle:
     """One link of a running network, to change while the test runs."""
 
-    def __init__(self, fabric: Fabric, plan: LinkPlan) -> None:
+    def __init__(self, fabric: Fabric | FabricSet, plan: LinkPlan) -> None:
         self._fabric = fabric
         self.a, self.b = plan.a, plan.b
         self.a_to_b_dir, self.b_to_a_dir = plan.a_to_b_dir, plan.b_to_a_dir
@@ -91,7 +92,7 @@ class LinkHandle:
 class Network:
     """The fabric, machines and links of one topology in a lab."""
 
-    def __init__(self, topology: Topology, plan: NetworkPlan, fabric: Fabric,
+    def __init__(self, topology: Topology, plan: NetworkPlan, fabric: Fabric | FabricSet,
                  machines: dict[str, Machine], *, seed: int, state_dir: Path,
                  on_close: Callable[[Network], None]) -> None:
         self.topology = topology

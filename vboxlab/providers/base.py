@@ -76,10 +76,13 @@ class NicSpec:
     address: str | None = None  # CIDR, configured in the guest at boot
     fd: int | None = None
     vde: str | None = None
+    #: a port of a fabric on the machine's own (remote) host: (the UDP port QEMU binds on
+    #: that host's 127.0.0.1, the fabric port's); the machine then hands this one nothing
+    udp: tuple[int, int] | None = None
 
     @property
     def is_fabric_port(self) -> bool:
-        return self.fd is None and self.vde is None
+        return self.fd is None and self.vde is None and self.udp is None
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,9 @@ class LibvirtMachine(QemuMachine):
             raise ConfigError(f"{spec.name}: {len(spec.nics)} lab NICs; a libvirt machine takes "
                               f"at most {MAX_LAB_NICS}")
         for nic in spec.nics:
+            if nic.udp is not None:  # a port of the fabric on the machine's own host
+                self._udp_nics.append(UdpNic(nic.mac, nic.udp[0], nic.udp[1]))
+                continue
             if nic.vde is not None or nic.fd is not None:
                 raise NotSupported(
                     f"{spec.name}: NIC {nic.name}: libvirt machines join lab networks through "

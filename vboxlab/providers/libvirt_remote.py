@@ -15,33 +15,29 @@ with the host's paths, and differs in three ways:
   SSH connection, with the guest's host key pinned as ever (the guest agent's
   socket would be the host's, so remote machines use SSH); ``forward_port``
   gives a port on this machine the same way;
-* lab NICs cross to this machine's fabric: QEMU on the host sends each NIC's
-  frames as UDP datagrams to the fabric's end here, which is connected to
-  QEMU's port there and so takes frames from it alone. Every frame of a remote
-  node goes through the one fabric of the lab (impairments, counters and
-  captures as for any NIC); two nodes on the same remote host reach each other
-  through it too (a fabric per host is the next step: docs/scale.md).
+* lab NICs are ports of the fabric the lab runs on that host
+  (:mod:`vboxlab.net.fabric.remote`): QEMU and the fabric talk over the host's
+  loopback, and segments shared with other hosts are joined by tunnels
+  (:mod:`vboxlab.net.fabric.fabricset`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import ipaddress
 import posixpath
 import socket
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vboxlab.errors import ProviderError
-from vboxlab.net.wire import SOCKET_BUFFER
+from vboxlab.errors import NotSupported, ProviderError
 from vboxlab.providers.base import Capability, MachineSpec, MachineState
 from vboxlab.providers.libvirt import LibvirtMachine, _libvirt
 from vboxlab.providers.libvirt_xml import domain_xml
 from vboxlab.providers.qemu import snapshots_in_info
 from vboxlab.providers.qemu_argv import QemuLaunch
-from vboxlab.providers.remote_host import RemoteHost, address_toward, file_digest
+from vboxlab.providers.remote_host import RemoteHost, file_digest
 
 if TYPE_CHECKING:
     import libvirt
@@ -71,27 +67,9 @@ class RemoteLibvirtMachine(LibvirtMachine):
 
     # -- files ----------------------------------------------------------
     def _nic_end(self) -> tuple[socket.socket, str, int]:
-        """Across hosts: QEMU binds a free UDP port of the host's address, the fabric's end
-        binds this machine's address toward the host (127.0.0.1 when the host is this
-        machine) and is connected to QEMU's, so it takes frames from that port alone."""
-        host_address = self.remote.address()
-        local_address = address_toward(host_address)
-        far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            far.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            far.bind((local_address, 0))
-            port = self.remote.free_udp_port()
-            far.connect((host_address, port))
-        except OSError as exc:
-            far.close()
-            raise ProviderError(f"{self.name}: cannot make a lab NIC's end toward "
-                                f"{host_address}: {exc}") from None
-        if not ipaddress.ip_address(local_address).is_loopback:
-            self._log.info("%s: a lab NIC crosses to %s: the fabric's end listens on %s:%d "
-                           "for %s:%d only", self.name, self.remote.target.label,
-                           local_address, far.getsockname()[1], host_address, port)
-        return far, host_address, port
+        raise NotSupported(f"{self.name}: a machine on {self.remote.target.label} joins lab "
+                           "networks through the fabric on that host, which a topology starts; "
+                           "its NICs cannot be wired one by one")
 
     def _create_overlay(self) -> None:
         """Made on the host, in :meth:`prepare`, once the template's disk is there."""

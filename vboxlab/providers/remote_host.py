@@ -362,6 +362,13 @@ class RemoteHost:
             sftp.chmod(partial, mode)
             sftp.posix_rename(partial, remote)
 
+    def get(self, remote: str, local: Path) -> None:
+        """Copy one file from the host (written beside, then renamed into place)."""
+        partial = local.with_name(f".{local.name}.partial")
+        with self._sftp_client() as sftp:
+            sftp.get(remote, str(partial))
+        partial.replace(local)
+
     def tail(self, path: str, lines: int = 20) -> str:
         """The last lines of a file on the host ('' if it cannot be read)."""
         try:

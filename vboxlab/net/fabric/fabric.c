@@ -786,24 +786,28 @@ static void client_input(int c) {
 
 int main(int argc, char **argv) {
     if (argc != 2 && !(argc == 3 && !strcmp(argv[2], "--stdio"))) {
-        fprintf(stderr, "usage: %s CONTROL_SOCKET [--stdio]\n", argv[0]);
+        fprintf(stderr, "usage: %s CONTROL_SOCKET|- [--stdio]\n", argv[0]);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     for (int i = 0; i < MAX_CLIENTS; i++) clients[i] = -1;
     epfd = epoll_create1(EPOLL_CLOEXEC);
     tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(argv[1]) >= sizeof addr.sun_path) { fprintf(stderr, "fabric: socket path too long\n"); return 2; }
-    strcpy(addr.sun_path, argv[1]);
-    unlink(argv[1]);
-    if (bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listen_fd, 8) < 0) {
-        perror("fabric: control socket");
-        return 1;
-    }
+    int listening = strcmp(argv[1], "-") != 0; /* "-" with --stdio: no control socket at all */
+    if (!listening && argc != 3) { fprintf(stderr, "fabric: '-' needs --stdio\n"); return 2; }
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 1000000};
-    epoll_ctl(epfd, EPOLL_CTL_ADD, listen_fd, &ev);
+    if (listening) {
+        listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un addr = {.sun_family = AF_UNIX};
+        if (strlen(argv[1]) >= sizeof addr.sun_path) { fprintf(stderr, "fabric: socket path too long\n"); return 2; }
+        strcpy(addr.sun_path, argv[1]);
+        unlink(argv[1]);
+        if (bind(listen_fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listen_fd, 8) < 0) {
+            perror("fabric: control socket");
+            return 1;
+        }
+        epoll_ctl(epfd, EPOLL_CTL_ADD, listen_fd, &ev);
+    }
     ev.data.u32 = 1000001;
     epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &ev);
     if (argc == 3) { /* commands on stdin, replies on stdout (a fabric started over SSH) */
@@ -866,6 +870,6 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < MAX_DIRS; i++) pcap_close(&dirs[i]);
     for (int i = 0; i < MAX_TEES; i++) tee_close(i);
-    unlink(argv[1]);
+    if (listening) unlink(argv[1]);
     return 0;
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import posixpath
 import threading
 from typing import Any
 
@@ -42,6 +41,7 @@ class RemoteFabric(FabricCommands):
         self._stdin: Any = None
         self._stdout: Any = None
         self._lock = threading.Lock()
+        self.pid: int | None = None
 
     def __repr__(self) -> str:
         state = "running" if self._channel is not None and \
@@ -61,11 +61,21 @@ class RemoteFabric(FabricCommands):
         if self._ledger is not None:
             self._rid = self._ledger.add("remote-dir", f"fabric on {self.remote.target.label}",
                                          uri=self.remote.target.uri, path=self.folder)
+        # in its folder, its pid said first; no control socket ("-"): the SSH channel is the
+        # only way in
         self._channel = self.remote.exec_channel(
-            [program, posixpath.join(self.folder, "fabric.sock"), "--stdio"])
+            ["sh", "-c", 'cd "$1" && echo "$$" && exec "$2" - --stdio', "sh", self.folder,
+             program])
         self._channel.settimeout(self._timeout)
         self._stdin = self._channel.makefile_stdin("wb")
         self._stdout = self._channel.makefile("rb")
+        first = self._stdout.readline().decode(errors="replace").strip()
+        if not first.isdigit():
+            self.check_alive()
+            raise FabricError(f"the fabric on {self.remote.target.label} did not start: "
+                              f"{first!r}")
+        #: its process id on the host
+        self.pid = int(first)
         self.stats()  # answers: it runs
 
     def check_alive(self) -> None:
