@@ -14,7 +14,6 @@ import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,18 +21,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.sshd import free_port
 from vboxlab import procs
 from vboxlab.pytest.policy import missing_capability
 
 PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
          "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
          "metricsPort")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class LocalS3:
@@ -75,7 +69,7 @@ class LocalS3:
                                              "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         config.chmod(0o600)
-        ports = {name: _free_port() for name in PORTS}
+        ports = {name: free_port() for name in PORTS}
         self.port = ports["s3.port"]
         argv = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false",

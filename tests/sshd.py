@@ -24,7 +24,8 @@ from vboxlab.pytest.policy import missing_capability
 SSHD = Path("/usr/sbin/sshd")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -73,7 +74,7 @@ class LocalSshd:
         (self.folder / "authorized_keys").write_text(
             (self.folder / "id_ed25519.pub").read_text())
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
-        self.port = _free_port()
+        self.port = free_port()
         host_public = (self.folder / "host_ed25519.pub").read_text().split()[:2]
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {' '.join(host_public)}\n")
         config = self.folder / "sshd_config"

@@ -167,13 +167,18 @@ def add_remote(name: str, url: str) -> Remote:
     remote = Remote.parse(url)
     remotes = load_remotes()
     remotes[name] = remote.url
+    _save(remotes)
+    return remote
+
+
+def _save(remotes: dict[str, str]) -> None:
+    """Write the remotes file whole (beside, then renamed), private to the user."""
     path = config_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(remotes, indent=2) + "\n")
     tmp.chmod(0o600)
     tmp.replace(path)
-    return remote
 
 
 def remove_remote(name: str) -> None:
@@ -181,11 +186,7 @@ def remove_remote(name: str) -> None:
     if name not in remotes:
         raise ConfigError(f"no remote {name!r}; remotes: {', '.join(remotes) or 'none'}")
     del remotes[name]
-    path = config_file()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(remotes, indent=2) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    _save(remotes)
 
 
 def resolve_remote(name_or_url: str | None) -> Remote:
