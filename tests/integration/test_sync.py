@@ -146,3 +146,17 @@ def test_s3_round_trip_and_wrong_keys_are_refused(tiny, tmp_path, monkeypatch):
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
         with pytest.raises(HostError, match="refused"):
             TemplateStore(Remote.parse(url)).templates()
+
+
+def test_a_pull_that_would_fill_the_disk_is_refused_before_fetching(tiny, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    store = TemplateStore(Remote.parse(str(tmp_path / "remote")))
+    store.push(tiny)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("vboxlab.sync.store.shutil.disk_usage",
+                        lambda _: usage(1 << 30, 1 << 30, 270 << 20))  # 14 MiB to spare
+    other = TemplateRepository(cache=tmp_path / "other", search=[])
+    with pytest.raises(SyncError, match=r"needs 29 MB .* has 15 MB to spare; nothing fetched"):
+        store.pull("tiny", tiny.template.version, other)
+    assert other.installed() == []

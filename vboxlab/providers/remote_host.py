@@ -305,8 +305,9 @@ class RemoteHost:
         used = set()
         for line in self.run(["cat", "/proc/net/udp"], what="listing UDP ports").splitlines()[1:]:
             fields = line.split()
-            if len(fields) > 1 and ":" in fields[1]:
-                used.add(int(fields[1].rsplit(":", 1)[1], 16))
+            local = fields[1].rsplit(":", 1)[-1] if len(fields) > 1 else ""
+            if re.fullmatch(r"[0-9A-Fa-f]{1,4}", local):  # anything else is not a port line
+                used.add(int(local, 16))
         for _ in range(100):
             port = 32768 + secrets.randbelow(28000)
             if port not in used:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from vboxlab.errors import ConfigError, HostError, VboxlabError
 from vboxlab.sync.remotes import Remote
 from vboxlab.templates.archive import (
+    FREE_SPACE_RESERVE,
     ArchiveError,
     check_archive_manifest,
     copy_hashing,
@@ -211,6 +212,14 @@ class TemplateStore:
                     "theirs)")
         have = {digest: built.folder / file for built in repository.installed()
                 for file, digest in built.manifest.get("files", {}).items()}
+        incoming = sum(int(self.fs.size(self._path("blobs", d))) for d in files.values()
+                       if d not in have)
+        repository.images.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(repository.images).free - FREE_SPACE_RESERVE
+        if incoming > free:
+            raise SyncError(f"{name} {version} from {self.remote.url} needs {incoming / 1e6:.0f} "
+                            f"MB and {repository.images} has {max(0, free) / 1e6:.0f} MB to "
+                            "spare; nothing fetched")
         scratch = new_scratch(repository)
         moved = moved_bytes = 0
         try:

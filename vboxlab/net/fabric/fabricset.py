@@ -109,10 +109,8 @@ class FabricSet(FabricCommands):
 
     def stats(self) -> dict[str, dict[str, int]]:
         merged = dict(self.local.stats())
-        for fabric in self.remotes:
-            merged.update({d: s for d, s in fabric.stats().items()
-                           if _PORT_DIR.match(d) and int(_PORT_DIR.match(d).group(1))  # type: ignore[union-attr]
-                           in self._owner})
+        for fabric in self.remotes:  # its tunnel ports share numbers with ours: only its own
+            merged.update({d: s for d, s in fabric.stats().items() if self._for(d) is fabric})
         return merged
 
     def check_alive(self) -> None:
