@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from boot import emit, summary
 
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.s3server import LocalS3
 from tests.sshd import LocalSshd
 from vboxlab.sync.remotes import Remote
+from vboxlab.sync.signing import SigningKey, TrustStore
 from vboxlab.sync.store import TemplateStore
 from vboxlab.templates import TemplateRepository
 from vboxlab.templates.repository import MANIFEST, BuiltTemplate, file_sha256
@@ -39,7 +41,7 @@ from vboxlab.templates.repository import MANIFEST, BuiltTemplate, file_sha256
 TARGETS = {"second_push_share": 0.05, "push_vs_rclone": 1.2}
 
 
-def changed_copy(built_folder: Path, manifest: dict, cache: Path) -> TemplateRepository:
+def changed_copy(built_folder: Path, manifest: dict[str, Any], cache: Path) -> TemplateRepository:
     """A repository holding the template as a next version with its initrd changed."""
     major, minor, patch = (int(x) for x in manifest["version"].split("."))
     version = f"{major}.{minor}.{patch + 1}"
@@ -79,19 +81,21 @@ def measure(kind: str, runs: int, built: BuiltTemplate, changed: BuiltTemplate,
         "vboxlab_push_s", "vboxlab_second_push_s", "vboxlab_pull_s", "rclone_sync_s",
         "rclone_second_sync_s")}
     shares: list[float] = []
+    signer = SigningKey.generate("bench@here", folder=scratch / "signing", replace=True)
+    trust = TrustStore(scratch / "trusted-keys.json", own=signer)
     for run in range(runs):
         store = TemplateStore(Remote.parse(url_for(f"vboxlab-{run}")))
         started = time.perf_counter()
-        first = store.push(built)
+        first = store.push(built, signer)
         results["vboxlab_push_s"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        second = store.push(changed)
+        second = store.push(changed, signer)
         results["vboxlab_second_push_s"].append(time.perf_counter() - started)
         shares.append(second.moved_bytes / max(1, first.moved_bytes))
         pulled = scratch / f"pulled-{kind}-{run}"
         started = time.perf_counter()
         store.pull(built.template.name, built.template.version,
-                   TemplateRepository(cache=pulled, search=[]))
+                   TemplateRepository(cache=pulled, search=[]), trust)
         results["vboxlab_pull_s"].append(time.perf_counter() - started)
         shutil.rmtree(pulled)
         results["rclone_sync_s"].append(rclone(built.folder, rclone_for(f"rclone-{run}")))

@@ -290,13 +290,14 @@ def _add_commands() -> None:
     from vboxlab.net.cli import traffic
     from vboxlab.report.cli import report
     from vboxlab.security.cli import scan
-    from vboxlab.sync.cli import remote, sync
+    from vboxlab.sync.cli import keys, remote, sync
     from vboxlab.templates.cli import templates
     from vboxlab.web.cli import dashboard_command
 
     main.add_command(templates)
     main.add_command(remote)
     main.add_command(sync)
+    main.add_command(keys)
     main.add_command(iso)
     main.add_command(usb)
     main.add_command(scan)

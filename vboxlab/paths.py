@@ -23,6 +23,12 @@ def cache_dir() -> Path:
     return Path(base) / "vboxlab"
 
 
+def config_dir() -> Path:
+    """The per-user settings folder (``$XDG_CONFIG_HOME/vboxlab``): remotes, keys, trust."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "vboxlab"
+
+
 def state_base() -> Path:
     """The folder holding one sub-folder per lab (``$VBOXLAB_STATE_DIR`` overrides).
 
@@ -67,6 +73,17 @@ def private_dir(path: Path) -> Path:
             path.mkdir(mode=0o700)
     check_private(path)
     return path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` whole (beside, then renamed), mode 0600, its folder made 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def is_inside(path: Path, folder: Path) -> bool:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import click
 
+from vboxlab.errors import ConfigError
 from vboxlab.sync.remotes import add_remote, load_remotes, remove_remote, resolve_remote
+from vboxlab.sync.signing import PublicKey, SigningKey, TrustStore
 from vboxlab.sync.store import (
     TemplateStore,
     built_by_version,
@@ -55,25 +60,132 @@ def sync() -> None:
 @sync.command("push")
 @click.argument("templates", nargs=-1)
 @click.option("--remote", "remote_name", default=None, help="Remote name or URL")
-def sync_push(templates: tuple[str, ...], remote_name: str | None) -> None:
-    """Send built templates (all, or NAME[@VERSION]...) to the remote."""
+@click.option("--unsigned", is_flag=True, help="Push without signing (no key needed)")
+def sync_push(templates: tuple[str, ...], remote_name: str | None, unsigned: bool) -> None:
+    """Send built templates (all, or NAME[@VERSION]...) to the remote, signed."""
+    signer = None if unsigned else SigningKey.load()
     repository = TemplateRepository()
     store = TemplateStore(resolve_remote(remote_name))
     for name, version in select(list(templates), local_templates(repository)):
-        done = store.push(built_by_version(repository, name, version), progress=click.echo)
+        done = store.push(built_by_version(repository, name, version), signer,
+                          progress=click.echo)
         click.echo(done.describe("pushed"))
 
 
 @sync.command("pull")
 @click.argument("templates", nargs=-1)
 @click.option("--remote", "remote_name", default=None, help="Remote name or URL")
-def sync_pull(templates: tuple[str, ...], remote_name: str | None) -> None:
-    """Fetch templates (all, or NAME[@VERSION]...) from the remote, verified."""
+@click.option("--allow-unsigned", is_flag=True,
+              help="Also take manifests that are unsigned or signed by keys not trusted here")
+def sync_pull(templates: tuple[str, ...], remote_name: str | None,
+              allow_unsigned: bool) -> None:
+    """Fetch templates (all, or NAME[@VERSION]...) from the remote, verified and signed by
+    a trusted key."""
     repository = TemplateRepository()
     store = TemplateStore(resolve_remote(remote_name))
+    trust = None if allow_unsigned else TrustStore()
     for name, version in select(list(templates), store.templates()):
-        done = store.pull(name, version, repository, progress=click.echo)
+        done = store.pull(name, version, repository, trust, progress=click.echo)
         click.echo(done.describe("pulled"))
+
+
+@sync.command("log")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+def sync_log(remote_name: str | None) -> None:
+    """Who pushed what and when, oldest first, with each entry's signature checked."""
+    store = TemplateStore(resolve_remote(remote_name))
+    entries = store.log(TrustStore())
+    if not entries:
+        click.echo(f"nothing pushed to {store.remote.url} yet")
+        return
+    verdict = {True: "trusted", False: "untrusted key", None: "UNSIGNED or altered"}
+    print_table(["time (UTC)", "action", "what", "signer", "fingerprint", "signature"],
+                [[time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time)), e.action,
+                  e.subject, e.signer if e.signer != "-" else e.user, e.fingerprint,
+                  verdict[e.trusted]] for e in entries])
+
+
+@click.group()
+def keys() -> None:
+    """Signing keys for pushed templates and the keys this machine trusts."""
+
+
+@keys.command("generate")
+@click.option("--name", default=None, help="Your name on signatures (default USER@HOST)")
+@click.option("--force", is_flag=True, help="Replace an existing key")
+def keys_generate(name: str | None, force: bool) -> None:
+    """Make your ed25519 signing key."""
+    key = SigningKey.generate(name, replace=force)
+    click.echo(f"{key.public.line}\nfingerprint {key.public.fingerprint}")
+
+
+@keys.command("show")
+def keys_show() -> None:
+    """Print your public key and its fingerprint (give them to your team)."""
+    key = SigningKey.load()
+    click.echo(f"{key.public.line}\nfingerprint {key.public.fingerprint}")
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List the keys this machine trusts."""
+    store = TrustStore()
+    own = store.own.public.fingerprint if store.own else None
+    print_table(["fingerprint", "name", ""],
+                [[fp, k.name, "(yours)" if fp == own else ""]
+                 for fp, k in sorted(store.keys().items())])
+
+
+@keys.command("publish")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+def keys_publish(remote_name: str | None) -> None:
+    """List your public key in the remote's team keys."""
+    key = SigningKey.load()
+    store = TemplateStore(resolve_remote(remote_name))
+    added = store.publish_key(key.public)
+    click.echo(f"{key.public.fingerprint} {'published on' if added else 'already on'} "
+               f"{store.remote.url}")
+
+
+@keys.command("trust")
+@click.argument("fingerprints", nargs=-1)
+@click.option("--remote", "remote_name", default=None,
+              help="Take keys from this remote's team keys")
+@click.option("--file", "files", multiple=True, type=click.Path(path_type=Path),
+              help="A public key file (as `vboxlab keys show` prints)")
+def keys_trust(fingerprints: tuple[str, ...], remote_name: str | None,
+               files: tuple[Path, ...]) -> None:
+    """Pin keys: FINGERPRINT... from the remote's team keys, or --file KEY.pub.
+
+    Without fingerprints or files, list the remote's keys and which are trusted."""
+    store = TrustStore()
+    chosen = [PublicKey.parse_line(p.read_text(), str(p)) for p in files]
+    if remote_name is not None or fingerprints or not files:
+        team = {k.fingerprint: k for k in TemplateStore(resolve_remote(remote_name))
+                .team_keys()}
+        unknown = [fp for fp in fingerprints if fp not in team]
+        if unknown:
+            raise ConfigError(f"the remote lists no key {', '.join(unknown)}; it lists: "
+                              + (", ".join(team) or "none"))
+        chosen += [team[fp] for fp in fingerprints]
+        if not fingerprints and not files:
+            trusted = store.keys()
+            print_table(["fingerprint", "name", "trusted here"],
+                        [[fp, k.name, "yes" if fp in trusted else "no"]
+                         for fp, k in sorted(team.items())])
+            return
+    for key in chosen:
+        added = store.add(key)
+        click.echo(f"{'trusting' if added else 'already trusted'} {key.fingerprint} "
+                   f"({key.name})")
+
+
+@keys.command("untrust")
+@click.argument("fingerprint")
+def keys_untrust(fingerprint: str) -> None:
+    """Stop trusting a key."""
+    key = TrustStore().remove(fingerprint)
+    click.echo(f"no longer trusting {fingerprint} ({key.name})")
 
 
 @sync.command("list")

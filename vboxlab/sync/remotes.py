@@ -23,6 +23,7 @@ from typing import Any
 
 from vboxlab.errors import ConfigError, HostError
 from vboxlab.names import is_valid_name
+from vboxlab.paths import config_dir, write_private
 
 SCHEMES = ("file", "sftp", "s3")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -30,8 +31,7 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 
 
 def config_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "vboxlab" / "remotes.json"
+    return config_dir() / "remotes.json"
 
 
 @dataclass(frozen=True)
@@ -172,13 +172,7 @@ def add_remote(name: str, url: str) -> Remote:
 
 
 def _save(remotes: dict[str, str]) -> None:
-    """Write the remotes file whole (beside, then renamed), private to the user."""
-    path = config_file()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(remotes, indent=2) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    write_private(config_file(), (json.dumps(remotes, indent=2) + "\n").encode())
 
 
 def remove_remote(name: str) -> None:

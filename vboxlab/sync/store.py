@@ -3,7 +3,10 @@
 Layout under the remote's path::
 
     blobs/SHA256                         every file of every template, named by its digest
+    templates/NAME/VERSION/manifest.sig  who signed the manifest (ed25519, see signing.py)
     templates/NAME/VERSION/manifest.json written last: a template is visible when complete
+    keys/FINGERPRINT.pub                 the team's public keys (``vboxlab keys publish``)
+    log/TIME-RANDOM.json                 one signed entry per push, never rewritten: the log
 
 Push sends only the blobs the remote lacks (a blob is uploaded under a
 ``.partial`` name, its size checked, then renamed; on S3, where an object
@@ -15,7 +18,9 @@ the same trust checks as an archive import (its disk checked, marked foreign
 when built elsewhere). An interrupted push leaves blobs without a manifest (the
 next push skips them); an interrupted pull leaves nothing installed. The same
 name and version with other contents on both sides is a conflict: refused with
-both digests, never overwritten.
+both digests, never overwritten. Pull checks the manifest's signature against
+the keys this machine trusts and refuses unsigned or untrusted manifests unless
+told to take them.
 """
 
 from __future__ import annotations
@@ -23,14 +28,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import posixpath
+import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vboxlab.errors import ConfigError, HostError, VboxlabError
 from vboxlab.sync.remotes import Remote
+from vboxlab.sync.signing import (
+    PublicKey,
+    SignatureError,
+    SigningKey,
+    TrustStore,
+    default_signer_name,
+    read_signature,
+)
 from vboxlab.templates.archive import (
     FREE_SPACE_RESERVE,
     ArchiveError,
@@ -44,6 +60,8 @@ from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateReposi
 Progress = Callable[[str], None]
 T = TypeVar("T")
 SFTP_BLOCK = 255 * 1024
+SIGNATURE = "manifest.sig"
+_MAX_SMALL_FILE = 1 << 20
 
 
 class SyncError(VboxlabError):
@@ -66,6 +84,20 @@ class Transfer:
             return f"{self.name} {self.version}: already there, nothing {verb}"
         return (f"{verb} {self.name} {self.version}: {self.moved_files} of {self.files} files, "
                 f"{self.moved_bytes / 1e6:.1f} MB")
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One push as the remote's log records it, and whether its signature holds."""
+
+    time: float
+    action: str
+    subject: str
+    contents: str
+    signer: str
+    fingerprint: str
+    user: str
+    trusted: bool | None  # None: unsigned or signature broken
 
 
 def contents_digest(files: dict[str, str]) -> str:
@@ -121,15 +153,37 @@ class TemplateStore:
                           posixpath.basename(version_dir)))
         return sorted(found)
 
+    def _small_file(self, path: str) -> bytes | None:
+        """A remote file of at most 1 MiB (manifests, signatures, keys), or None if absent."""
+        if not self.fs.exists(path):
+            return None
+        if int(self.fs.size(path)) > _MAX_SMALL_FILE:
+            raise SyncError(f"{self.remote.url}: {path} is over 1 MiB; not written by vboxlab")
+        return bytes(self.fs.cat_file(path))
+
+    def _put_small_file(self, path: str, data: bytes) -> None:
+        """Write a small file so that it appears whole (renamed into place; S3: one PUT)."""
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if self.remote.scheme == "s3":
+            self.fs.pipe_file(path, data)
+            return
+        partial = posixpath.join(posixpath.dirname(path),
+                                 f".{posixpath.basename(path)}.{secrets.token_hex(4)}.partial")
+        self.fs.pipe_file(partial, data)
+        self.fs.mv(partial, path)
+
     @_remote_errors
     def manifest(self, name: str, version: str) -> dict[str, Any] | None:
         """The remote's manifest of ``name`` ``version`` (checked), or None."""
+        found = self._manifest_with_bytes(name, version)
+        return None if found is None else found[0]
+
+    def _manifest_with_bytes(self, name: str, version: str) -> tuple[dict[str, Any],
+                                                                        bytes] | None:
         path = self._manifest_path(name, version)
-        if not self.fs.exists(path):
+        raw = self._small_file(path)
+        if raw is None:
             return None
-        raw = self.fs.cat_file(path)
-        if len(raw) > 1 << 20:
-            raise SyncError(f"{self.remote.url}: {path} is over 1 MiB; not a manifest")
         try:
             manifest = check_archive_manifest(json.loads(raw))
         except (ValueError, ArchiveError) as exc:
@@ -137,12 +191,92 @@ class TemplateStore:
         if (manifest["name"], manifest["version"]) != (name, version):
             raise SyncError(f"{self.remote.url}: {path} describes {manifest['name']} "
                             f"{manifest['version']}, not {name} {version}")
-        return manifest
+        return manifest, raw
+
+    def signer_of(self, name: str, version: str, trust: TrustStore) -> PublicKey:
+        """The trusted key that signed ``name`` ``version``'s manifest (SignatureError if
+        unsigned, altered or untrusted)."""
+        found = self._manifest_with_bytes(name, version)
+        if found is None:
+            raise ConfigError(f"{self.remote.url} has no template {name} {version}")
+        return self._check_signature(name, version, found[1], trust)
+
+    def _check_signature(self, name: str, version: str, manifest: bytes,
+                         trust: TrustStore) -> PublicKey:
+        raw_sig = self._small_file(self._path("templates", name, version, SIGNATURE))
+        try:
+            document = None if raw_sig is None else json.loads(raw_sig)
+        except ValueError:
+            raise SignatureError(f"{self.remote.url}: the signature of {name} {version} is "
+                                 "not JSON") from None
+        return trust.check(document, "manifest", manifest,
+                           f"{name} {version} on {self.remote.url}")
+
+    # -- team keys and the log ---------------------------------------------
+    @_remote_errors
+    def publish_key(self, key: PublicKey) -> bool:
+        """Put ``key`` in the remote's list of team keys; False if it was there."""
+        path = self._path("keys", _key_file(key))
+        if self.fs.exists(path):
+            return False
+        self._put_small_file(path, (key.line + "\n").encode())
+        return True
+
+    @_remote_errors
+    def team_keys(self) -> list[PublicKey]:
+        """The public keys listed on the remote (each file checked)."""
+        keys = []
+        for path in sorted(self.fs.glob(self._path("keys", "*.pub"))):
+            raw = self._small_file(str(path)) or b""
+            key = PublicKey.parse_line(raw.decode(errors="replace"),
+                                       f"{self.remote.url}: {path}")
+            if _key_file(key) != posixpath.basename(str(path)):
+                raise SyncError(f"{self.remote.url}: {path} holds a key of another "
+                                f"fingerprint ({key.fingerprint}); remove that file")
+            keys.append(key)
+        return keys
+
+    def _log(self, action: str, subject: str, contents: str, signer: SigningKey | None) -> None:
+        now = time.time()
+        entry = {"time": now, "action": action, "subject": subject,
+                 "contents": contents, "user": default_signer_name(), "pid": os.getpid()}
+        data = json.dumps(entry, sort_keys=True).encode()
+        record = {"entry": entry,
+                  "signature": signer.sign("log", data) if signer is not None else None}
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+        self._put_small_file(self._path("log", f"{stamp}-{secrets.token_hex(6)}.json"),
+                             (json.dumps(record, sort_keys=True) + "\n").encode())
+
+    @_remote_errors
+    def log(self, trust: TrustStore) -> list[LogEntry]:
+        """Every entry of the remote's log, oldest first, each with its signature checked."""
+        entries = []
+        for path in self.fs.glob(self._path("log", "*.json")):
+            where = f"{self.remote.url}: {path}"
+            try:
+                record = json.loads(self._small_file(str(path)) or b"")
+                entry = record["entry"]
+                data = json.dumps(entry, sort_keys=True).encode()
+                fields = (float(entry["time"]), str(entry["action"]), str(entry["subject"]),
+                          str(entry["contents"]), str(entry["user"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SyncError(f"{where}: not a log entry ({exc})") from None
+            signer, fingerprint, trusted = "-", "-", None
+            if record.get("signature") is not None:
+                key, signature = read_signature(record["signature"], where)
+                signer, fingerprint = key.name, key.fingerprint
+                if key.verify(signature, "log", data):
+                    trusted = key.fingerprint in trust.keys()  # noqa: SIM118 (a method)
+            entries.append(LogEntry(fields[0], fields[1], fields[2], fields[3], signer,
+                                    fingerprint, fields[4], trusted))
+        return sorted(entries, key=lambda e: e.time)
 
     # -- push -----------------------------------------------------------
     @_remote_errors
-    def push(self, built: BuiltTemplate, progress: Progress = _quiet) -> Transfer:
-        """Send ``built``: missing blobs first, the manifest last."""
+    def push(self, built: BuiltTemplate, signer: SigningKey | None,
+             progress: Progress = _quiet) -> Transfer:
+        """Send ``built``: missing blobs first, then its signature (by ``signer``; None:
+        unsigned), the manifest last, and an entry in the remote's log."""
         name, version = built.template.name, built.template.version
         files: dict[str, str] = dict(built.manifest.get("files", {}))
         theirs = self.manifest(name, version)
@@ -178,27 +312,31 @@ class TemplateStore:
                 self.fs.mv(partial, blob)
             moved += 1
             moved_bytes += size
-        shared = {k: v for k, v in built.manifest.items() if k != "imported"}
-        folder = self._path("templates", name, version)
-        self.fs.makedirs(folder, exist_ok=True)
+        shared = {k: v for k, v in built.manifest.items() if k not in ("imported", "signed_by")}
         text = (json.dumps(shared, indent=2) + "\n").encode()
-        if self.remote.scheme == "s3":
-            self.fs.pipe_file(self._manifest_path(name, version), text)
-        else:
-            partial = self._path("templates", name, version, f".{MANIFEST}.partial")
-            self.fs.pipe_file(partial, text)
-            self.fs.mv(partial, self._manifest_path(name, version))
+        signature_path = self._path("templates", name, version, SIGNATURE)
+        if signer is not None:
+            self._put_small_file(signature_path, json.dumps(signer.sign("manifest", text),
+                                                            indent=2).encode())
+        elif self.fs.exists(signature_path):  # left by an earlier, interrupted push
+            self.fs.rm(signature_path)
+        self._put_small_file(self._manifest_path(name, version), text)
+        self._log("push", f"{name}@{version}", contents_digest(files), signer)
         return Transfer(name, version, len(files), moved, moved_bytes, False)
 
     # -- pull -----------------------------------------------------------
     @_remote_errors
     def pull(self, name: str, version: str, repository: TemplateRepository,
-             progress: Progress = _quiet) -> Transfer:
-        """Fetch ``name`` ``version`` into ``repository`` (verified, installed whole)."""
-        manifest = self.manifest(name, version)
-        if manifest is None:
+             trust: TrustStore | None, progress: Progress = _quiet) -> Transfer:
+        """Fetch ``name`` ``version`` into ``repository`` (verified, installed whole); its
+        manifest must be signed by a key ``trust`` holds (None: take it unsigned)."""
+        found = self._manifest_with_bytes(name, version)
+        if found is None:
             raise ConfigError(f"{self.remote.url} has no template {name} {version}; it has: "
                               + (", ".join(f"{n}@{v}" for n, v in self.templates()) or "none"))
+        manifest, raw = found
+        signer = (self._check_signature(name, version, raw, trust) if trust is not None
+                  else None)
         files: dict[str, str] = manifest["files"]
         for mine in repository.installed(name):
             if mine.template.version == version:
@@ -238,6 +376,9 @@ class TemplateStore:
                 if got != digest:
                     raise SyncError(f"{self.remote.url}: {file} of {name} {version} has SHA-256 "
                                     f"{got}, not {digest} as its manifest says; not installed")
+            if signer is not None:
+                manifest = {**manifest, "signed_by": {"name": signer.name,
+                                                      "fingerprint": signer.fingerprint}}
             try:
                 install_verified(scratch, manifest, files, repository, source=self.remote.url)
             except ArchiveError as exc:
@@ -245,6 +386,10 @@ class TemplateStore:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return Transfer(name, version, len(files), moved, moved_bytes, False)
+
+
+def _key_file(key: PublicKey) -> str:
+    return hashlib.sha256(key.raw).hexdigest()[:32] + ".pub"
 
 
 def select(requests: list[str], available: list[tuple[str, str]]) -> list[tuple[str, str]]:
