@@ -14,7 +14,8 @@ APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux i
 	isolinux syslinux-common grub-efi-amd64-bin grub-common mtools dosfstools ovmf xorriso \
 	debootstrap nmap clamav lynis yara \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config \
-	openssh-server rsync
+	openssh-server rsync virt-v2v
+# virt-v2v: libguestfs' OVA reader, a second reader of what `vboxlab export --format ova` writes
 # openssh-server: tests start their own sshd on 127.0.0.1 (a second host, simulated); where the
 # package starts the system's sshd on install, set-up stops the one it just installed
 # from bookworm-backports (Suricata 7; bookworm itself has 6). Where services start on install,

@@ -287,6 +287,7 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
 def _add_commands() -> None:
     from vboxlab.control.cli import COMMANDS as LAB_COMMANDS
     from vboxlab.media.cli import iso, usb
+    from vboxlab.migrate.cli import export
     from vboxlab.net.cli import traffic
     from vboxlab.report.cli import report
     from vboxlab.security.cli import scan
@@ -298,6 +299,7 @@ def _add_commands() -> None:
     main.add_command(remote)
     main.add_command(sync)
     main.add_command(keys)
+    main.add_command(export)
     main.add_command(iso)
     main.add_command(usb)
     main.add_command(scan)

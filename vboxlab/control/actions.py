@@ -72,6 +72,14 @@ class SnapshotDeleteArgs(SnapshotArgs):
     subtree: bool = False
 
 
+class ExportArgs(MachineArgs):
+    format: Literal["qcow2", "vmdk", "vdi", "vhdx", "ova"]
+    snapshot: str | None = Field(None, min_length=1, max_length=64)
+    #: a plain file name: the file is written to the lab's exports folder
+    file: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    replace: bool = False
+
+
 class ExecArgs(MachineArgs):
     command: str = Field(min_length=1, max_length=MAX_COMMAND)
     timeout: float = Field(60.0, gt=0, le=3600)
@@ -272,6 +280,21 @@ def _snapshot_delete(control: LabControl, args: SnapshotDeleteArgs) -> dict[str,
     return {"machine": machine.name, "deleted": gone}
 
 
+def _export(control: LabControl, args: ExportArgs) -> dict[str, Any]:
+    from vboxlab.migrate.export import export_machine
+
+    machine = control.machine(args.machine)
+    if args.snapshot is not None:
+        check_snapshot_name(args.snapshot)
+    folder = control.lab.dir / "exports"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    with control.lock(machine.name):
+        done = export_machine(machine, args.format, folder / args.file, snapshot=args.snapshot,
+                              replace=args.replace)
+    return {"machine": machine.name, "path": str(done.path), "format": done.format,
+            "size": done.size, "snapshot": done.snapshot}
+
+
 def _link_set(control: LabControl, args: LinkSetArgs) -> dict[str, Any]:
     link = control.require_network().link(args.a, args.b)
     link.set(args.direction, **args.properties)
@@ -333,6 +356,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in [
     Action("snapshot.take", SnapshotTakeArgs, True, _snapshot_take, "take a snapshot"),
     Action("snapshot.restore", SnapshotArgs, True, _snapshot_restore, "restore a snapshot"),
     Action("snapshot.delete", SnapshotDeleteArgs, True, _snapshot_delete, "delete a snapshot"),
+    Action("machine.export", ExportArgs, True, _export,
+           "write a machine's disk (or a snapshot of it) to the lab's exports folder"),
     Action("link.list", NoArgs, False, _links, "links, their settings and counters"),
     Action("link.set", LinkSetArgs, True, _link_set, "change a link's properties"),
     Action("link.down", LinkArgs, True, _link_down, "cut a link"),

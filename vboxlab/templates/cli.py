@@ -112,6 +112,42 @@ def _name_version(text: str) -> tuple[str, str]:
     return name, version
 
 
+@templates.command("import-image")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The new template's name")
+@click.option("--version", "version", required=True, help="Its version (X.Y.Z)")
+@click.option("--like", default=None,
+              help="Boot it with this installed template's kernel, initrd, command line and "
+                   "access (NAME or NAME@VERSION)")
+@click.option("--kernel", type=click.Path(path_type=Path), default=None, help="Kernel to boot")
+@click.option("--initrd", type=click.Path(path_type=Path), default=None, help="Its initrd")
+@click.option("--cmdline", default=None, help="Kernel command line")
+@click.option("--format", "image_format", type=click.Choice(["raw"]), default=None,
+              help="Say the image is raw (other formats are recognised by their header)")
+@click.option("--memory", type=int, default=None, help="MiB of memory (default: the OVA's)")
+@click.option("--cpus", type=int, default=None, help="CPUs (default: the OVA's)")
+def templates_import_image(image: Path, name: str, version: str, like: str | None,
+                           kernel: Path | None, initrd: Path | None, cmdline: str | None,
+                           image_format: str | None, memory: int | None,
+                           cpus: int | None) -> None:
+    """Make a disk image from elsewhere (ova, vmdk, vdi, vhdx, qcow2, raw) a template."""
+    from vboxlab.migrate.export import progress_printer
+    from vboxlab.migrate.importer import BootFiles, import_image
+
+    repo = TemplateRepository()
+    base = repo.built(like) if like else None
+    if base is not None:
+        kernel, initrd = kernel or base.kernel, initrd or base.initrd
+    if kernel is None or initrd is None:
+        raise ConfigError("say how the disk boots: --like TEMPLATE, or --kernel and --initrd "
+                          "(booting an image's own bootloader is not supported yet)")
+    boot = BootFiles(kernel=kernel, initrd=initrd, like=base, cmdline=cmdline)
+    done = import_image(image, name, version, repo, boot, image_format=image_format,
+                        memory=memory, cpus=cpus, progress=progress_printer(click.echo))
+    click.echo(f"{name} {version}: {'already installed' if done.already_present else 'imported'}"
+               f" ({done.folder})")
+
+
 @templates.command("remove")
 @click.argument("versions", nargs=-1, required=True)
 def templates_remove(versions: tuple[str, ...]) -> None:

@@ -73,7 +73,7 @@ class NetworkSettings(_Strict):
 class Build(_Strict):
     """The build recipe and what it is based on."""
 
-    recipe: Literal["initramfs", "debootstrap"]
+    recipe: Literal["initramfs", "debootstrap", "import"]
     base: Literal["debian-12"] = "debian-12"
     suite: str = Field("bookworm", pattern=r"^[a-z]+$", description="debootstrap: the suite")
     mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://[^\s]+$",

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vboxlab import __version__, procs
-from vboxlab.errors import BuildError, TemplateNotBuilt, TemplateNotFound
+from vboxlab.errors import BuildError, ConfigError, TemplateNotBuilt, TemplateNotFound
 from vboxlab.paths import cache_dir, repo_root
 from vboxlab.templates import rootfs
 from vboxlab.templates.debs import Package
@@ -313,6 +313,9 @@ class TemplateRepository:
         report = progress or (lambda step: log.info("%s: %s", name, step))
         template = self.definition(name)
         recipe = template.definition.build.recipe
+        if recipe == "import":
+            raise ConfigError(f"{name}: recipe 'import' is made by `vboxlab templates "
+                              "import-image`, not built from a definition")
         packages: list[Package] = []
         if recipe == "initramfs":
             report("resolving Debian packages")

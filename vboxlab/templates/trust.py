@@ -35,7 +35,7 @@ _EXT_DATA_FILE_NAME = 0x44415441
 _EXT_BACKING_FORMAT = 0xE2792ACA
 
 
-def _header_problems(path: Path) -> tuple[str | None, list[str]]:
+def header_problems(path: Path) -> tuple[str | None, list[str]]:
     """(format seen by magic, problems) from the first 64 KiB of the image."""
     with path.open("rb") as handle:
         head = handle.read(65536)
@@ -76,7 +76,7 @@ def check_disk(path: Path, expected_format: str = "qcow2", *, what: str = "") ->
         raise UntrustedImage(f"{label}: disk format {expected_format!r} is not accepted; "
                              f"template disks are {', '.join(DISK_FORMATS)}")
     try:
-        seen, problems = _header_problems(path)
+        seen, problems = header_problems(path)
     except OSError as exc:
         raise UntrustedImage(f"{label}: cannot read {path}: {exc}") from None
     if seen != expected_format:
@@ -88,7 +88,7 @@ def check_disk(path: Path, expected_format: str = "qcow2", *, what: str = "") ->
                              "stand alone (a backing or data file would map a host file into "
                              "the guest). Refusing it: rebuild the template, or import an "
                              "archive from a source you trust")
-    info = _qemu_img_info(path, label)
+    info = qemu_img_info(path, label, expected_format)
     problems = []
     if info.get("format") != expected_format:
         problems.append(f"qemu-img reads it as {info.get('format')!r}")
@@ -104,9 +104,11 @@ def check_disk(path: Path, expected_format: str = "qcow2", *, what: str = "") ->
         raise UntrustedImage(f"{label}: {path.name} {'; '.join(problems)}; refusing it")
 
 
-def _qemu_img_info(path: Path, label: str) -> dict[str, Any]:
+def qemu_img_info(path: Path, label: str, fmt: str | None = None) -> dict[str, Any]:
+    """``qemu-img info`` of ``path`` as JSON (read as ``fmt`` when given: no guessing)."""
     qemu_img = require("qemu-img", "to check template images")
-    out = run([qemu_img, "info", "-U", "--output=json", str(path)], timeout=30,
+    given = ["-f", fmt] if fmt else []
+    out = run([qemu_img, "info", "-U", *given, "--output=json", str(path)], timeout=30,
               what=f"{label}: reading the header of {path.name}", error=UntrustedImage)
     try:
         info: dict[str, Any] = json.loads(out)

@@ -1,0 +1,1 @@
+"""Moving machines to and from other hypervisors: disk export, OVA, image import."""
