@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from vboxlab.errors import ConfigError
+from vboxlab.sync.project import ProjectStore
 from vboxlab.sync.remotes import add_remote, load_remotes, remove_remote, resolve_remote
 from vboxlab.sync.signing import PublicKey, SigningKey, TrustStore
 from vboxlab.sync.store import (
@@ -87,6 +88,50 @@ def sync_pull(templates: tuple[str, ...], remote_name: str | None,
     for name, version in select(list(templates), store.templates()):
         done = store.pull(name, version, repository, trust, progress=click.echo)
         click.echo(done.describe("pulled"))
+
+
+@sync.group("project")
+def sync_project() -> None:
+    """Share a project's pins, topologies and compliance profiles through the remote."""
+
+
+def _project_args(directory: Path, name: str | None) -> tuple[Path, str]:
+    root = directory.resolve()
+    if not root.is_dir():
+        raise ConfigError(f"--dir {directory}: not a folder")
+    return root, name or root.name.lower()
+
+
+@sync_project.command("push")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(),
+              help="The project folder (default: here)")
+@click.option("--name", default=None, help="The project's name on the remote (default: the "
+              "folder's name)")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+@click.option("--unsigned", is_flag=True, help="Push without signing")
+def sync_project_push(directory: Path, name: str | None, remote_name: str | None,
+                      unsigned: bool) -> None:
+    """Send vboxlab-templates.lock, topologies/ and profiles/ (refused if the remote moved)."""
+    root, name = _project_args(directory, name)
+    signer = None if unsigned else SigningKey.load()
+    done = ProjectStore(TemplateStore(resolve_remote(remote_name))).push(root, name, signer)
+    click.echo(done.describe("pushed"))
+
+
+@sync_project.command("pull")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(),
+              help="The project folder (default: here)")
+@click.option("--name", default=None, help="The project's name on the remote")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Also take a manifest that is unsigned or signed by an untrusted key")
+def sync_project_pull(directory: Path, name: str | None, remote_name: str | None,
+                      allow_unsigned: bool) -> None:
+    """Take the remote's shared files (refused where they would overwrite local edits)."""
+    root, name = _project_args(directory, name)
+    trust = None if allow_unsigned else TrustStore()
+    done = ProjectStore(TemplateStore(resolve_remote(remote_name))).pull(root, name, trust)
+    click.echo(done.describe("pulled"))
 
 
 @sync.command("log")

@@ -35,6 +35,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from vboxlab.errors import ConfigError, HostError, VboxlabError
@@ -136,24 +137,24 @@ class TemplateStore:
         self._transfer_options: dict[str, Any] = \
             {"block_size": SFTP_BLOCK} if remote.scheme == "sftp" else {}
 
-    def _path(self, *parts: str) -> str:
+    def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
     def _manifest_path(self, name: str, version: str) -> str:
-        return self._path("templates", name, version, MANIFEST)
+        return self.path("templates", name, version, MANIFEST)
 
     # -- reading --------------------------------------------------------
     @_remote_errors
     def templates(self) -> list[tuple[str, str]]:
         """(name, version) of every complete template on the remote."""
         found = []
-        for path in self.fs.glob(self._path("templates", "*", "*", MANIFEST)):
+        for path in self.fs.glob(self.path("templates", "*", "*", MANIFEST)):
             version_dir = posixpath.dirname(str(path))
             found.append((posixpath.basename(posixpath.dirname(version_dir)),
                           posixpath.basename(version_dir)))
         return sorted(found)
 
-    def _small_file(self, path: str) -> bytes | None:
+    def read_small(self, path: str) -> bytes | None:
         """A remote file of at most 1 MiB (manifests, signatures, keys), or None if absent."""
         if not self.fs.exists(path):
             return None
@@ -161,7 +162,7 @@ class TemplateStore:
             raise SyncError(f"{self.remote.url}: {path} is over 1 MiB; not written by vboxlab")
         return bytes(self.fs.cat_file(path))
 
-    def _put_small_file(self, path: str, data: bytes) -> None:
+    def write_small(self, path: str, data: bytes) -> None:
         """Write a small file so that it appears whole (renamed into place; S3: one PUT)."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         if self.remote.scheme == "s3":
@@ -181,7 +182,7 @@ class TemplateStore:
     def _manifest_with_bytes(self, name: str, version: str) -> tuple[dict[str, Any],
                                                                         bytes] | None:
         path = self._manifest_path(name, version)
-        raw = self._small_file(path)
+        raw = self.read_small(path)
         if raw is None:
             return None
         try:
@@ -203,31 +204,35 @@ class TemplateStore:
 
     def _check_signature(self, name: str, version: str, manifest: bytes,
                          trust: TrustStore) -> PublicKey:
-        raw_sig = self._small_file(self._path("templates", name, version, SIGNATURE))
+        return self.check_signature(manifest, self.path("templates", name, version, SIGNATURE),
+                                    "manifest", trust, f"{name} {version} on {self.remote.url}")
+
+    def check_signature(self, data: bytes, signature_path: str, purpose: str,
+                        trust: TrustStore, where: str) -> PublicKey:
+        """The trusted key whose signature at ``signature_path`` covers ``data``."""
+        raw_sig = self.read_small(signature_path)
         try:
             document = None if raw_sig is None else json.loads(raw_sig)
         except ValueError:
-            raise SignatureError(f"{self.remote.url}: the signature of {name} {version} is "
-                                 "not JSON") from None
-        return trust.check(document, "manifest", manifest,
-                           f"{name} {version} on {self.remote.url}")
+            raise SignatureError(f"{where}: its signature is not JSON") from None
+        return trust.check(document, purpose, data, where)
 
     # -- team keys and the log ---------------------------------------------
     @_remote_errors
     def publish_key(self, key: PublicKey) -> bool:
         """Put ``key`` in the remote's list of team keys; False if it was there."""
-        path = self._path("keys", _key_file(key))
+        path = self.path("keys", _key_file(key))
         if self.fs.exists(path):
             return False
-        self._put_small_file(path, (key.line + "\n").encode())
+        self.write_small(path, (key.line + "\n").encode())
         return True
 
     @_remote_errors
     def team_keys(self) -> list[PublicKey]:
         """The public keys listed on the remote (each file checked)."""
         keys = []
-        for path in sorted(self.fs.glob(self._path("keys", "*.pub"))):
-            raw = self._small_file(str(path)) or b""
+        for path in sorted(self.fs.glob(self.path("keys", "*.pub"))):
+            raw = self.read_small(str(path)) or b""
             key = PublicKey.parse_line(raw.decode(errors="replace"),
                                        f"{self.remote.url}: {path}")
             if _key_file(key) != posixpath.basename(str(path)):
@@ -236,7 +241,9 @@ class TemplateStore:
             keys.append(key)
         return keys
 
-    def _log(self, action: str, subject: str, contents: str, signer: SigningKey | None) -> None:
+    def log_event(self, action: str, subject: str, contents: str,
+                  signer: SigningKey | None) -> None:
+        """Append one signed entry to the remote's log (a new file, never rewritten)."""
         now = time.time()
         entry = {"time": now, "action": action, "subject": subject,
                  "contents": contents, "user": default_signer_name(), "pid": os.getpid()}
@@ -244,17 +251,17 @@ class TemplateStore:
         record = {"entry": entry,
                   "signature": signer.sign("log", data) if signer is not None else None}
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-        self._put_small_file(self._path("log", f"{stamp}-{secrets.token_hex(6)}.json"),
+        self.write_small(self.path("log", f"{stamp}-{secrets.token_hex(6)}.json"),
                              (json.dumps(record, sort_keys=True) + "\n").encode())
 
     @_remote_errors
     def log(self, trust: TrustStore) -> list[LogEntry]:
         """Every entry of the remote's log, oldest first, each with its signature checked."""
         entries = []
-        for path in self.fs.glob(self._path("log", "*.json")):
+        for path in self.fs.glob(self.path("log", "*.json")):
             where = f"{self.remote.url}: {path}"
             try:
-                record = json.loads(self._small_file(str(path)) or b"")
+                record = json.loads(self.read_small(str(path)) or b"")
                 entry = record["entry"]
                 data = json.dumps(entry, sort_keys=True).encode()
                 fields = (float(entry["time"]), str(entry["action"]), str(entry["subject"]),
@@ -288,41 +295,47 @@ class TemplateStore:
                 f"{contents_digest(theirs['files'])[:16]}..., this machine "
                 f"{contents_digest(files)[:16]}...; refusing to overwrite (give your build a "
                 "new version, or pull theirs after removing yours)")
-        self.fs.makedirs(self._path("blobs"), exist_ok=True)
         moved = moved_bytes = 0
         for file, digest in sorted(files.items()):
-            blob = self._path("blobs", digest)
-            local = built.folder / file
-            if self.fs.exists(blob):
-                continue
-            partial = self._path("blobs", f".partial-{digest}")
-            size = local.stat().st_size
-            progress(f"{name} {version}: sending {file} ({size / 1e6:.1f} MB)")
-            if self.remote.scheme == "s3":  # an object appears whole or not at all
-                self.fs.put_file(str(local), blob)
-                partial = blob
-            else:
-                self.fs.put_file(str(local), partial, **self._transfer_options)
-            arrived = self.fs.size(partial)
-            if arrived != size:
-                self.fs.rm(partial)
-                raise SyncError(f"{self.remote.url}: {file} of {name} {version} arrived with "
-                                f"{arrived} bytes, not {size}")
-            if partial != blob:
-                self.fs.mv(partial, blob)
-            moved += 1
-            moved_bytes += size
+            sent = self.send_blob(built.folder / file, digest,
+                                  f"{name} {version}: sending {file}", progress)
+            if sent:
+                moved += 1
+                moved_bytes += sent
         shared = {k: v for k, v in built.manifest.items() if k not in ("imported", "signed_by")}
         text = (json.dumps(shared, indent=2) + "\n").encode()
-        signature_path = self._path("templates", name, version, SIGNATURE)
+        signature_path = self.path("templates", name, version, SIGNATURE)
         if signer is not None:
-            self._put_small_file(signature_path, json.dumps(signer.sign("manifest", text),
+            self.write_small(signature_path, json.dumps(signer.sign("manifest", text),
                                                             indent=2).encode())
         elif self.fs.exists(signature_path):  # left by an earlier, interrupted push
             self.fs.rm(signature_path)
-        self._put_small_file(self._manifest_path(name, version), text)
-        self._log("push", f"{name}@{version}", contents_digest(files), signer)
+        self.write_small(self._manifest_path(name, version), text)
+        self.log_event("push", f"{name}@{version}", contents_digest(files), signer)
         return Transfer(name, version, len(files), moved, moved_bytes, False)
+
+    def send_blob(self, local: Path, digest: str, what: str, progress: Progress = _quiet) -> int:
+        """Upload ``local`` as blob ``digest`` unless the remote has it; returns bytes sent."""
+        blob = self.path("blobs", digest)
+        if self.fs.exists(blob):
+            return 0
+        self.fs.makedirs(self.path("blobs"), exist_ok=True)
+        size = local.stat().st_size
+        progress(f"{what} ({size / 1e6:.1f} MB)")
+        if self.remote.scheme == "s3":  # an object appears whole or not at all
+            self.fs.put_file(str(local), blob)
+            partial = blob
+        else:
+            partial = self.path("blobs", f".partial-{digest}")
+            self.fs.put_file(str(local), partial, **self._transfer_options)
+        arrived = self.fs.size(partial)
+        if arrived != size:
+            self.fs.rm(partial)
+            raise SyncError(f"{self.remote.url}: {what}: arrived with {arrived} bytes, "
+                            f"not {size}")
+        if partial != blob:
+            self.fs.mv(partial, blob)
+        return size
 
     # -- pull -----------------------------------------------------------
     @_remote_errors
@@ -350,7 +363,7 @@ class TemplateStore:
                     "theirs)")
         have = {digest: built.folder / file for built in repository.installed()
                 for file, digest in built.manifest.get("files", {}).items()}
-        incoming = sum(int(self.fs.size(self._path("blobs", d))) for d in files.values()
+        incoming = sum(int(self.fs.size(self.path("blobs", d))) for d in files.values()
                        if d not in have)
         repository.images.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(repository.images).free - FREE_SPACE_RESERVE
@@ -368,7 +381,7 @@ class TemplateStore:
                         got = copy_hashing(stream, target)
                 else:
                     progress(f"{name} {version}: fetching {file}")
-                    with self.fs.open(self._path("blobs", digest), "rb",
+                    with self.fs.open(self.path("blobs", digest), "rb",
                                       **self._transfer_options) as stream:
                         got = copy_hashing(stream, target)
                     moved += 1
