@@ -19,7 +19,7 @@ from vboxlab.doctor import run_checks
 from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.inventory import lab_inventory, render_inventory
 from vboxlab.labdirs import clean as clean_labs
-from vboxlab.labdirs import find_lab, kept_machine, list_labs
+from vboxlab.labdirs import find_lab, kept_machine, list_labs, release_machine
 from vboxlab.machine import Machine
 from vboxlab.net import load_topology
 from vboxlab.net.plan import describe
@@ -202,7 +202,7 @@ def snapshots_take(lab_id: str, vm_name: str, snapshot: str | None, lab_dir: str
     else:
         machine = _kept(lab_dir, lab_id, vm_name)
         name = machine.snapshot(snapshot).name
-        machine.channel.close()
+        release_machine(machine)
     click.echo(f"{vm_name}: took snapshot {name}")
 
 
@@ -224,7 +224,7 @@ def snapshots_restore(lab_id: str, vm_name: str, snapshot: str, unplugged: bool,
         return
     machine = _kept(lab_dir, lab_id, vm_name, unplug_nics=unplugged)
     machine.restore(snapshot)
-    machine.channel.close()
+    release_machine(machine)
     click.echo(f"{vm_name} restored to {snapshot}; reach it with: vboxlab ssh {lab_id} "
                f"{vm_name}" + (f" --lab-dir {lab_dir}" if lab_dir else ""))
 
@@ -291,7 +291,7 @@ def _add_commands() -> None:
     from vboxlab.net.cli import traffic
     from vboxlab.report.cli import report
     from vboxlab.security.cli import scan
-    from vboxlab.sync.cli import keys, remote, sync
+    from vboxlab.sync.cli import backup, backups, keys, remote, restore_backup_command, sync
     from vboxlab.templates.cli import templates
     from vboxlab.web.cli import dashboard_command
 
@@ -299,6 +299,9 @@ def _add_commands() -> None:
     main.add_command(remote)
     main.add_command(sync)
     main.add_command(keys)
+    main.add_command(backup)
+    main.add_command(restore_backup_command)
+    main.add_command(backups)
     main.add_command(export)
     main.add_command(iso)
     main.add_command(usb)

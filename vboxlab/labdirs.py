@@ -154,6 +154,14 @@ def kept_machine(base: Path, lab_id: str, name: str, *, unplug_nics: bool = Fals
     return machine
 
 
+def release_machine(machine: Machine) -> None:
+    """Let go of an attached machine: close its channel and QMP (QEMU keeps running)."""
+    machine.channel.close()
+    detach = getattr(machine.handle, "detach", None)
+    if callable(detach):
+        detach()
+
+
 def attach_machine(base: Path, lab_id: str, name: str, *, unplug_nics: bool = False) -> Machine:
     """A machine of a kept lab, driven through its provider as a live session would.
 

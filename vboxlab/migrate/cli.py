@@ -10,7 +10,7 @@ import click
 from vboxlab.cli_options import lab_base, lab_dir_option
 from vboxlab.control.launcher import client
 from vboxlab.errors import ConfigError
-from vboxlab.labdirs import find_lab, kept_machine
+from vboxlab.labdirs import find_lab, kept_machine, release_machine
 from vboxlab.migrate.export import EXPORT_FORMATS, export_machine, progress_printer
 
 
@@ -42,6 +42,6 @@ def export(lab_id: str, vm_name: str, fmt: str, output: Path, snapshot: str | No
             size = export_machine(machine, fmt, output, snapshot=snapshot, replace=force,
                                   progress=progress_printer(click.echo)).size
         finally:
-            machine.channel.close()
+            release_machine(machine)
     click.echo(f"{vm_name}{f' at {snapshot}' if snapshot else ''}: {fmt} written to {output} "
                f"({size / 1e6:.1f} MB)")

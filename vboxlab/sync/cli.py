@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
+from vboxlab.cli_options import lab_base, lab_dir_option
 from vboxlab.errors import ConfigError
+from vboxlab.paths import private_dir
+from vboxlab.sync.backup import backup_lab, list_backups, restore_backup
 from vboxlab.sync.project import ProjectStore
 from vboxlab.sync.remotes import add_remote, load_remotes, remove_remote, resolve_remote
 from vboxlab.sync.signing import PublicKey, SigningKey, TrustStore
@@ -148,6 +151,58 @@ def sync_log(remote_name: str | None) -> None:
                 [[time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time)), e.action,
                   e.subject, e.signer if e.signer != "-" else e.user, e.fingerprint,
                   verdict[e.trusted]] for e in entries])
+
+
+@click.command("backup")
+@click.argument("lab_id")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+@click.option("--unsigned", is_flag=True, help="Do not sign the backup's manifest")
+@click.option("--no-snapshot", is_flag=True,
+              help="Do not snapshot running machines first (their current state is then lost "
+                   "on restore; their snapshots are kept)")
+@lab_dir_option
+def backup(lab_id: str, remote_name: str | None, unsigned: bool, no_snapshot: bool,
+           lab_dir: str | None) -> None:
+    """Copy a kept lab (disks, snapshot trees, records, keys) to a remote."""
+    signer = None if unsigned else SigningKey.load()
+    store = TemplateStore(resolve_remote(remote_name))
+    done = backup_lab(lab_base(lab_dir), lab_id, store, signer,
+                      snapshot_running=not no_snapshot, progress=click.echo)
+    click.echo(f"backed up {lab_id} as {lab_id}@{done.stamp}: {done.files} files, "
+               f"{done.moved_bytes / 1e6:.1f} MB sent")
+
+
+@click.command("restore-backup")
+@click.argument("lab_id")
+@click.option("--stamp", default=None, help="Which backup (default: the latest)")
+@click.option("--as", "new_id", default=None, help="Restore under another lab id")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Also take a backup that is unsigned or signed by an untrusted key")
+@lab_dir_option
+def restore_backup_command(lab_id: str, stamp: str | None, new_id: str | None,
+                           remote_name: str | None, allow_unsigned: bool,
+                           lab_dir: str | None) -> None:
+    """Bring a backed-up lab back here as a kept lab (its machines stopped)."""
+    store = TemplateStore(resolve_remote(remote_name))
+    base = private_dir(lab_base(lab_dir))
+    target = restore_backup(base, lab_id, store, TemplateRepository(),
+                            None if allow_unsigned else TrustStore(), stamp=stamp,
+                            new_id=new_id, progress=click.echo)
+    click.echo(f"restored {lab_id} as {target.name} ({target}); start a machine with: vboxlab "
+               f"snapshots restore {target.name} VM SNAPSHOT --unplugged")
+
+
+@click.command("backups")
+@click.option("--remote", "remote_name", default=None, help="Remote name or URL")
+def backups(remote_name: str | None) -> None:
+    """List the lab backups on a remote."""
+    store = TemplateStore(resolve_remote(remote_name))
+    rows = [[lab, stamp] for lab, stamp in list_backups(store)]
+    if not rows:
+        click.echo(f"no backups on {store.remote.url}")
+        return
+    print_table(["lab", "stamp"], rows)
 
 
 @click.group()

@@ -32,7 +32,7 @@ from vboxlab.errors import ConfigError, VboxlabError
 from vboxlab.paths import config_dir, write_private
 
 KEY_TYPE = "vboxlab-ed25519"
-PURPOSES = ("manifest", "log", "project")
+PURPOSES = ("manifest", "log", "project", "backup")
 _MAX_NAME = 100
 
 
