@@ -50,6 +50,7 @@ from vboxlab.providers import Provider, ProviderOptions, load_provider
 from vboxlab.providers.base import BootMedia, MachineSpec, NicSpec
 from vboxlab.templates import TemplateRepository
 from vboxlab.templates.trust import is_foreign
+from vboxlab.usage import UsageRecorder
 
 if TYPE_CHECKING:
     from vboxlab.net.fabric import Fabric
@@ -132,6 +133,8 @@ class Lab:
         self.log.addHandler(self._log_handler)
         self.log.info("lab %s created by pid %d: %s", self.id, os.getpid(), " ".join(sys.argv))
         self.user_key = load_or_create(self.dir / "id_ed25519", f"vboxlab-{self.id}")
+        #: peak CPU and memory of each machine while the lab runs (``vboxlab cost``)
+        self.usage = UsageRecorder(self.dir).start()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("kept" if self.keep else "open")
@@ -601,7 +604,8 @@ class Lab:
             if self._closed:
                 return
             self._closed = True
-        steps: list[tuple[str, Callable[[], None]]] = [("closing channels", self._close_channels)]
+        steps: list[tuple[str, Callable[[], None]]] = [("recording usage", self.usage.stop),
+                                                       ("closing channels", self._close_channels)]
         if self.keep or self.keep_stopped:
             steps += [("stopping machines", self._stop_for_keeping),
                       ("writing the lease", lambda: self._write_lease(kept=True)),

@@ -1,8 +1,10 @@
 """A kept lab backed up to a remote and restored on a "second machine" (its own settings,
-template cache and lab folder): the VM comes back from its snapshots there and answers."""
+template cache and lab folder): the VM comes back from its snapshots there and answers.
+The same lab's measured run is priced by `vboxlab cost`."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 from vboxlab.lab import Lab
 with Lab(base=Path(sys.argv[1]), keep=True, accel="tcg") as lab:
-    vm = lab.vm("k")
+    vm = lab.vm("k", memory=2048)  # more than it needs: `vboxlab cost` says so
     vm.snapshot("clean")
     vm.succeed("touch /root/later")
 print(lab.id)
@@ -58,6 +60,12 @@ def test_a_kept_lab_restored_elsewhere_comes_back_from_its_snapshots(machines, t
                           capture_output=True, text=True, timeout=300, check=False)
     assert made.returncode == 0, made.stderr
     lab = made.stdout.strip().splitlines()[-1]
+    estimate = json.loads(one("cost", lab, "--lab-dir", str(bases["one"]), "--json"))
+    (machine,) = estimate["machines"]
+    assert machine["instance"] == "t3.small" and 50 < machine["peak_rss_mib"] < 1024, machine
+    assert estimate["duration_s"] > 1 and estimate["per_run"] > 0
+    assert re.fullmatch(r"k: 2048 MiB asked, \d+ MiB peak -> (512|1024) MiB \(t3\.\w+\) "
+                        r"saves \d+\.\d\d USD/month", estimate["recommendations"][0])
     remote = tmp_path / "remote"
     one("remote", "add", "team", str(remote))
     fingerprint = one("keys", "generate", "--name", "alice@one").split("fingerprint ")[1].strip()

@@ -20,29 +20,10 @@ from typing import Any
 
 from vboxlab.control.launcher import status
 from vboxlab.errors import VboxlabError
+from vboxlab.procstats import cpu_seconds, resident_bytes
 
 HISTORY_SECONDS = 600
 DISK_EVERY = 5.0  # seconds between walks of a machine's folder
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _process_cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _process_rss(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _host_cpu() -> tuple[float, float]:
@@ -149,14 +130,14 @@ class Sampler:
         machine["cpu_percent"] = None
         machine["rss"] = None
         if isinstance(pid, int):
-            used = _process_cpu_seconds(pid)
+            used = cpu_seconds(pid)
             if used is not None:
                 before = self._cpu.get(pid)
                 if before is not None and now > before[0]:
                     machine["cpu_percent"] = round(100 * (used - before[1]) / (now - before[0]),
                                                    1)
                 self._cpu[pid] = (now, used)
-            machine["rss"] = _process_rss(pid)
+            machine["rss"] = resident_bytes(pid)
         key = f"{lab}/{machine['name']}"
         cached = self._disk.get(key)
         if cached is None or now - cached[0] >= DISK_EVERY:
