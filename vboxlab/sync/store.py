@@ -61,6 +61,7 @@ from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateReposi
 Progress = Callable[[str], None]
 T = TypeVar("T")
 SFTP_BLOCK = 255 * 1024
+S3_PART = 16 << 20
 SIGNATURE = "manifest.sig"
 _MAX_SMALL_FILE = 1 << 20
 
@@ -323,7 +324,8 @@ class TemplateStore:
         size = local.stat().st_size
         progress(f"{what} ({size / 1e6:.1f} MB)")
         if self.remote.scheme == "s3":  # an object appears whole or not at all
-            self.fs.put_file(str(local), blob)
+            # 16 MiB parts, 4 at a time (s3fs: 50 MiB, 10): steadier here, as rclone does
+            self.fs.put_file(str(local), blob, chunksize=S3_PART, max_concurrency=4)
             partial = blob
         else:
             partial = self.path("blobs", f".partial-{digest}")
