@@ -287,6 +287,7 @@ def clean(lab_dir: str | None, lab_id: str | None, kept: bool) -> None:
 def _add_commands() -> None:
     from vboxlab.control.cli import COMMANDS as LAB_COMMANDS
     from vboxlab.cost_cli import cost
+    from vboxlab.mcp_server.cli import mcp_command
     from vboxlab.media.cli import iso, usb
     from vboxlab.migrate.cli import export
     from vboxlab.net.cli import traffic
@@ -301,6 +302,7 @@ def _add_commands() -> None:
     main.add_command(sync)
     main.add_command(keys)
     main.add_command(cost)
+    main.add_command(mcp_command)
     main.add_command(backup)
     main.add_command(restore_backup_command)
     main.add_command(backups)

@@ -26,12 +26,23 @@ from vboxlab.net.topology import load_topology
 from vboxlab.paths import private_dir
 from vboxlab.waiting import wait_until
 
+#: supervisors this process started and that still run (a long-lived caller, such as the
+#: dashboard or the MCP server, must reap them when they end)
+_SUPERVISORS: list[subprocess.Popen[bytes]] = []
+
+
+def _reap() -> None:
+    for proc in list(_SUPERVISORS):
+        if proc.poll() is not None:
+            _SUPERVISORS.remove(proc)
+
 
 def up(topology_path: Path, base: Path, *, name: str | None = None, seed: int | None = None,
        accel: str = "auto", channel: str = "auto", boot_timeout: float = 120.0,
        until_pid: int | None = None,
        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start a lab from a topology under a supervisor; returns its ``ready`` facts."""
+    _reap()
     topology = load_topology(topology_path)  # a bad file is reported before anything starts
     if name is None:
         if not is_valid_name(topology.name):
@@ -73,6 +84,7 @@ def up(topology_path: Path, base: Path, *, name: str | None = None, seed: int | 
                 if event.get("event") == "progress" and progress is not None:
                     progress(str(event.get("text", "")))
                 elif event.get("event") == "ready":
+                    _SUPERVISORS.append(proc)  # reaped when it ends (no zombie, no warning)
                     return event
                 elif event.get("event") == "error":
                     proc.wait(timeout=120)
@@ -131,6 +143,7 @@ def down(base: Path, name: str, *, timeout: float = 120.0) -> str:
 
         wait_until(gone, timeout=timeout, interval=0.2,
                    what=f"the supervisor of lab {name} to take it down")
+        _reap()
     leftover = read_lab(record.dir)
     if leftover is not None:
         errors = remove_lab(leftover)
