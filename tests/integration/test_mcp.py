@@ -25,7 +25,7 @@ links:
   - between: [a, b]
 """
 READ_ONLY_TOOLS = {"list_labs", "lab_status", "list_links", "machine_console", "snapshot_tree",
-                   "validate_topology"}
+                   "validate_topology", "copy_file_out", "capture_summary"}
 
 
 def call(server, tool, **arguments):
@@ -97,6 +97,31 @@ def test_an_agent_breaks_a_link_sees_the_ping_fail_and_mends_it(agent):
     assert rtt >= 40  # 20 ms each way
     links = call(server, "list_links", lab="pair")[1]["result"]
     assert links[0]["a_to_b"]["counters"]["tx_packets"] > 0
+
+
+def test_files_go_in_and_out_and_a_capture_is_summarised(agent):
+    server, _ = agent
+    written = call(server, "copy_file_in", lab="pair", machine="a", path="/root/note.txt",
+                   text="from the agent\n", mode=0o600)
+    assert written == (False, {"machine": "a", "path": "/root/note.txt", "size": 15})
+    assert call(server, "run_command", lab="pair", machine="a",
+                command="stat -c %a /root/note.txt")[1]["stdout"] == "600\n"
+    error, read = call(server, "copy_file_out", lab="pair", machine="a", path="/root/note.txt")
+    assert not error and read["text"] == "from the agent\n" and read["base64"] is None
+    error, text = call(server, "copy_file_out", lab="pair", machine="a",
+                       path="/bin/busybox")
+    assert error and "bytes; files copied through the control socket hold at most" in text
+    error, text = call(server, "copy_file_out", lab="pair", machine="a", path="relative")
+    assert error and "path" in text
+    assert not call(server, "capture_start", lab="pair", a="a", b="b")[0]
+    call(server, "run_command", lab="pair", machine="a", command="ping -c 3 -i 0.2 b")
+    error, files = call(server, "capture_stop", lab="pair", a="a", b="b")
+    assert not error and files["a_to_b"].endswith(".pcap"), files
+    error, summary = call(server, "capture_summary", lab="pair", a="a", b="b")
+    assert not error and summary["count"] >= 1, summary
+    icmp = [f for f in summary["flows"] if f["protocol"] == "icmp"]
+    assert icmp and icmp[0]["client_node"] == "a" and icmp[0]["server_node"] == "b", summary
+    assert icmp[0]["packets"] >= 6
 
 
 def test_snapshots_errors_and_resources_as_an_agent_sees_them(agent):

@@ -11,6 +11,10 @@ calls on different machines run side by side.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import shlex
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +74,20 @@ class SnapshotArgs(MachineArgs):
 
 class SnapshotDeleteArgs(SnapshotArgs):
     subtree: bool = False
+
+
+#: the most a file copied in or out through the control socket may hold
+MAX_FILE = 512 << 10
+MAX_FLOWS = 50
+
+
+class FileReadArgs(MachineArgs):
+    path: str = Field(min_length=2, max_length=4096, pattern=r"^/[^\x00]*$")
+
+
+class FileWriteArgs(FileReadArgs):
+    content_base64: str = Field(max_length=(MAX_FILE * 4) // 3 + 4)
+    mode: int = Field(0o644, ge=0, le=0o7777)
 
 
 class ExportArgs(MachineArgs):
@@ -280,6 +298,41 @@ def _snapshot_delete(control: LabControl, args: SnapshotDeleteArgs) -> dict[str,
     return {"machine": machine.name, "deleted": gone}
 
 
+def _file_read(control: LabControl, args: FileReadArgs) -> dict[str, Any]:
+    machine = control.machine(args.machine)
+    quoted = shlex.quote(args.path)
+    size = machine.execute(f"test -f {quoted} && stat -c %s {quoted}", timeout=30)
+    if size.rc != 0 or not size.stdout.strip().isdigit():
+        raise ConfigError(f"{machine.name}: {args.path} is not a regular file")
+    if int(size.stdout) > MAX_FILE:
+        raise ConfigError(f"{machine.name}: {args.path} has {int(size.stdout)} bytes; files "
+                          f"copied through the control socket hold at most {MAX_FILE}")
+    with tempfile.TemporaryDirectory(dir=control.lab.dir) as scratch:
+        local = Path(scratch) / "file"
+        with control.lock(machine.name):
+            machine.copy_from(args.path, local)
+        data = local.read_bytes()[:MAX_FILE]
+    return {"machine": machine.name, "path": args.path, "size": len(data),
+            "content_base64": base64.b64encode(data).decode()}
+
+
+def _file_write(control: LabControl, args: FileWriteArgs) -> dict[str, Any]:
+    machine = control.machine(args.machine)
+    try:
+        data = base64.b64decode(args.content_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("content_base64 is not base64") from None
+    if len(data) > MAX_FILE:
+        raise ConfigError(f"the file has {len(data)} bytes; at most {MAX_FILE} go in at once")
+    with tempfile.TemporaryDirectory(dir=control.lab.dir) as scratch:
+        local = Path(scratch) / "file"
+        local.write_bytes(data)
+        with control.lock(machine.name):
+            machine.copy_to(local, args.path)
+            machine.succeed(f"chmod {args.mode:o} {shlex.quote(args.path)}", timeout=30)
+    return {"machine": machine.name, "path": args.path, "size": len(data)}
+
+
 def _export(control: LabControl, args: ExportArgs) -> dict[str, Any]:
     from vboxlab.migrate.export import export_machine
 
@@ -340,6 +393,14 @@ def _capture_stop(control: LabControl, args: CaptureArgs) -> dict[str, Any]:
             for direction, path in paths.items()}
 
 
+def _capture_flows(control: LabControl, args: CaptureArgs) -> dict[str, Any]:
+    network = control.require_network()
+    link = network.link(args.a, args.b)
+    found = sorted(network.flows(link.a, link.b), key=lambda f: -f.bytes)
+    return {"a": link.a, "b": link.b, "count": len(found),
+            "flows": [{**f.to_dict(), "text": f.describe()} for f in found[:MAX_FLOWS]]}
+
+
 def _down(control: LabControl, _: NoArgs) -> dict[str, str]:
     control._on_down()
     return {"lab": control.lab.id, "state": "going down"}
@@ -356,6 +417,10 @@ ACTIONS: dict[str, Action] = {a.name: a for a in [
     Action("snapshot.take", SnapshotTakeArgs, True, _snapshot_take, "take a snapshot"),
     Action("snapshot.restore", SnapshotArgs, True, _snapshot_restore, "restore a snapshot"),
     Action("snapshot.delete", SnapshotDeleteArgs, True, _snapshot_delete, "delete a snapshot"),
+    Action("file.read", FileReadArgs, False, _file_read,
+           f"copy a file (at most {MAX_FILE} bytes) out of a machine"),
+    Action("file.write", FileWriteArgs, True, _file_write,
+           f"copy a file (at most {MAX_FILE} bytes) into a machine"),
     Action("machine.export", ExportArgs, True, _export,
            "write a machine's disk (or a snapshot of it) to the lab's exports folder"),
     Action("link.list", NoArgs, False, _links, "links, their settings and counters"),
@@ -364,5 +429,7 @@ ACTIONS: dict[str, Action] = {a.name: a for a in [
     Action("link.up", LinkArgs, True, _link_up, "bring a link back"),
     Action("capture.start", CaptureArgs, True, _capture_start, "capture a link to pcaps"),
     Action("capture.stop", CaptureArgs, True, _capture_stop, "stop a link's capture"),
+    Action("capture.flows", CaptureArgs, False, _capture_flows,
+           f"the conversations a link's captures hold (the {MAX_FLOWS} largest)"),
     Action("down", NoArgs, True, _down, "stop the lab and remove everything"),
 ]}

@@ -13,6 +13,7 @@ gets structured content with a schema. Command output is cut (with a note) to
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import logging
@@ -102,6 +103,44 @@ class TopologyCheck(BaseModel):
     summary: str = Field(description="nodes, interfaces, addresses and links, or the error")
 
 
+class FileContent(BaseModel):
+    path: str
+    size: int
+    text: str | None = Field(description="the content, when it is UTF-8 text")
+    base64: str | None = Field(description="the content, when it is not text")
+
+
+class FileWritten(BaseModel):
+    machine: str
+    path: str
+    size: int
+
+
+class CaptureFiles(BaseModel):
+    a_to_b: str
+    b_to_a: str
+
+
+class FlowInfo(BaseModel):
+    text: str = Field(description="e.g. 'tcp http a:41234 -> b:80: 6/4 packets, ...'")
+    protocol: str
+    client: str
+    client_port: int
+    server: str
+    server_port: int
+    client_node: str | None
+    server_node: str | None
+    packets: int
+    bytes: int
+
+
+class CaptureSummary(BaseModel):
+    a: str
+    b: str
+    count: int = Field(description="conversations seen (the largest 50 are listed)")
+    flows: list[FlowInfo]
+
+
 class ConsoleTail(BaseModel):
     machine: str
     console: str
@@ -184,7 +223,41 @@ class LabTools:
             handle.seek(max(0, path.stat().st_size - MAX_OUTPUT))
             return handle.read().decode(errors="replace")
 
+    def read_file(self, lab: str, machine: str, path: str) -> FileContent:
+        reply = self._up_lab(lab).call("file.read", machine=machine, path=path)
+        data = base64.b64decode(reply["content_base64"])
+        try:
+            return FileContent(path=path, size=len(data), text=data.decode(), base64=None)
+        except UnicodeDecodeError:
+            return FileContent(path=path, size=len(data), text=None,
+                               base64=reply["content_base64"])
+
+    def capture_flows(self, lab: str, a: str, b: str) -> CaptureSummary:
+        reply = self._up_lab(lab).call("capture.flows", a=a, b=b)
+        return CaptureSummary(a=reply["a"], b=reply["b"], count=reply["count"], flows=[
+            FlowInfo(text=f["text"], protocol=f["protocol"], client=f["client"],
+                     client_port=f["client_port"], server=f["server"],
+                     server_port=f["server_port"], client_node=f["client_node"],
+                     server_node=f["server_node"],
+                     packets=f["packets_to_server"] + f["packets_to_client"],
+                     bytes=f["bytes_to_server"] + f["bytes_to_client"])
+            for f in reply["flows"]])
+
     # -- mutations --------------------------------------------------------
+    def write_file(self, lab: str, machine: str, path: str, text: str | None,
+                   content_base64: str | None, mode: int) -> FileWritten:
+        if (text is None) == (content_base64 is None):
+            raise ToolError("give the content as text or as base64, one of them")
+        encoded = content_base64 if text is None else base64.b64encode(text.encode()).decode()
+        reply = self._up_lab(lab).call("file.write", machine=machine, path=path,
+                                       content_base64=encoded, mode=mode)
+        return FileWritten(machine=reply["machine"], path=reply["path"], size=reply["size"])
+
+    def capture(self, lab: str, a: str, b: str, start: bool) -> CaptureFiles:
+        reply = self._up_lab(lab).call("capture.start" if start else "capture.stop", a=a, b=b)
+        paths = {k: (v if isinstance(v, str) else v["path"]) for k, v in reply.items()}
+        return CaptureFiles(a_to_b=paths["a_to_b"], b_to_a=paths["b_to_a"])
+
     def up(self, topology: str, name: str) -> LabInfo:
         check_name(name, "lab")
         with self._topology_file(topology) as path:
@@ -302,6 +375,20 @@ def build_server(base: Path, *, allow_mutations: bool = False) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY)
     @_in_thread
+    def copy_file_out(lab: str, machine: str,
+                      path: str = Field(description="absolute path in the machine")
+                      ) -> FileContent:
+        """Read a file (at most 512 KiB) out of a lab machine: text, or base64 if binary."""
+        return tools.read_file(lab, machine, path)
+
+    @server.tool(annotations=READ_ONLY)
+    @_in_thread
+    def capture_summary(lab: str, a: str, b: str) -> CaptureSummary:
+        """The conversations a link's capture holds (protocol, ends, packets, bytes)."""
+        return tools.capture_flows(lab, a, b)
+
+    @server.tool(annotations=READ_ONLY)
+    @_in_thread
     def validate_topology(topology: str = Field(description="topology YAML text")
                           ) -> TopologyCheck:
         """Check a topology (YAML text): its plan, or the error naming the line and field."""
@@ -357,6 +444,27 @@ def _add_mutations(server: MCPServer, tools: LabTools) -> None:
                     timeout: float = Field(60.0, gt=0, le=600)) -> CommandResult:
         """Run a shell command in a lab machine (never on the host); exit status and output."""
         return tools.execute(lab, machine, command, timeout)
+
+    @server.tool(annotations=CHANGES)
+    @_in_thread
+    def copy_file_in(lab: str, machine: str,
+                     path: str = Field(description="absolute path in the machine"),
+                     text: str | None = None, content_base64: str | None = None,
+                     mode: int = Field(0o644, ge=0, le=0o7777)) -> FileWritten:
+        """Write a file (at most 512 KiB, as text or base64) into a lab machine."""
+        return tools.write_file(lab, machine, path, text, content_base64, mode)
+
+    @server.tool(annotations=CHANGES)
+    @_in_thread
+    def capture_start(lab: str, a: str, b: str) -> CaptureFiles:
+        """Start capturing the link between nodes a and b (a pcap per direction)."""
+        return tools.capture(lab, a, b, start=True)
+
+    @server.tool(annotations=CHANGES)
+    @_in_thread
+    def capture_stop(lab: str, a: str, b: str) -> CaptureFiles:
+        """Stop a link's capture (its files stay; capture_summary reads them)."""
+        return tools.capture(lab, a, b, start=False)
 
     @server.tool(annotations=CHANGES)
     @_in_thread
