@@ -2,6 +2,7 @@
 read-only by default, errors an agent can act on, and a scripted agent session that breaks a
 link, sees the ping fail, mends it and sees it pass."""
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ links:
   - between: [a, b]
 """
 READ_ONLY_TOOLS = {"list_labs", "lab_status", "list_links", "machine_console", "snapshot_tree",
-                   "validate_topology", "copy_file_out", "capture_summary"}
+                   "validate_topology", "copy_file_out", "capture_summary", "scan"}
 
 
 def call(server, tool, **arguments):
@@ -124,6 +125,19 @@ def test_files_go_in_and_out_and_a_capture_is_summarised(agent):
     assert icmp[0]["packets"] >= 6
 
 
+def test_scans_as_tools(agent):
+    server, _ = agent
+    error, ports = call(server, "scan", lab="pair", machine="a", kind="ports", ports="22,80")
+    assert not error, ports
+    assert ports["report"]["open_ports"] == [22] and ports["passed"], ports
+    error, rules = call(server, "scan", lab="pair", machine="a", kind="compliance",
+                        profile="tiny-baseline")
+    assert not error and rules["kind"] == "compliance" and rules["report"]["results"], rules
+    error, text = call(server, "scan", lab="pair", machine="a", kind="compliance",
+                       profile="../../etc/passwd")
+    assert error and "profile" in text
+
+
 def test_snapshots_errors_and_resources_as_an_agent_sees_them(agent):
     server, base = agent
     assert not call(server, "snapshot_take", lab="pair", machine="b", name="clean")[0]
@@ -157,19 +171,26 @@ def test_snapshots_errors_and_resources_as_an_agent_sees_them(agent):
                                       "crashed" in text), text
 
 
-def test_the_stdio_server_serves_the_same_labs(agent):
+def test_the_stdio_server_serves_the_same_labs_and_the_latest_report(agent, tmp_path):
     _, base = agent
+    for name, stamp in (("run-1", 100), ("run-2", 200)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(f'{{"run": "{name}"}}')
+        os.utime(tmp_path / name / "report.json", (stamp, stamp))
 
     async def go():
         params = StdioServerParameters(command=sys.executable,
-                                       args=["-m", "vboxlab.cli", "mcp", "--lab-dir", str(base)])
+                                       args=["-m", "vboxlab.cli", "mcp", "--lab-dir", str(base),
+                                             "--reports", str(tmp_path)])
         async with Client(params) as client:
             tools = {t.name for t in (await client.list_tools()).tools}
             labs = await client.call_tool("list_labs", {})
-            return tools, labs.structured_content
-    tools, labs = anyio.run(go)
+            report = await client.read_resource("vboxlab://reports/latest")
+            return tools, labs.structured_content, report.contents[0].text
+    tools, labs, report = anyio.run(go)
     assert tools == READ_ONLY_TOOLS
     assert [lab["id"] for lab in labs["result"]] == ["pair"]
+    assert report == '{"run": "run-2"}'
 
 
 def test_the_readme_lists_every_tool_the_server_has(tmp_path):

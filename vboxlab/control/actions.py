@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 MAX_OUTPUT = 1 << 20
 MAX_COMMAND = 64 << 10
 Direction = Literal["a_to_b", "b_to_a"]
+Engine = Literal["yara", "clamav"]
 
 
 class Args(BaseModel):
@@ -88,6 +89,15 @@ class FileReadArgs(MachineArgs):
 class FileWriteArgs(FileReadArgs):
     content_base64: str = Field(max_length=(MAX_FILE * 4) // 3 + 4)
     mode: int = Field(0o644, ge=0, le=0o7777)
+
+
+class ScanArgs(MachineArgs):
+    kind: Literal["ports", "vulnerabilities", "compliance", "malware"]
+    #: compliance: a shipped profile's name (never a host path)
+    profile: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    ports: str | None = Field(None, pattern=r"^[0-9][0-9,-]{0,200}$")
+    paths: list[str] = Field(default_factory=lambda: ["/"], min_length=1, max_length=8)
+    engines: list[Engine] = Field(default_factory=lambda: list[Engine](["yara"]), min_length=1)
 
 
 class ExportArgs(MachineArgs):
@@ -333,6 +343,33 @@ def _file_write(control: LabControl, args: FileWriteArgs) -> dict[str, Any]:
     return {"machine": machine.name, "path": args.path, "size": len(data)}
 
 
+def _scan(control: LabControl, args: ScanArgs) -> dict[str, Any]:
+    from vboxlab.security.session import Scan
+
+    machine = control.machine(args.machine)
+    session = Scan()
+    with control.lock(machine.name):
+        if args.kind == "ports":
+            result: Any = session.ports(machine, ports=args.ports)
+            passed = True
+        elif args.kind == "vulnerabilities":
+            result = session.vulnerabilities(machine)
+            passed = not result
+        elif args.kind == "compliance":
+            if args.profile is None:
+                raise ConfigError("a compliance scan needs a profile (ssh-baseline, ...)")
+            result = session.compliance(machine, args.profile)
+            passed = result.passed
+        else:
+            if any(not p.startswith("/") or "\x00" in p for p in args.paths):
+                raise ConfigError("malware scan paths are absolute paths in the machine")
+            result = session.malware(machine, args.paths, engines=tuple(args.engines))
+            passed = not result
+    return {"machine": machine.name, "kind": args.kind, "passed": passed,
+            "summary": result.summary(), "table": _truncated(result.table())[0],
+            "report": result.to_json()}
+
+
 def _export(control: LabControl, args: ExportArgs) -> dict[str, Any]:
     from vboxlab.migrate.export import export_machine
 
@@ -421,6 +458,8 @@ ACTIONS: dict[str, Action] = {a.name: a for a in [
            f"copy a file (at most {MAX_FILE} bytes) out of a machine"),
     Action("file.write", FileWriteArgs, True, _file_write,
            f"copy a file (at most {MAX_FILE} bytes) into a machine"),
+    Action("scan", ScanArgs, False, _scan,
+           "a security scan of a machine: ports, vulnerabilities, compliance or malware"),
     Action("machine.export", ExportArgs, True, _export,
            "write a machine's disk (or a snapshot of it) to the lab's exports folder"),
     Action("link.list", NoArgs, False, _links, "links, their settings and counters"),

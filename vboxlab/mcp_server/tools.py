@@ -141,6 +141,16 @@ class CaptureSummary(BaseModel):
     flows: list[FlowInfo]
 
 
+class ScanReport(BaseModel):
+    machine: str
+    kind: str
+    passed: bool = Field(description="no open-port surprise, no finding, every rule passed")
+    summary: str
+    table: str
+    report: dict[str, Any] = Field(description="the scan's full result (as `vboxlab scan "
+                                   "--json` prints it)")
+
+
 class ConsoleTail(BaseModel):
     machine: str
     console: str
@@ -155,8 +165,23 @@ def _cut(text: str) -> tuple[str, bool]:
 class LabTools:
     """The operations behind the tools, on the labs under ``base``."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, reports: Path | None = None) -> None:
         self.base = base
+        self.reports = reports
+
+    def latest_report(self) -> str:
+        """``report.json`` of the newest lab report under the reports folder (or in it)."""
+        if self.reports is None:
+            raise ResourceError("the server was started without --reports DIR")
+        found = [p for p in [self.reports / "report.json",
+                             *self.reports.glob("*/report.json")] if p.is_file()]
+        if not found:
+            raise ResourceError(f"no lab report (report.json) in {self.reports} or its "
+                                "folders; write one with pytest --lab-report DIR")
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        if newest.stat().st_size > 16 << 20:
+            raise ResourceError(f"{newest} is over 16 MiB")
+        return newest.read_text(errors="replace")
 
     def _up_lab(self, lab: str) -> Any:
         check_name(lab, "lab")
@@ -242,6 +267,15 @@ class LabTools:
                      packets=f["packets_to_server"] + f["packets_to_client"],
                      bytes=f["bytes_to_server"] + f["bytes_to_client"])
             for f in reply["flows"]])
+
+    def scan(self, lab: str, machine: str, kind: str, profile: str | None, ports: str | None,
+             paths: list[str] | None) -> ScanReport:
+        args: dict[str, Any] = {"machine": machine, "kind": kind, "profile": profile,
+                                "ports": ports}
+        if paths:
+            args["paths"] = paths
+        reply = self._up_lab(lab).call("scan", reply_timeout=900, **args)
+        return ScanReport(**reply)
 
     # -- mutations --------------------------------------------------------
     def write_file(self, lab: str, machine: str, path: str, text: str | None,
@@ -329,13 +363,16 @@ def _in_thread(function: Callable[..., T]) -> Callable[..., Any]:
     return wrapper
 
 
+PATHS = Field(None, description="malware: folders to scan (default /)")
 READ_ONLY = ToolAnnotations(readOnlyHint=True, destructiveHint=False, openWorldHint=False)
 CHANGES = ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorldHint=False)
 
 
-def build_server(base: Path, *, allow_mutations: bool = False) -> MCPServer:
-    """The MCP server for the labs under ``base`` (mutating tools only when allowed)."""
-    tools = LabTools(base)
+def build_server(base: Path, *, allow_mutations: bool = False,
+                 reports: Path | None = None) -> MCPServer:
+    """The MCP server for the labs under ``base`` (mutating tools only when allowed);
+    ``reports``: where lab reports are written (``pytest --lab-report``)."""
+    tools = LabTools(base, reports)
     server: MCPServer = MCPServer(
         "vboxlab", version=__version__, log_level="WARNING",
         instructions="Labs of virtual machines and simulated networks. List labs, read "
@@ -389,6 +426,17 @@ def build_server(base: Path, *, allow_mutations: bool = False) -> MCPServer:
 
     @server.tool(annotations=READ_ONLY)
     @_in_thread
+    def scan(lab: str, machine: str,
+             kind: Literal["ports", "vulnerabilities", "compliance", "malware"],
+             profile: str | None = Field(None, description="compliance: a profile name, "
+                                         "e.g. ssh-baseline"),
+             ports: str | None = Field(None, description="ports: e.g. 22,80 or 1-1024"),
+             paths: list[str] | None = PATHS) -> ScanReport:
+        """Scan a lab machine: open ports, vulnerable packages, a compliance profile, or YARA."""
+        return tools.scan(lab, machine, kind, profile, ports, paths)
+
+    @server.tool(annotations=READ_ONLY)
+    @_in_thread
     def validate_topology(topology: str = Field(description="topology YAML text")
                           ) -> TopologyCheck:
         """Check a topology (YAML text): its plan, or the error naming the line and field."""
@@ -409,6 +457,11 @@ def build_server(base: Path, *, allow_mutations: bool = False) -> MCPServer:
     def machine_snapshots(lab: str, machine: str) -> str:
         """A machine's snapshot tree as text."""
         return _resource(lambda: tools.snapshots(lab, machine).tree)
+
+    @server.resource("vboxlab://reports/latest", mime_type="application/json")
+    def latest_report() -> str:
+        """The newest lab report's report.json (tests, outcomes, machines, links)."""
+        return _resource(tools.latest_report)
 
     if allow_mutations:
         _add_mutations(server, tools)
