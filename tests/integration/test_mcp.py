@@ -164,6 +164,10 @@ def test_snapshots_errors_and_resources_as_an_agent_sees_them(agent):
             return topology.contents[0].text, console.contents[0].text, snaps.contents[0].text
     topology, console, snaps = anyio.run(read)
     assert topology == PAIR and "Linux version" in console and "clean" in snaps
+    tail = call(server, "machine_console", lab="pair", machine="a", lines=5)[1]
+    assert tail["machine"] == "a" and 0 < len(tail["console"].splitlines()) <= 5
+    lab_log = (base / "pair" / "lab.log").read_text()
+    assert "control: exec" in lab_log and "touch /root/broken" in lab_log  # every call, logged
     # a machine that died: the agent is told so
     launcher.client(find_lab(base, "pair")).call("machine.kill", machine="b")
     error, text = call(server, "run_command", lab="pair", machine="b", command="true")
@@ -191,6 +195,13 @@ def test_the_stdio_server_serves_the_same_labs_and_the_latest_report(agent, tmp_
     assert tools == READ_ONLY_TOOLS
     assert [lab["id"] for lab in labs["result"]] == ["pair"]
     assert report == '{"run": "run-2"}'
+
+
+def test_the_lab_goes_down_as_a_tool_and_leaves_nothing(agent):
+    server, base = agent
+    assert call(server, "lab_down", lab="pair") == (False, {"lab": "pair", "what": "up"})
+    assert call(server, "list_labs")[1] == {"result": []}
+    assert qemu_pids(str(base)) == []
 
 
 def test_the_readme_lists_every_tool_the_server_has(tmp_path):

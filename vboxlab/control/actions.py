@@ -219,6 +219,8 @@ def _loggable(args: Args) -> str:
     data = args.model_dump()
     if isinstance(data.get("command"), str) and len(data["command"]) > 200:
         data["command"] = data["command"][:200] + "..."
+    if isinstance(data.get("content_base64"), str):
+        data["content_base64"] = f"<{len(data['content_base64'])} base64 characters>"
     return str(data)
 
 
