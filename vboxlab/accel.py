@@ -81,11 +81,15 @@ def probe_kvm(qemu: str, kernel: Path, *, use_cache: bool = True) -> AccelChoice
     return choice
 
 
-def choose(requested: str, qemu: str, kernel: Path) -> AccelChoice:
-    """Resolve ``auto`` | ``kvm`` | ``tcg`` (``$VBOXLAB_ACCEL`` overrides ``auto``)."""
+def choose(requested: str, qemu: str, kernel: Path | None) -> AccelChoice:
+    """Resolve ``auto`` | ``kvm`` | ``tcg`` (``$VBOXLAB_ACCEL`` overrides ``auto``); ``kernel``
+    boots the KVM probe (None: a template whose disk boots itself, so no probe: TCG)."""
     requested = os.environ.get("VBOXLAB_ACCEL", requested) if requested == "auto" else requested
     if requested == "tcg":
         return AccelChoice("tcg", "TCG requested")
     if requested == "kvm":
         return AccelChoice("kvm", "KVM requested")
+    if kernel is None:
+        return AccelChoice("tcg", "no kernel to probe KVM with (a template whose disk boots "
+                                  "itself); ask for KVM with --lab-accel kvm")
     return probe_kvm(qemu, kernel)

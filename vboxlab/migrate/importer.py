@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vboxlab import __version__
 from vboxlab.errors import ConfigError, UntrustedImage
@@ -36,12 +37,16 @@ from vboxlab.templates.repository import BuiltTemplate, TemplateRepository, file
 
 @dataclass(frozen=True)
 class BootFiles:
-    """How an imported disk boots: kernel, initrd, command line, access (from ``like``)."""
+    """How an imported disk boots: kernel, initrd, command line, access (from ``like``); or,
+    with ``firmware`` ``bios``/``uefi``, by its own bootloader with a NoCloud seed for its
+    keys (logging in as ``user``)."""
 
-    kernel: Path
-    initrd: Path
+    kernel: Path | None = None
+    initrd: Path | None = None
     like: BuiltTemplate | None = None
     cmdline: str | None = None
+    firmware: str = "kernel"
+    user: str = "root"
 
 
 def import_image(image: Path, name: str, version: str, repository: TemplateRepository,
@@ -53,9 +58,15 @@ def import_image(image: Path, name: str, version: str, repository: TemplateRepos
     image = Path(image)
     if not image.is_file():
         raise ConfigError(f"{image}: no such file")
-    for label, path in (("--kernel", boot.kernel), ("--initrd", boot.initrd)):
-        if not path.is_file():
-            raise ConfigError(f"{label} {path}: no such file")
+    if boot.firmware not in ("kernel", "bios", "uefi"):
+        raise ConfigError(f"--firmware {boot.firmware!r}: choose bios or uefi")
+    if boot.firmware == "kernel":
+        for label, path in (("--kernel", boot.kernel), ("--initrd", boot.initrd)):
+            if path is None or not path.is_file():
+                raise ConfigError(f"{label} {path}: no such file (a disk without its own "
+                                  "bootloader boots a kernel and initrd: --like TEMPLATE, or "
+                                  "--kernel and --initrd; a disk that boots itself: "
+                                  "--firmware bios|uefi)")
     detected = detect_format(image)
     fmt = image_format or detected
     if image_format is not None and image_format != "raw" and detected != image_format:
@@ -86,8 +97,9 @@ def import_image(image: Path, name: str, version: str, repository: TemplateRepos
         convert(source, source_format, scratch / "disk.qcow2", "qcow2", progress=progress)
         if source != image:
             source.unlink()
-        shutil.copyfile(boot.kernel, scratch / "vmlinuz")
-        shutil.copyfile(boot.initrd, scratch / "initrd.cpio")
+        if boot.kernel is not None and boot.initrd is not None and boot.firmware == "kernel":
+            shutil.copyfile(boot.kernel, scratch / "vmlinuz")
+            shutil.copyfile(boot.initrd, scratch / "initrd.cpio")
         manifest = _manifest(image, fmt, name, version, boot, memory, cpus,
                              description)
         try:
@@ -104,15 +116,19 @@ def _manifest(image: Path, fmt: str, name: str, version: str, boot: BootFiles,
               memory: int | None, cpus: int | None,
               description: str | None) -> dict[str, object]:
     like = boot.like.template.definition if boot.like is not None else None
-    base: dict[str, object] = like.model_dump(mode="json") if like is not None else {}
-    resources = dict(base.get("resources") or {})  # type: ignore[call-overload]
+    base: dict[str, Any] = like.model_dump(mode="json") if like is not None else {}
+    resources = dict(base.get("resources") or {})
     if memory is not None:
         resources["memory"] = memory
     if cpus is not None:
         resources["cpus"] = cpus
-    boot_section = dict(base.get("boot") or {})  # type: ignore[call-overload]
+    boot_section = dict(base.get("boot") or {})
     if boot.cmdline is not None:
         boot_section["cmdline"] = boot.cmdline
+    boot_section["firmware"] = boot.firmware
+    if boot.firmware != "kernel":  # reached over SSH with the keys of its NoCloud seed
+        base["access"] = {**dict(base.get("access") or {}), "user": boot.user,
+                          "channels": ["ssh"]}
     image_digest = file_sha256(image)
     definition = {
         **base, "name": name, "version": version,
@@ -124,7 +140,7 @@ def _manifest(image: Path, fmt: str, name: str, version: str, boot: BootFiles,
     except Exception as exc:
         raise ConfigError(f"template {name} {version}: {exc}") from None
     extra = {k: v for k, v in (boot.like.manifest.items() if boot.like else ())
-             if k in ("kernel_version", "modules")}
+             if k in ("kernel_version", "modules") and boot.firmware == "kernel"}
     return {
         "name": name, "version": version, "description": checked.description,
         "inputs_digest": image_digest,

@@ -126,7 +126,7 @@ class LibvirtProvider(QemuProvider):
         """The URI ``vboxlab clean`` reopens to remove a left domain."""
         return self.remote.target.libvirt_uri() if self.remote is not None else self.uri
 
-    def accel_for(self, kernel: Path, log: logging.Logger) -> AccelChoice:
+    def accel_for(self, kernel: Path | None, log: logging.Logger) -> AccelChoice:
         """Locally the probe decides; a remote host runs TCG unless KVM is asked for (this
         machine's probe says nothing about another host's KVM)."""
         if self.remote is None:
@@ -142,6 +142,10 @@ class LibvirtProvider(QemuProvider):
 
     def _machine(self, launch: QemuLaunch, spec: MachineSpec, ledger: Ledger) -> QemuMachine:
         assert spec.template is not None
+        if launch.disk_boot is not None:
+            raise NotSupported(f"{spec.name}: template {spec.template.template.name} boots "
+                               "from its own disk; the libvirt provider boots templates' "
+                               "kernels only so far (use provider: qemu)")
         if spec.media is not None:
             raise NotSupported(f"{spec.name}: boot media are not supported by the libvirt "
                                "provider yet; use the qemu provider")

@@ -45,6 +45,7 @@ from vboxlab.logs import tail
 from vboxlab.net.wire import socket_pair
 from vboxlab.providers.base import Capability, MachineSpec, MachineState, ProviderOptions
 from vboxlab.providers.direct_kernel import NoDirectBoot, direct_kernel
+from vboxlab.providers.nocloud import write_seed
 from vboxlab.providers.qemu_argv import (
     DISK_NODE,
     LaunchMedia,
@@ -126,8 +127,11 @@ class QemuProvider:
         """The accelerator chosen for this lab's machines (None before the first boot)."""
         return self._accel
 
-    def accel_for(self, kernel: Path, log: logging.Logger) -> AccelChoice:
+    def accel_for(self, kernel: Path | None, log: logging.Logger) -> AccelChoice:
+        """The accelerator (chosen once per provider; ``kernel`` boots the KVM probe)."""
         with self._accel_lock:
+            if self._accel is None and kernel is None:  # no probe: decide for this one only
+                return choose(self.requested_accel, self.binary, None)
             if self._accel is None:
                 self._accel = choose(self.requested_accel, self.binary, kernel)
                 log.info("QEMU accelerator: %s (%s)", self._accel.accel, self._accel.reason)
@@ -158,12 +162,13 @@ class QemuProvider:
 
                 ovmf = str(ovmf_firmware())
             media = LaunchMedia(str(spec.media.path), spec.media.kind, spec.media.firmware, ovmf)
-        accel = self.accel_for(built.kernel, spec.log)
+        disk_boot = built.firmware if built.firmware != "kernel" else None
+        accel = self.accel_for(None if disk_boot else built.kernel, spec.log)
         agent = None
-        if self.channel == "auto" and definition.access.channels[0] == "agent":
+        if self.channel == "auto" and definition.access.channels[0] == "agent" and not disk_boot:
             agent = str(work / "agent.sock")
-        kernel = str(built.kernel)
-        if media is None:
+        kernel: str | None = None if disk_boot else str(built.kernel)
+        if media is None and kernel is not None:
             try:  # no decompression in the guest: 4 s less under TCG
                 kernel = str(direct_kernel(built.kernel))
             except (NoDirectBoot, OSError) as exc:
@@ -174,13 +179,16 @@ class QemuProvider:
             base_format=str(built.manifest.get("disk_format", "qcow2")),
             console=str(work / "console.log"), qmp=str(qmp_path),
             ssh_port=definition.access.port, kernel=kernel,
-            initrd=str(work / "initrd.img"),
+            initrd=None if disk_boot else str(work / "initrd.img"),
             cmdline=f"{definition.boot.cmdline} {spec.kernel_args}".strip(), media=media,
             nics=tuple(LaunchNic(n.name, n.mac, "vde" if n.vde else "fd", n.vde)
                        for n in spec.nics),
             restrict=spec.restrict, agent=agent,
             cpu=TCG_CPU if accel.accel == "tcg" else None,
-            kernel_firmware=str(QBOOT) if media is None and QBOOT.is_file() else None)
+            kernel_firmware=str(QBOOT) if media is None and QBOOT.is_file() and not disk_boot
+            else None,
+            disk_boot=disk_boot, firmware_code=_uefi_code() if disk_boot == "uefi" else None,
+            seed=str(work / "seed.iso") if disk_boot else None)
         machine = self._machine(launch, spec, ledger)
         machine.wire(spec)
         machine.prepare(spec)
@@ -273,9 +281,15 @@ class QemuMachine:
             self._nic_fds.append(near.fileno())
 
     def prepare(self, spec: MachineSpec) -> None:
-        """Create the overlay and the VM's own initrd."""
+        """Create the overlay and the VM's own initrd (or NoCloud seed)."""
         assert spec.template is not None and spec.host_key is not None
         self._create_overlay()
+        if self.launch.seed is not None:
+            self._ledger.add("file", f"seed {self.name}", path=self.launch.seed)
+            write_seed(Path(self.launch.seed), spec, user=self._ssh_user)
+            (self.workdir / "console.log").touch()
+            (self.workdir / "known_hosts.pub").write_text(self._host_key_line + "\n")
+            return
         extra = io.BytesIO()
         cpio = CpioWriter(extra)
         prefix = "vboxlab/root/" if spec.template.template.definition.boot.files_into == \
@@ -683,6 +697,12 @@ class QemuMachine:
         tmp = self.workdir / f".{INFO_FILE}.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(self.workdir / INFO_FILE)
+
+
+def _uefi_code() -> str:
+    from vboxlab.media.bootloaders import ovmf_firmware
+
+    return str(ovmf_firmware())
 
 
 def _vm_files(spec: MachineSpec, *, agent: bool) -> list[tuple[str, bytes, int]]:

@@ -80,6 +80,11 @@ class QemuLaunch:
     cpu: str | None = None
     #: firmware of a direct kernel boot (qboot: no BIOS work before the kernel); None: SeaBIOS
     kernel_firmware: str | None = None
+    #: a template whose disk boots itself: "bios" (SeaBIOS) or "uefi" (firmware_code: OVMF)
+    disk_boot: str | None = None
+    firmware_code: str | None = None
+    #: the VM's NoCloud seed image (cloud-init), for templates whose disk boots itself
+    seed: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +113,9 @@ class NicWiring:
 
 def _boot(launch: QemuLaunch) -> list[str]:
     media = launch.media
+    if media is None and launch.disk_boot is not None:
+        return ["-bios", launch.firmware_code] if launch.disk_boot == "uefi" and \
+            launch.firmware_code else []
     if media is None:
         if launch.kernel is None or launch.initrd is None:
             raise ValueError(f"{launch.name}: neither a kernel nor boot media to boot from")
@@ -141,7 +149,12 @@ def _disk(launch: QemuLaunch) -> list[str]:
     argv: list[str] = []
     for node in nodes:
         argv += ["-blockdev", json.dumps(node, separators=(",", ":"))]
-    return [*argv, "-device", f"virtio-blk-pci,drive={DISK_NODE}"]
+    boot = ",bootindex=0" if launch.disk_boot is not None and launch.media is None else ""
+    argv += ["-device", f"virtio-blk-pci,drive={DISK_NODE}{boot}"]
+    if launch.seed is not None:
+        argv += ["-drive", f"if=none,id=seed0,format=raw,readonly=on,file={opt(launch.seed)}",
+                 "-device", "virtio-blk-pci,drive=seed0"]
+    return argv
 
 
 def _nics(launch: QemuLaunch, wiring: NicWiring) -> list[str]:

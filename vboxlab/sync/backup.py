@@ -272,20 +272,21 @@ def _localise_machine(folder: Path, name: str, old_dir: str | None, target: Path
             return str(target) + path[len(old_dir):]
         return path
 
-    for key in ("overlay", "console", "qmp", "initrd", "agent"):
+    for key in ("overlay", "console", "qmp", "initrd", "agent", "seed"):
         launch[key] = moved(launch.get(key))
     info["qmp"] = moved(info.get("qmp"))
-    for key in ("overlay", "console", "qmp", "initrd", "agent"):
+    for key in ("overlay", "console", "qmp", "initrd", "agent", "seed"):
         value = launch.get(key)
         if value is not None and not str(value).startswith(str(target) + "/"):
             raise SyncError(f"machine {name}: {key} {value!r} lies outside the lab folder; "
                             "refusing the backup")
     launch["base_disk"] = str(built.disk)
     launch["base_format"] = "qcow2"
-    try:
-        launch["kernel"] = str(direct_kernel(built.kernel))
-    except NoDirectBoot:
-        launch["kernel"] = str(built.kernel)
+    if launch.get("kernel") is not None:
+        try:
+            launch["kernel"] = str(direct_kernel(built.kernel))
+        except NoDirectBoot:
+            launch["kernel"] = str(built.kernel)
     info.pop("pid", None)
     info.pop("start", None)
     info["forwards"] = {}

@@ -124,24 +124,33 @@ def _name_version(text: str) -> tuple[str, str]:
 @click.option("--cmdline", default=None, help="Kernel command line")
 @click.option("--format", "image_format", type=click.Choice(["raw"]), default=None,
               help="Say the image is raw (other formats are recognised by their header)")
+@click.option("--firmware", type=click.Choice(["bios", "uefi"]), default=None,
+              help="The disk boots with its own bootloader (a cloud image); each VM's keys "
+                   "reach it as a NoCloud seed")
+@click.option("--user", default="root", show_default=True,
+              help="With --firmware: the user cloud-init gives the lab's key to")
 @click.option("--memory", type=int, default=None, help="MiB of memory (default: the OVA's)")
 @click.option("--cpus", type=int, default=None, help="CPUs (default: the OVA's)")
 def templates_import_image(image: Path, name: str, version: str, like: str | None,
                            kernel: Path | None, initrd: Path | None, cmdline: str | None,
-                           image_format: str | None, memory: int | None,
-                           cpus: int | None) -> None:
+                           image_format: str | None, firmware: str | None, user: str,
+                           memory: int | None, cpus: int | None) -> None:
     """Make a disk image from elsewhere (ova, vmdk, vdi, vhdx, qcow2, raw) a template."""
     from vboxlab.migrate.export import progress_printer
     from vboxlab.migrate.importer import BootFiles, import_image
 
     repo = TemplateRepository()
     base = repo.built(like) if like else None
-    if base is not None:
-        kernel, initrd = kernel or base.kernel, initrd or base.initrd
-    if kernel is None or initrd is None:
-        raise ConfigError("say how the disk boots: --like TEMPLATE, or --kernel and --initrd "
-                          "(booting an image's own bootloader is not supported yet)")
-    boot = BootFiles(kernel=kernel, initrd=initrd, like=base, cmdline=cmdline)
+    if firmware is not None:
+        boot = BootFiles(like=base, firmware=firmware, user=user)
+    else:
+        if base is not None:
+            kernel, initrd = kernel or base.kernel, initrd or base.initrd
+        if kernel is None or initrd is None:
+            raise ConfigError("say how the disk boots: --like TEMPLATE, or --kernel and "
+                              "--initrd, or --firmware bios|uefi for a disk with its own "
+                              "bootloader")
+        boot = BootFiles(kernel=kernel, initrd=initrd, like=base, cmdline=cmdline)
     done = import_image(image, name, version, repo, boot, image_format=image_format,
                         memory=memory, cpus=cpus, progress=progress_printer(click.echo))
     click.echo(f"{name} {version}: {'already installed' if done.already_present else 'imported'}"

@@ -40,6 +40,10 @@ class Boot(_Strict):
     cmdline: str = "console=ttyS0"
     files_into: Literal["initramfs", "rootfs"] = Field(
         "initramfs", description="initramfs: it is the root; rootfs: a hook copies them to disk")
+    firmware: Literal["kernel", "bios", "uefi"] = Field(
+        "kernel", description="kernel: QEMU boots the template's kernel and initrd; bios or "
+        "uefi: the disk boots with its own bootloader, and each VM's files reach it as a "
+        "NoCloud seed (cloud-init)")
 
 
 class Access(_Strict):

@@ -78,6 +78,11 @@ class BuiltTemplate:
         return self.folder / "disk.qcow2"
 
     @property
+    def firmware(self) -> str:
+        """``kernel`` (QEMU boots kernel and initrd), or ``bios``/``uefi`` (the disk boots)."""
+        return self.template.definition.boot.firmware
+
+    @property
     def manifest_digest(self) -> str:
         """SHA-256 of the manifest (which lists every file's digest): the build's identity."""
         return file_sha256(self.folder / MANIFEST)

@@ -124,10 +124,15 @@ def check_manifest(manifest: dict[str, Any], *, what: str) -> None:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise UntrustedImage(f"{what}: manifest.json lists no files")
-    missing = [f for f in REQUIRED_FILES if f not in files]
+    definition_data = manifest.get("definition")
+    firmware = (definition_data.get("boot") or {}).get("firmware", "kernel") \
+        if isinstance(definition_data, dict) else "kernel"
+    required = REQUIRED_FILES if firmware == "kernel" else ("disk.qcow2",)
+    missing = [f for f in required if f not in files]
     if missing:
         raise UntrustedImage(f"{what}: manifest.json does not list {', '.join(missing)}; a "
-                             "template is a kernel, an initrd and a disk")
+                             "template is a kernel, an initrd and a disk (or a disk that "
+                             "boots itself)")
     disk_format = manifest.get("disk_format", "qcow2")
     if disk_format not in DISK_FORMATS:
         raise UntrustedImage(f"{what}: manifest.json: disk_format {disk_format!r} is not one "
