@@ -81,10 +81,13 @@ venv: $(VENV)/.installed $(OSV_SCHEMA)
 template: deps venv
 	$(BIN)/vboxlab templates build tiny
 
-# the Debian templates (debootstrap, about 1.5 min each the first time; cached after)
+# the Debian templates: debian-12 and vulnlab by debootstrap (about 2.5 min each the first
+# time), netlab and the development environments as layers over debian-12 (about 2-4 min each:
+# the base boots once and apt installs what they add); all cached after
+LAYERED := netlab dev-python dev-web dev-c dev-node
 templates: deps venv template
-	@if [ "$$(id -u)" = 0 ]; then $(BIN)/vboxlab templates build debian-12 netlab vulnlab; \
-	else echo "not building debian-12, netlab and vulnlab: debootstrap needs root (their tests will skip)"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/vboxlab templates build debian-12 vulnlab $(LAYERED); \
+	else echo "not building debian-12, vulnlab and $(LAYERED): debootstrap needs root (their tests will skip)"; fi
 
 # libvirtd for the libvirt provider (root). Not libvirt-daemon-system: it pulls systemd, which
 # is not PID 1 on these machines; so the daemons are started by hand, QEMU domains run as root,

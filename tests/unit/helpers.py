@@ -31,3 +31,29 @@ def install(repo, name, version, *, digest=None):
                 "source_digest": digest, "built_at": "2026-11-27T00:00:00Z"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+def install_layer(repo, name, version, base_name, base_version, *, backing=None):
+    """An installed layer as the layer recipe leaves it: a qcow2 over its base's disk named
+    relatively, the base's kernel and initrd, a manifest recording the base's files."""
+    base_folder = repo.images / base_name / base_version
+    base_manifest = json.loads((base_folder / "manifest.json").read_text())
+    folder = repo.images / name / version
+    folder.mkdir(parents=True)
+    files = {}
+    for file in ("vmlinuz", "initrd.cpio"):
+        (folder / file).hardlink_to(base_folder / file)
+        files[file] = base_manifest["files"][file]
+    subprocess.run([require_tool("qemu-img", "qemu-utils"), "create", "-q", "-f", "qcow2",
+                    "-u", "-F", "qcow2", "-b",
+                    backing or f"../../{base_name}/{base_version}/disk.qcow2",
+                    str(folder / "disk.qcow2"), "1M"], check=True)
+    files["disk.qcow2"] = hashlib.sha256((folder / "disk.qcow2").read_bytes()).hexdigest()
+    definition = {"name": name, "version": version, "description": f"{name} {version}",
+                  "base": f"{base_name}>={base_version}", "build": {"recipe": "layer"}}
+    manifest = {"name": name, "version": version, "files": files, "definition": definition,
+                "built_at": "2026-11-27T00:00:00Z", "recipe": "layer",
+                "base": {"name": base_name, "version": base_version,
+                         "files": base_manifest["files"]}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder

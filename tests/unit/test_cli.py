@@ -37,7 +37,8 @@ def test_build_of_an_unknown_template_fails_with_the_known_ones():
     result = CliRunner().invoke(main, ["templates", "build", "nope"])
     assert result.exit_code != 0
     assert result.exit_code == 2
-    assert "vboxlab: error: unknown template 'nope'; known templates: debian-12, netlab, " \
+    assert "vboxlab: error: unknown template 'nope'; known templates: debian-12, dev-c, dev-node, "\
+           "dev-python, dev-web, netlab, " \
            "tiny" in result.output
 
 

@@ -82,7 +82,6 @@ def test_source_digest_follows_every_file(tmp_path):
 
 @pytest.mark.parametrize(("name", "channels"), [("tiny", ["agent", "ssh"]),
                                                ("debian-12", ["agent", "ssh"]),
-                                               ("netlab", ["agent", "ssh"]),
                                                ("vulnlab", ["ssh"])])
 def test_shipped_templates_declare_their_channels(name, channels):
     folder = Path(__file__).parents[2] / "fixtures" / "templates" / name

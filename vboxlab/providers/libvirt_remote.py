@@ -38,6 +38,7 @@ from vboxlab.providers.libvirt_xml import domain_xml
 from vboxlab.providers.qemu import snapshots_in_info
 from vboxlab.providers.qemu_argv import QemuLaunch
 from vboxlab.providers.remote_host import RemoteHost, file_digest
+from vboxlab.templates.trust import qemu_img_info
 
 if TYPE_CHECKING:
     import libvirt
@@ -88,6 +89,11 @@ class RemoteLibvirtMachine(LibvirtMachine):
         what = f"template {built.template.name} {built.template.version}"
         base = remote.upload_blob(built.disk, digests.get("disk.qcow2") or
                                   file_digest(built.disk), label=f"the disk of {what}")
+        chain = tuple(  # a layer's bases: blobs too, opened explicitly by the domain
+            remote.upload_blob(b.disk, b.manifest.get("files", {}).get("disk.qcow2") or
+                               file_digest(b.disk),
+                               label=f"the disk of {b.template.name} {b.template.version}")
+            for b in built.bases)
         assert self.launch.kernel is not None
         kernel_file = Path(self.launch.kernel)
         kernel = remote.upload_blob(kernel_file, file_digest(kernel_file),
@@ -96,14 +102,18 @@ class RemoteLibvirtMachine(LibvirtMachine):
         remote.put(self.initrd, initrd)
         overlay = posixpath.join(self.remote_dir, "disk.qcow2")
         qemu_img = remote.which("qemu-img", "to create overlays")
-        remote.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", self.launch.base_format,
-                    "-b", base, overlay], what=f"creating the overlay of {self.name}")
+        # -u with the size: the blob's own header names its base by a path that exists only
+        # in a template cache, so qemu-img must not open the chain to find the size
+        size = str(qemu_img_info(built.disk, what, self.launch.base_format)["virtual-size"])
+        remote.run([qemu_img, "create", "-q", "-u", "-f", "qcow2", "-F",
+                    self.launch.base_format, "-b", base, overlay, size],
+                   what=f"creating the overlay of {self.name}")
         firmware = self.launch.kernel_firmware
         if firmware is not None and not remote.exists(firmware):
             firmware = None  # SeaBIOS then: slower to the kernel, same machine
         self._remote_launch = dataclasses.replace(
             self.launch, binary=remote.which("qemu-system-x86_64", "to run VMs"),
-            overlay=overlay, base_disk=base, kernel=kernel, initrd=initrd,
+            overlay=overlay, base_disk=base, base_chain=chain, kernel=kernel, initrd=initrd,
             console=posixpath.join(self.remote_dir, "console.log"), kernel_firmware=firmware,
             agent=None)
 

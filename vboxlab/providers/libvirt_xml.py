@@ -105,10 +105,13 @@ def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None 
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
     _sub(disk, "source", file=launch.overlay)
-    backing = _sub(disk, "backingStore", type="file")
-    _sub(backing, "format", type=launch.base_format)
-    _sub(backing, "source", file=launch.base_disk)
-    _sub(backing, "backingStore")  # the template's image names nothing further
+    below = disk
+    for path, fmt in [(launch.base_disk, launch.base_format),
+                      *((p, "qcow2") for p in launch.base_chain)]:
+        below = _sub(below, "backingStore", type="file")  # a layer's chain, explicitly
+        _sub(below, "format", type=fmt)
+        _sub(below, "source", file=path)
+    _sub(below, "backingStore")  # the chain's last image names nothing further
     _sub(disk, "target", dev="vda", bus="virtio")
     _root_slot(disk, "0x03")
     serial = _sub(devices, "serial", type="pty" if console_pty else "file")

@@ -55,8 +55,8 @@ from vboxlab.providers.qemu_argv import (
     build_argv,
 )
 from vboxlab.providers.qmp import QmpConnection, run_job, snapshot_args
+from vboxlab.templates.chain import check_template_disks, disk_chain
 from vboxlab.templates.cpio import CpioWriter
-from vboxlab.templates.trust import check_disk
 from vboxlab.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -144,8 +144,7 @@ class QemuProvider:
         built = spec.template
         if built is None:
             raise ConfigError(f"{spec.name}: a QEMU machine needs a template")
-        check_disk(built.disk, str(built.manifest.get("disk_format", "qcow2")),
-                   what=f"template {built.template.name} {built.template.version}")
+        check_template_disks(built)
         definition = built.template.definition
         work = spec.workdir
         qmp_path = work / "qmp.sock"
@@ -188,7 +187,7 @@ class QemuProvider:
             kernel_firmware=str(QBOOT) if media is None and QBOOT.is_file() and not disk_boot
             else None,
             disk_boot=disk_boot, firmware_code=_uefi_code() if disk_boot == "uefi" else None,
-            seed=str(work / "seed.iso") if disk_boot else None)
+            seed=str(work / "seed.iso") if disk_boot else None, base_chain=disk_chain(built))
         machine = self._machine(launch, spec, ledger)
         machine.wire(spec)
         machine.prepare(spec)

@@ -85,6 +85,8 @@ class QemuLaunch:
     firmware_code: str | None = None
     #: the VM's NoCloud seed image (cloud-init), for templates whose disk boots itself
     seed: str | None = None
+    #: a layered template: the qcow2 disks under ``base_disk``, nearest first
+    base_chain: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +97,7 @@ class QemuLaunch:
         media = values.get("media")
         values["media"] = LaunchMedia(**media) if isinstance(media, dict) else None
         values["nics"] = tuple(LaunchNic(**nic) for nic in values.get("nics", ()))
+        values["base_chain"] = tuple(str(p) for p in values.get("base_chain", ()))
         return cls(**values)
 
 
@@ -132,23 +135,31 @@ def _boot(launch: QemuLaunch) -> list[str]:
 
 
 def _disk(launch: QemuLaunch) -> list[str]:
-    """The template image read-only with no backing, the overlay on top of it.
+    """The template image read-only (a layer: over its base chain, each opened explicitly,
+    read-only; the last with no backing), the overlay on top of it.
 
     JSON syntax: ``"backing": null`` (a real null, which dotted keys cannot say)
     and paths need no escaping at all.
     """
-    nodes: list[dict[str, Any]] = [
-        {"driver": "file", "filename": launch.base_disk, "node-name": "base-file",
-         "read-only": True},
-        {"driver": launch.base_format, "file": "base-file", "node-name": BASE_NODE,
-         "backing": None, "read-only": True},
+    disks = [(launch.base_disk, launch.base_format),
+             *((path, "qcow2") for path in launch.base_chain)]
+    nodes: list[dict[str, Any]] = []
+    for depth in reversed(range(len(disks))):
+        path, fmt = disks[depth]
+        node = BASE_NODE if depth == 0 else f"{BASE_NODE}-{depth}"
+        below = None if depth == len(disks) - 1 else f"{BASE_NODE}-{depth + 1}"
+        nodes += [{"driver": "file", "filename": path, "node-name": f"{node}-file",
+                   "read-only": True},
+                  {"driver": fmt, "file": f"{node}-file", "node-name": node, "backing": below,
+                   "read-only": True}]
+    nodes += [
         {"driver": "file", "filename": launch.overlay, "node-name": "file0",
          "cache": {"direct": False, "no-flush": True}},
         {"driver": "qcow2", "file": "file0", "backing": BASE_NODE, "node-name": DISK_NODE},
     ]
     argv: list[str] = []
-    for node in nodes:
-        argv += ["-blockdev", json.dumps(node, separators=(",", ":"))]
+    for each in nodes:
+        argv += ["-blockdev", json.dumps(each, separators=(",", ":"))]
     boot = ",bootindex=0" if launch.disk_boot is not None and launch.media is None else ""
     argv += ["-device", f"virtio-blk-pci,drive={DISK_NODE}{boot}"]
     if launch.seed is not None:

@@ -42,6 +42,7 @@ from vboxlab.providers.qemu import QemuMachine
 from vboxlab.sync.signing import SigningKey, TrustStore
 from vboxlab.sync.store import SyncError, TemplateStore, contents_digest
 from vboxlab.templates.archive import copy_hashing
+from vboxlab.templates.chain import disk_chain
 from vboxlab.templates.repository import BuiltTemplate, TemplateRepository, file_sha256
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,7 @@ def _localise_machine(folder: Path, name: str, old_dir: str | None, target: Path
                             "refusing the backup")
     launch["base_disk"] = str(built.disk)
     launch["base_format"] = "qcow2"
+    launch["base_chain"] = list(disk_chain(built))
     if launch.get("kernel") is not None:
         try:
             launch["kernel"] = str(direct_kernel(built.kernel))

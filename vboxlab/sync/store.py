@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import secrets
 import shutil
 import time
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vboxlab.errors import ConfigError, HostError, VboxlabError
+from vboxlab.names import is_valid_name
 from vboxlab.sync.remotes import Remote
 from vboxlab.sync.signing import (
     PublicKey,
@@ -56,7 +58,7 @@ from vboxlab.templates.archive import (
     install_verified,
     new_scratch,
 )
-from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateRepository
+from vboxlab.templates.repository import MANIFEST, MAX_LAYERS, BuiltTemplate, TemplateRepository
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -142,6 +144,9 @@ class TemplateStore:
         return posixpath.join(self.root, *parts)
 
     def _manifest_path(self, name: str, version: str) -> str:
+        if not is_valid_name(name) or not re.fullmatch(r"\d{1,9}\.\d{1,9}\.\d{1,9}", version):
+            raise SyncError(f"{self.remote.url}: {name!r} {version!r} is not a template name "
+                            "and version")
         return self.path("templates", name, version, MANIFEST)
 
     # -- reading --------------------------------------------------------
@@ -284,8 +289,12 @@ class TemplateStore:
     def push(self, built: BuiltTemplate, signer: SigningKey | None,
              progress: Progress = _quiet) -> Transfer:
         """Send ``built``: missing blobs first, then its signature (by ``signer``; None:
-        unsigned), the manifest last, and an entry in the remote's log."""
+        unsigned), the manifest last, and an entry in the remote's log. A layer's bases
+        go first (each as a template of its own), so the remote never lists a layer whose
+        base it lacks."""
         name, version = built.template.name, built.template.version
+        if built.bases:
+            self.push(built.bases[0], signer, progress)
         files: dict[str, str] = dict(built.manifest.get("files", {}))
         theirs = self.manifest(name, version)
         if theirs is not None:
@@ -342,7 +351,8 @@ class TemplateStore:
     # -- pull -----------------------------------------------------------
     @_remote_errors
     def pull(self, name: str, version: str, repository: TemplateRepository,
-             trust: TrustStore | None, progress: Progress = _quiet) -> Transfer:
+             trust: TrustStore | None, progress: Progress = _quiet, *,
+             depth: int = 0) -> Transfer:
         """Fetch ``name`` ``version`` into ``repository`` (verified, installed whole); its
         manifest must be signed by a key ``trust`` holds (None: take it unsigned)."""
         found = self._manifest_with_bytes(name, version)
@@ -353,6 +363,15 @@ class TemplateStore:
         signer = (self._check_signature(name, version, raw, trust) if trust is not None
                   else None)
         files: dict[str, str] = manifest["files"]
+        base = manifest.get("base")
+        if isinstance(base, dict) and isinstance(base.get("name"), str) and \
+                isinstance(base.get("version"), str) and depth < MAX_LAYERS and not any(
+                    b.template.version == base["version"]
+                    for b in repository.installed(base["name"])):
+            progress(f"{name} {version} is a layer over {base['name']} {base['version']}: "
+                     "pulling that first")
+            self.pull(base["name"], base["version"], repository, trust, progress,
+                      depth=depth + 1)
         for mine in repository.installed(name):
             if mine.template.version == version:
                 if mine.manifest.get("files") == files:

@@ -29,11 +29,20 @@ from typing import IO, Any
 
 from vboxlab.errors import ConfigError, HostFileNotFound, UntrustedImage
 from vboxlab.names import is_valid_name
-from vboxlab.templates.repository import MANIFEST, BuiltTemplate, TemplateRepository
-from vboxlab.templates.trust import check_disk, check_manifest, local_origin
+from vboxlab.templates.chain import check_incoming_disk
+from vboxlab.templates.repository import (
+    MANIFEST,
+    MAX_LAYERS,
+    BuiltTemplate,
+    TemplateRepository,
+)
+from vboxlab.templates.trust import check_manifest, local_origin
 from vboxlab.templates.versions import parse_version
 
 TOP = "vboxlab-template"
+#: the sections of a layer's bases in an archive made ``with_bases``: vboxlab-base-1, ...
+BASE_TOP = "vboxlab-base-"
+_TOPS = re.compile(rf"^(?:{TOP}|{BASE_TOP}[1-{MAX_LAYERS}])$")
 #: what an import leaves free on the cache's disk at the least
 FREE_SPACE_RESERVE = 256 << 20
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
@@ -51,22 +60,30 @@ class ImportResult:
     already_present: bool
 
 
-def export_template(built: BuiltTemplate, output: Path, *, level: int = 6) -> Path:
-    """Write ``built`` (manifest + files) to ``output`` as one .tar.gz; returns it."""
+def export_template(built: BuiltTemplate, output: Path, *, level: int = 6,
+                    with_bases: bool = False) -> Path:
+    """Write ``built`` (manifest + files) to ``output`` as one .tar.gz; returns it.
+
+    A layer's archive names its base by the base's file digests; ``with_bases`` puts the
+    bases in too (``vboxlab-base-N/``, the deepest first), so it imports on its own.
+    """
     output = Path(output)
     partial = output.with_name(f".{output.name}.partial")
-    files = built.manifest.get("files", {})
+    sections = [(f"{BASE_TOP}{depth}", base) for depth, base in
+                reversed(list(enumerate(built.bases, 1)))] if with_bases else []
+    sections.append((TOP, built))
     try:
         with gzip.open(partial, "wb", compresslevel=level) as zipped, \
                 tarfile.open(fileobj=zipped, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for name in [MANIFEST, *sorted(files)]:
-                source = built.folder / name
-                info = tarfile.TarInfo(f"{TOP}/{name}")
-                info.size = source.stat().st_size
-                info.mtime = int(source.stat().st_mtime)
-                info.mode = 0o644
-                with source.open("rb") as handle:
-                    tar.addfile(info, handle)
+            for top, each in sections:
+                for name in [MANIFEST, *sorted(each.manifest.get("files", {}))]:
+                    source = each.folder / name
+                    info = tarfile.TarInfo(f"{top}/{name}")
+                    info.size = source.stat().st_size
+                    info.mtime = int(source.stat().st_mtime)
+                    info.mode = 0o644
+                    with source.open("rb") as handle:
+                        tar.addfile(info, handle)
         partial.replace(output)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -97,8 +114,9 @@ def check_archive_manifest(data: Any) -> dict[str, Any]:
     return data
 
 
-def _member_name(member: tarfile.TarInfo, seen: set[str]) -> str:
-    """The file name inside TOP, after refusing everything an archive must not hold."""
+def _member_name(member: tarfile.TarInfo, seen: set[str]) -> tuple[str, str]:
+    """(section, file name) of an entry, after refusing everything an archive must not
+    hold; the section is TOP or a base's."""
     raw = member.name
     path = PurePosixPath(raw)
     if raw.startswith("/") or path.is_absolute():
@@ -110,12 +128,13 @@ def _member_name(member: tarfile.TarInfo, seen: set[str]) -> str:
                            "hold plain files only")
     if not member.isfile():
         raise ArchiveError(f"entry {raw!r} is not a regular file")
-    if len(path.parts) != 2 or path.parts[0] != TOP:
-        raise ArchiveError(f"entry {raw!r} is outside {TOP}/")
+    if len(path.parts) != 2 or not _TOPS.fullmatch(path.parts[0]):
+        raise ArchiveError(f"entry {raw!r} is outside {TOP}/ (and the {BASE_TOP}N/ of a "
+                           "layer's bases)")
     if raw in seen:
         raise ArchiveError(f"entry {raw!r} appears twice")
     seen.add(raw)
-    return path.parts[1]
+    return path.parts[0], path.parts[1]
 
 
 def import_template(archive: Path, repository: TemplateRepository, *,
@@ -126,9 +145,13 @@ def import_template(archive: Path, repository: TemplateRepository, *,
         raise HostFileNotFound(f"{archive}: no such archive")
     scratch = new_scratch(repository)
     try:
-        manifest, files = _unpack(archive, scratch)
-        return install_verified(scratch, manifest, files, repository, source=archive.name,
-                                force=force)
+        sections = _unpack(archive, scratch)
+        for top, manifest in sections[:-1]:  # a layer's bases, the deepest first
+            install_verified(scratch / top, manifest, dict(manifest["files"]), repository,
+                             source=archive.name)
+        top, manifest = sections[-1]
+        return install_verified(scratch / top, manifest, dict(manifest["files"]), repository,
+                                source=archive.name, force=force)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -151,8 +174,7 @@ def install_verified(scratch: Path, manifest: dict[str, Any], files: dict[str, s
     what = f"{source} ({name} {version})"
     try:
         check_manifest(manifest, what=what)
-        check_disk(scratch / "disk.qcow2", str(manifest.get("disk_format", "qcow2")),
-                   what=what)
+        check_incoming_disk(scratch / "disk.qcow2", manifest, repository, what=what)
     except UntrustedImage as exc:
         raise ArchiveError(str(exc)) from None
     manifest["imported"] = {"from": source, "at": time.strftime(
@@ -175,27 +197,42 @@ def install_verified(scratch: Path, manifest: dict[str, Any], files: dict[str, s
     return ImportResult(name, version, target, False)
 
 
-def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def _unpack(archive: Path, scratch: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every section's files into ``scratch/SECTION/``, each checked against its
+    manifest; (section, manifest) in archive order, the template's last."""
     seen: set[str] = set()
-    manifest: dict[str, Any] | None = None
+    sections: list[tuple[str, dict[str, Any]]] = []
     written: set[str] = set()
     try:
         with tarfile.open(archive, mode="r|gz") as tar:
             for member in tar:
-                name = _member_name(member, seen)
+                top, name = _member_name(member, seen)
                 stream = tar.extractfile(member)
                 if stream is None:
                     raise ArchiveError(f"entry {member.name!r} has no data")
-                if manifest is None:
+                if not sections or sections[-1][0] != top:
                     if name != MANIFEST:
-                        raise ArchiveError(f"the first entry must be {TOP}/{MANIFEST}, "
-                                           f"not {member.name!r}")
+                        raise ArchiveError(f"the first entry of {top}/ must be {top}/"
+                                           f"{MANIFEST}, not {member.name!r}")
+                    if sections:
+                        _check_complete(archive, *sections[-1], written)
+                    if sections and sections[-1][0] == TOP:
+                        raise ArchiveError(f"entry {member.name!r} follows {TOP}/, which "
+                                           "must come last")
+                    if any(top == done for done, _ in sections):
+                        raise ArchiveError(f"{top}/ appears twice")
                     try:
                         manifest = check_archive_manifest(json.loads(stream.read(1 << 20)))
                     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8
-                        raise ArchiveError(f"manifest.json is not valid JSON: {exc}") from None
+                        raise ArchiveError(f"{top}/manifest.json is not valid JSON: "
+                                           f"{exc}") from None
+                    sections.append((top, manifest))
+                    written = set()
+                    (scratch / top).mkdir()
                     continue
-                files: dict[str, str] = manifest["files"]
+                if name == MANIFEST:
+                    raise ArchiveError(f"entry {member.name!r} appears twice")
+                files: dict[str, str] = sections[-1][1]["files"]
                 if name not in files:
                     raise ArchiveError(f"entry {member.name!r} is not listed in the manifest")
                 free = shutil.disk_usage(scratch).free
@@ -205,7 +242,7 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
                         f"cache ({scratch.parent}) has {free >> 20} MiB free (and keeps "
                         f"{FREE_SPACE_RESERVE >> 20} MiB in reserve); free some space or move "
                         "the cache with VBOXLAB_CACHE")
-                digest = copy_hashing(stream, scratch / name)
+                digest = copy_hashing(stream, scratch / top / name)
                 if digest != files[name]:
                     raise ArchiveError(f"{name}: SHA-256 {digest} does not match the manifest's "
                                        f"{files[name]}: the archive is corrupted or was "
@@ -213,13 +250,19 @@ def _unpack(archive: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, str
                 written.add(name)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
         raise ArchiveError(f"{archive}: not a readable template archive ({exc})") from None
-    if manifest is None:
-        raise ArchiveError(f"{archive}: empty archive (no {TOP}/{MANIFEST})")
+    if not sections or sections[-1][0] != TOP:
+        raise ArchiveError(f"{archive}: no {TOP}/{MANIFEST} (or not last): not a template "
+                           "archive")
+    _check_complete(archive, *sections[-1], written)
+    return sections
+
+
+def _check_complete(archive: Path, top: str, manifest: dict[str, Any],
+                    written: set[str]) -> None:
     missing = sorted(set(manifest["files"]) - written)
     if missing:
-        raise ArchiveError(f"{archive}: files listed in the manifest are missing: "
+        raise ArchiveError(f"{archive}: files listed in {top}/{MANIFEST} are missing: "
                            f"{', '.join(missing)}")
-    return manifest, dict(manifest["files"])
 
 
 def copy_hashing(stream: IO[bytes], target: Path) -> str:

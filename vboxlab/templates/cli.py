@@ -20,8 +20,37 @@ console = Console(stderr=True)
 
 
 def _size(folder: Path) -> str:
-    total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    """Bytes of the folder's own files (a layer's kernel and initrd are its base's: links)."""
+    total = sum(p.stat().st_size for p in folder.iterdir()
+                if p.is_file() and p.stat().st_nlink == 1)
     return f"{total / 1e6:.1f} MB"
+
+
+def as_tree(rows: list[list[str]], parents: dict[tuple[str, str], tuple[str, str] | None]
+            ) -> list[list[str]]:
+    """``rows`` (name and version first) ordered as a tree: each layer under its base, its
+    name drawn with the branch it hangs on."""
+    keys = [(r[0], r[1]) for r in rows]
+    by_key = dict(zip(keys, rows, strict=True))
+    children: dict[tuple[str, str] | None, list[tuple[str, str]]] = {}
+    for key in keys:
+        parent = parents.get(key)
+        children.setdefault(parent if parent in by_key else None, []).append(key)
+    ordered: list[list[str]] = []
+
+    def visit(key: tuple[str, str], prefix: str, last: bool, depth: int) -> None:
+        row = list(by_key[key])
+        if depth:
+            row[0] = prefix + ("└─ " if last else "├─ ") + row[0]
+        ordered.append(row)
+        below = sorted(children.get(key, []))
+        for index, child in enumerate(below):
+            visit(child, prefix + (("   " if last else "│  ") if depth else ""),
+                  index == len(below) - 1, depth + 1)
+
+    for root in sorted(children.get(None, [])):
+        visit(root, "", True, 0)
+    return ordered
 
 
 @click.group()
@@ -37,24 +66,36 @@ def templates_list() -> None:
     definitions = repo.definitions()
     rows = []
     installed = repo.installed()
+    parents: dict[tuple[str, str], tuple[str, str] | None] = {}
     for name, template in sorted(definitions.items()):
         if not any(b.template.name == name and b.template.version == template.version
                    for b in installed):
             rows.append([name, template.version, repo.status(name), "-",
                          "pinned" if pins.get(name) == template.version else "",
                          template.definition.description])
+            if template.definition.base is not None:
+                wanted = TemplateRequest.parse(template.definition.base)
+                matching = [b for b in installed if b.template.name == wanted.name
+                            and wanted.matches(b.template.version)]
+                base_def = definitions.get(wanted.name)
+                parents[(name, template.version)] = \
+                    (wanted.name, matching[-1].template.version) if matching else \
+                    (wanted.name, base_def.version) if base_def else None
     for built in installed:
         name, version = built.template.name, built.template.version
         status = "built"
-        if name in definitions and definitions[name].version == version:
+        if built.base_problem is not None:
+            status = "base missing" if "not installed" in built.base_problem else "stale base"
+        elif name in definitions and definitions[name].version == version:
             status = repo.status(name)
         elif built.manifest.get("imported"):
             status = "imported"
         rows.append([name, version, status, _size(built.folder),
                      "pinned" if pins.get(name) == version else "",
                      built.template.definition.description])
-    rows.sort(key=lambda r: (r[0], r[1]))
-    print_table(["name", "version", "status", "size", "pin", "description"], rows)
+        parents[(name, version)] = built.base_ref
+    print_table(["name", "version", "status", "size", "pin", "description"],
+                as_tree(rows, parents))
 
 
 @templates.command("build")
@@ -94,8 +135,13 @@ def templates_inspect(request: str, as_json: bool) -> None:
                f"by {manifest.get('builder')}")
     if manifest.get("imported"):
         click.echo(f"  imported: {manifest['imported']['at']} from {manifest['imported']['from']}")
-    click.echo(f"  recipe:   {built.template.definition.build.recipe} "
-               f"(based on {built.template.definition.build.base})")
+    if built.base_ref is not None:
+        click.echo(f"  recipe:   layer over {built.base_ref[0]} {built.base_ref[1]} "
+                   f"(asks for {built.template.definition.base}); adds "
+                   f"{len(manifest.get('packages_added', []))} packages")
+    else:
+        click.echo(f"  recipe:   {built.template.definition.build.recipe} "
+                   f"(based on {built.template.definition.build.base})")
     click.echo(f"  inputs:   {manifest.get('inputs_digest')}")
     for name, digest in sorted(manifest.get("files", {}).items()):
         size = (built.folder / name).stat().st_size
@@ -210,11 +256,14 @@ def templates_pin(request: str, remove: bool) -> None:
 @templates.command("export")
 @click.argument("request")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def templates_export(request: str, output: Path) -> None:
+@click.option("--with-base", is_flag=True,
+              help="A layer: put its bases in the archive too (else the archive names them "
+                   "by digest and imports only where they are installed)")
+def templates_export(request: str, output: Path, with_base: bool) -> None:
     """Write an installed template (NAME[@VERSION]) to one verified archive file."""
     built = TemplateRepository().built(request)
     with console.status(f"exporting {built.template.name} {built.template.version}"):
-        export_template(built, output)
+        export_template(built, output, with_bases=with_base)
     click.echo(f"{output}: {built.template.name} {built.template.version}, "
                f"{output.stat().st_size / 1e6:.1f} MB")
 

@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vboxlab.errors import ConfigError
 from vboxlab.names import NAME_RULE, is_valid_name
@@ -74,11 +81,17 @@ class NetworkSettings(_Strict):
         "(always on for templates imported from another machine unless a lab turns it off)")
 
 
+_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,120}$")
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,100}(=[A-Za-z0-9.+~:-]{1,100})?$")
+
+
 class Build(_Strict):
     """The build recipe and what it is based on."""
 
-    recipe: Literal["initramfs", "debootstrap", "import"]
-    base: Literal["debian-12"] = "debian-12"
+    recipe: Literal["initramfs", "debootstrap", "import", "layer"]
+    base: Literal["debian-12"] = Field(
+        "debian-12", description="debootstrap: the distribution (a layer names its base "
+        "template with the top-level field base)")
     suite: str = Field("bookworm", pattern=r"^[a-z]+$", description="debootstrap: the suite")
     mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://[^\s]+$",
                         description="debootstrap: the Debian mirror")
@@ -88,6 +101,37 @@ class Build(_Strict):
     modules: tuple[str, ...] = ()
     disk_size_mb: int = Field(64, ge=8, le=1_048_576)
     files: str = Field("rootfs", description="folder beside template.toml copied into the image")
+    commands: tuple[str, ...] = Field(
+        (), description="layer: shell commands run once in the guest at build, as root, in "
+        "order, after the packages and files")
+    services: tuple[str, ...] = Field(
+        (), description="layer: systemd units enabled at build (they start at every boot)")
+
+    @field_validator("packages")
+    @classmethod
+    def _check_packages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for package in value:
+            if not _PACKAGE_RE.fullmatch(package):
+                raise ValueError(f"package {package!r} is not a Debian package name (such as "
+                                 "'nginx' or 'nginx=1.22.1-9')")
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _check_services(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for unit in value:
+            if not _SERVICE_RE.fullmatch(unit):
+                raise ValueError(f"service {unit!r} is not a systemd unit name (such as "
+                                 "'nginx' or 'postgresql.service')")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _check_files(cls, value: str) -> str:
+        if value.startswith("/") or ".." in Path(value).parts or not value:
+            raise ValueError(f"files {value!r}: give a folder inside the template's folder, "
+                             "such as 'rootfs'")
+        return value
 
 
 class TemplateDefinition(_Strict):
@@ -96,6 +140,9 @@ class TemplateDefinition(_Strict):
     name: str
     version: str
     description: str
+    base: str | None = Field(
+        None, description="a layer's base template and the versions it accepts, such as "
+        "'debian-12>=1.0,<2' (with [build] recipe = \"layer\")")
     resources: Resources = Field(default_factory=Resources)
     boot: Boot = Field(default_factory=Boot)
     access: Access = Field(default_factory=Access)
@@ -115,6 +162,49 @@ class TemplateDefinition(_Strict):
         if not _SEMVER_RE.fullmatch(value):
             raise ValueError("must be a semantic version such as 1.0.0")
         return value
+
+    @field_validator("base")
+    @classmethod
+    def _check_base(cls, value: str | None) -> str | None:
+        if value is not None:
+            from vboxlab.templates.versions import TemplateRequest
+
+            try:
+                TemplateRequest.parse(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _layer_has_base(self) -> TemplateDefinition:
+        layered = self.build.recipe == "layer"
+        if layered and self.base is None:
+            raise ValueError("recipe 'layer' needs base = \"NAME\" (or NAME>=X,<Y) at the top "
+                             "of the file: the template it is layered on")
+        if not layered and self.base is not None:
+            raise ValueError(f"base {self.base!r} is only for [build] recipe = \"layer\"")
+        if self.base is not None and _request_name(self.base) == self.name:
+            raise ValueError(f"base {self.base!r}: a template cannot be layered on itself")
+        return self
+
+
+def _request_name(request: str) -> str:
+    from vboxlab.templates.versions import TemplateRequest
+
+    return TemplateRequest.parse(request).name
+
+
+def effective_definition(layer: TemplateDefinition,
+                         base: TemplateDefinition) -> TemplateDefinition:
+    """What a layer boots as: its base's boot and access settings, its own name, build and
+    (where it gives them) resources and network."""
+    given = layer.model_fields_set
+    return layer.model_copy(update={
+        "boot": base.boot,
+        "access": base.access,
+        "resources": layer.resources if "resources" in given else base.resources,
+        "network": layer.network if "network" in given else base.network,
+    })
 
 
 class Template:
@@ -168,6 +258,13 @@ def load_template(folder: Path) -> Template:
             for err in exc.errors()
         )
         raise ConfigError(f"{path}: {problems}") from None
+    if definition.base is not None:
+        inherited = sorted({"boot", "access"} & set(raw))
+        if inherited:
+            raise ConfigError(
+                f"{path}: [{inherited[0]}]: a layer boots its base's kernel with its base's "
+                f"access settings; remove [{'] and ['.join(inherited)}] (they come from "
+                f"{definition.base})")
     if definition.name != folder.name:
         raise ConfigError(
             f"{path}: field name: {definition.name!r} differs from its folder name "

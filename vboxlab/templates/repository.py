@@ -20,12 +20,13 @@ from pydantic import ValidationError
 from vboxlab import __version__, procs
 from vboxlab.errors import BuildError, ConfigError, TemplateNotBuilt, TemplateNotFound
 from vboxlab.paths import cache_dir, repo_root
-from vboxlab.templates import rootfs
+from vboxlab.templates import layer, rootfs
 from vboxlab.templates.debs import Package
 from vboxlab.templates.definition import (
     DEFINITION_FILE,
     Template,
     TemplateDefinition,
+    effective_definition,
     load_template,
 )
 from vboxlab.templates.initramfs import Progress, build_image, inputs_digest, resolve_inputs
@@ -57,13 +58,31 @@ def definition_paths() -> list[Path]:
     return unique
 
 
+#: how deep a chain of layers may go (base, layer on it, layer on that, ...)
+MAX_LAYERS = 8
+
+
 @dataclass(frozen=True)
 class BuiltTemplate:
-    """A template image in the cache, with its manifest."""
+    """A template image in the cache, with its manifest.
+
+    A layer's ``bases`` are the templates under its disk, nearest first; a layer whose
+    base is missing or was rebuilt since carries ``base_problem`` instead.
+    """
 
     template: Template
     folder: Path
     manifest: dict[str, Any]
+    bases: tuple[BuiltTemplate, ...] = ()
+    base_problem: str | None = None
+
+    @property
+    def base_ref(self) -> tuple[str, str] | None:
+        """(name, version) of the base this template is a layer over, if it is one."""
+        base = self.manifest.get("base")
+        if not isinstance(base, dict):
+            return None
+        return str(base.get("name")), str(base.get("version"))
 
     @property
     def kernel(self) -> Path:
@@ -148,7 +167,7 @@ class TemplateRepository:
                     continue
                 built = self._from_manifest(version_dir)
                 if built is not None:
-                    found.append(built)
+                    found.append(self._with_bases(built))
         return sorted(found, key=lambda b: (b.template.name, parse_version(b.template.version)))
 
     def _from_manifest(self, folder: Path) -> BuiltTemplate | None:
@@ -172,6 +191,41 @@ class TemplateRepository:
         if template.version != manifest.get("version"):
             return None
         return BuiltTemplate(template, folder, manifest)
+
+    def _with_bases(self, built: BuiltTemplate, depth: int = 0) -> BuiltTemplate:
+        """``built`` with its chain of bases resolved (or the reason it cannot be)."""
+        record = built.manifest.get("base")
+        if record is None:
+            return built
+        label = f"template {built.template.name} {built.template.version}"
+        problem = None
+        bases: tuple[BuiltTemplate, ...] = ()
+        if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+            problem = f"{label}: its manifest's base record is damaged; rebuild it"
+        elif depth >= MAX_LAYERS:
+            problem = f"{label}: more than {MAX_LAYERS} layers deep; flatten it"
+        else:
+            name, version = str(record.get("name")), str(record.get("version"))
+            folder = self.images / name / version
+            base = self._from_manifest(folder) if (folder / MANIFEST).is_file() and \
+                not name.startswith(".") and "/" not in name + version else None
+            if base is None:
+                problem = (f"{label} is a layer over {name} {version}, which is not installed; "
+                           f"build or pull {name}@{version} (or import an archive that "
+                           "includes it)")
+            elif base.manifest.get("files") != record["files"]:
+                problem = (f"{label} is a layer over {name} {version}, which was rebuilt or "
+                           f"replaced since; rebuild it with `vboxlab templates build "
+                           f"{built.template.name}`")
+            else:
+                base = self._with_bases(base, depth + 1)
+                problem = base.base_problem
+                bases = (base, *base.bases)
+        return BuiltTemplate(built.template, built.folder, built.manifest, bases, problem)
+
+    def dependents(self, name: str, version: str) -> list[BuiltTemplate]:
+        """Installed templates that are layers directly over ``name`` ``version``."""
+        return [b for b in self.installed() if b.base_ref == (name, version)]
 
     def built(self, request: str) -> BuiltTemplate:
         """The image for ``request`` (``tiny``, ``tiny@1.0.0``, ``debian-12>=1.1,<2``).
@@ -211,6 +265,8 @@ class TemplateRepository:
                 raise TemplateNotBuilt(f"no installed version of {wanted.name!r} matches "
                                        f"{wanted}; installed: {have}{buildable}")
         built = chosen[-1]
+        if built.base_problem is not None:
+            raise TemplateNotBuilt(built.base_problem)
         if template is not None and built.template.version == template.version and \
                 built.manifest.get("source_digest") not in (None, template.source_digest()) \
                 and built.manifest.get("imported") is None:
@@ -235,6 +291,12 @@ class TemplateRepository:
             if not match:
                 have = ", ".join(b.template.version for b in self.installed(name)) or "none"
                 raise TemplateNotBuilt(f"{name} {version} is not installed; installed: {have}")
+            needed_by = self.dependents(name, version)
+            if needed_by:
+                listed = ", ".join(f"{b.template.name}@{b.template.version}" for b in needed_by)
+                raise ConfigError(f"{name} {version} is the base of {listed}; remove "
+                                  f"{'that' if len(needed_by) == 1 else 'those'} first "
+                                  "(`vboxlab templates remove NAME@VERSION`)")
             folder = match[0].folder
             trash = folder.with_name(f".removing-{version}-{os.getpid()}")
             folder.rename(trash)  # gone from listings at once, even if the delete is cut short
@@ -254,6 +316,17 @@ class TemplateRepository:
             if name in definitions:
                 keep.add(definitions[name].version)
             doomed += [b for b in versions if b.template.version not in keep]
+        def key(built: BuiltTemplate) -> tuple[str, str]:
+            return built.template.name, built.template.version
+
+        while True:  # a base stays while a template that stays is layered on it
+            going = {key(b) for b in doomed}
+            needed = {b.base_ref for b in self.installed() if key(b) not in going}
+            if not any(key(b) in needed for b in doomed):
+                break
+            doomed = [b for b in doomed if key(b) not in needed]
+        # layers before their bases
+        doomed.sort(key=lambda b: -len(b.bases))
         if not dry_run:
             for built in doomed:
                 self.remove(built.template.name, built.template.version)
@@ -322,10 +395,16 @@ class TemplateRepository:
             raise ConfigError(f"{name}: recipe 'import' is made by `vboxlab templates "
                               "import-image`, not built from a definition")
         packages: list[Package] = []
+        base: BuiltTemplate | None = None
         if recipe == "initramfs":
             report("resolving Debian packages")
             packages = resolve_inputs(template)
             digest = inputs_digest(template, packages)
+        elif recipe == "layer":
+            base = self._base_for(template, report)
+            template = Template(effective_definition(template.definition,
+                                                     base.template.definition), template.folder)
+            digest = layer.inputs_digest(template, base)
         else:
             digest = rootfs.inputs_digest(template)
         with self.lock(name):
@@ -343,6 +422,8 @@ class TemplateRepository:
             try:
                 if recipe == "initramfs":
                     extra = build_image(template, packages, scratch, self.cache / "debs", report)
+                elif base is not None:
+                    extra = layer.build_layer(template, base, scratch, self, report)
                 else:
                     extra = rootfs.build_image(template, scratch, self.cache, report)
                 manifest = {
@@ -373,4 +454,25 @@ class TemplateRepository:
                 raise
             if not (target / MANIFEST).is_file():
                 raise BuildError(f"build of {name} left no manifest in {target}")
-            return BuiltTemplate(template, target, manifest), True
+            for stale in self.dependents(name, template.version):
+                log.warning("%s %s is a layer over the %s %s just rebuilt: rebuild it too "
+                            "(vboxlab templates build %s)", stale.template.name,
+                            stale.template.version, name, template.version,
+                            stale.template.name)
+            return self._with_bases(BuiltTemplate(template, target, manifest)), True
+
+    def _base_for(self, template: Template, report: Progress) -> BuiltTemplate:
+        """The installed base a layer is built on, building it first from its definition
+        when no installed version matches."""
+        request = template.definition.base
+        assert request is not None
+        try:
+            return self.built(request)
+        except TemplateNotBuilt as exc:
+            wanted = TemplateRequest.parse(request)
+            definition = self.definitions().get(wanted.name)
+            if definition is None or not wanted.matches(definition.version):
+                raise TemplateNotBuilt(f"{template.name}: its base {request}: {exc}") from None
+            report(f"building its base {wanted.name} {definition.version} first")
+            self.build(wanted.name, progress=report)
+            return self.built(f"{wanted.name}@{definition.version}")

@@ -35,8 +35,9 @@ _EXT_DATA_FILE_NAME = 0x44415441
 _EXT_BACKING_FORMAT = 0xE2792ACA
 
 
-def header_problems(path: Path) -> tuple[str | None, list[str]]:
-    """(format seen by magic, problems) from the first 64 KiB of the image."""
+def header_problems(path: Path, backing: str | None = None) -> tuple[str | None, list[str]]:
+    """(format seen by magic, problems) from the first 64 KiB of the image; ``backing``:
+    the one backing file name (a layer's base, in qcow2 format) the header must give."""
     with path.open("rb") as handle:
         head = handle.read(65536)
     if head[:4] != QCOW2_MAGIC:
@@ -45,9 +46,15 @@ def header_problems(path: Path) -> tuple[str | None, list[str]]:
         return "qcow2", [f"is cut short ({len(head)} bytes, less than a qcow2 header)"]
     problems = []
     version, backing_offset, backing_size = struct.unpack(">IQI", head[4:20])
+    named = None
     if backing_offset or backing_size:
-        name = head[backing_offset:backing_offset + min(backing_size, 1023)]
-        problems.append(f"names a backing file {name.decode(errors='replace')!r}")
+        named = head[backing_offset:backing_offset + min(backing_size, 1023)].decode(
+            errors="replace")
+        if named != backing:
+            problems.append(f"names a backing file {named!r}" + (
+                f" where its base is {backing!r}" if backing else ""))
+    elif backing is not None:
+        problems.append(f"names no backing file where its base is {backing!r}")
     if version >= 3 and len(head) >= 104:
         incompatible = struct.unpack(">Q", head[72:80])[0]
         header_length = struct.unpack(">I", head[100:104])[0]
@@ -65,18 +72,25 @@ def header_problems(path: Path) -> tuple[str | None, list[str]]:
             problems.append(f"names an external data file {data.decode(errors='replace')!r}")
         elif kind == _EXT_BACKING_FORMAT and not backing_offset:
             problems.append("carries a backing format without a backing file")
+        elif kind == _EXT_BACKING_FORMAT and data.rstrip(b"\0") != b"qcow2":
+            problems.append(f"gives its backing file format "
+                            f"{data.decode(errors='replace')!r}, not qcow2")
         offset += 8 + ((length + 7) & ~7)
     return "qcow2", problems
 
 
-def check_disk(path: Path, expected_format: str = "qcow2", *, what: str = "") -> None:
-    """Refuse ``path`` unless it is a self-contained image of ``expected_format``."""
+def check_disk(path: Path, expected_format: str = "qcow2", *, what: str = "",
+               backing: str | None = None) -> None:
+    """Refuse ``path`` unless it is a self-contained image of ``expected_format``, or (a
+    layer) a qcow2 image whose only outside reference is ``backing``, its base's disk."""
     label = what or str(path)
     if expected_format not in DISK_FORMATS:
         raise UntrustedImage(f"{label}: disk format {expected_format!r} is not accepted; "
                              f"template disks are {', '.join(DISK_FORMATS)}")
+    if backing is not None and expected_format != "qcow2":
+        raise UntrustedImage(f"{label}: a layer's disk is qcow2, not {expected_format!r}")
     try:
-        seen, problems = header_problems(path)
+        seen, problems = header_problems(path, backing)
     except OSError as exc:
         raise UntrustedImage(f"{label}: cannot read {path}: {exc}") from None
     if seen != expected_format:
@@ -85,16 +99,22 @@ def check_disk(path: Path, expected_format: str = "qcow2", *, what: str = "") ->
                              "tampered with: rebuild or re-import it")
     if problems:
         raise UntrustedImage(f"{label}: {path.name} {'; '.join(problems)}; template disks must "
-                             "stand alone (a backing or data file would map a host file into "
-                             "the guest). Refusing it: rebuild the template, or import an "
-                             "archive from a source you trust")
+                             "stand alone or (layers) name only their base's disk (any other "
+                             "backing or data file would map a host file into the guest). "
+                             "Refusing it: rebuild the template, or import an archive from a "
+                             "source you trust")
     info = qemu_img_info(path, label, expected_format)
     problems = []
     if info.get("format") != expected_format:
         problems.append(f"qemu-img reads it as {info.get('format')!r}")
-    for key in ("backing-filename", "full-backing-filename", "backing-filename-format"):
-        if info.get(key):
-            problems.append(f"names a backing file {info[key]!r}")
+    if info.get("backing-filename") != backing:
+        problems.append(f"names a backing file {info.get('backing-filename')!r}")
+    if backing is not None and info.get("backing-filename-format") not in (None, "qcow2"):
+        problems.append(f"names a backing format {info.get('backing-filename-format')!r}")
+    elif backing is None:
+        for key in ("full-backing-filename", "backing-filename-format"):
+            if info.get(key):
+                problems.append(f"names a backing file {info[key]!r}")
     data = info.get("format-specific", {}).get("data", {})
     if data.get("data-file"):
         problems.append(f"names an external data file {data['data-file']!r}")
