@@ -172,3 +172,54 @@ def test_the_cli_draws_the_tree_and_keeps_a_needed_base(repository):
     assert f"debian-12 {base.template.version} is the base of " in removed.stdout + \
         removed.stderr
     assert repository.built(f"debian-12@{base.template.version}")
+
+
+def test_a_layer_over_a_base_from_elsewhere_is_built_by_apt_in_the_guest(tmp_path, repository):
+    """A base built on another machine never runs on the host: its layer's packages are
+    installed by apt inside the booted base. The layer's files, commands and services land,
+    the build VM's host key does not, and the result boots as its own template."""
+    base = repository.built("debian-12")
+    repo = TemplateRepository(cache=tmp_path / "cache", search=[tmp_path / "defs"])
+    copy = repo.images / "debian-12" / base.template.version
+    copy.mkdir(parents=True)
+    for file in base.manifest["files"]:
+        os.link(base.folder / file, copy / file)
+    manifest = dict(base.manifest, imported={"from": "elsewhere.tar.gz", "foreign": True,
+                                             "at": "2026-11-28T00:00:00Z"})
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    definition = tmp_path / "defs" / "hello-layer"
+    (definition / "rootfs" / "etc").mkdir(parents=True)
+    (definition / "rootfs" / "etc" / "motd.lab").write_text("made by a layer\n")
+    (definition / "template.toml").write_text(textwrap.dedent(f"""\
+        name = "hello-layer"
+        version = "1.0.0"
+        description = "hello, from apt in the guest"
+        base = "debian-12=={base.template.version}"
+        [build]
+        recipe = "layer"
+        packages = ["hello"]
+        commands = ["hello > /etc/hello.txt"]
+        services = ["hello-at-boot.service"]
+        """))
+    (definition / "rootfs" / "etc" / "systemd" / "system").mkdir(parents=True)
+    (definition / "rootfs" / "etc" / "systemd" / "system" / "hello-at-boot.service").write_text(
+        "[Unit]\nDescription=hello at boot\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+        "ExecStart=/bin/sh -c 'hello > /run/hello-at-boot'\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    said: list[str] = []
+    built, ran = repo.build("hello-layer", progress=said.append)
+    assert ran and any("installed in the guest (slower)" in s and "another machine" in s
+                       for s in said)
+    assert "hello" in {p.split("=")[0] for p in built.manifest["packages_added"]}
+    with Lab(base=tmp_path / "labs", repository=repo, boot_timeout=240) as lab:
+        vm = lab.vm("hi", template="hello-layer")
+        assert vm.succeed("hello") == "Hello, world!\n"
+        assert vm.succeed("cat /etc/hello.txt /etc/motd.lab") == \
+            "Hello, world!\nmade by a layer\n"
+        vm.wait_for_unit("hello-at-boot.service")
+        assert vm.succeed("cat /run/hello-at-boot") == "Hello, world!\n"
+        assert vm.succeed("cat /etc/vboxlab/template") == "hello-layer 1.0.0\n"
+        # this VM's own host key (the build VM's was removed), a fresh machine id
+        assert (vm.state_dir / "known_hosts.pub").read_text().split()[1] in \
+            vm.succeed("cat /etc/ssh/ssh_host_ed25519_key.pub")
+        assert vm.succeed("ls /var/lib/apt/lists/ | grep -c _Packages || true").strip() == "0"

@@ -5,14 +5,13 @@ libvirt's explicit chain, and the tree ``templates list`` draws."""
 import json
 import re
 import subprocess
-import textwrap
 
 import pytest
 
 from vboxlab.errors import ConfigError, TemplateNotBuilt, UntrustedImage
 from vboxlab.providers.libvirt_xml import domain_xml
 from vboxlab.providers.qemu_argv import QemuLaunch, build_argv
-from vboxlab.pytest.policy import require_tool
+from vboxlab.pytest.policy import missing_capability, require_tool
 from vboxlab.templates import TemplateRepository
 from vboxlab.templates.archive import ArchiveError, export_template, import_template
 from vboxlab.templates.chain import check_template_disks, disk_chain
@@ -20,6 +19,7 @@ from vboxlab.templates.cli import as_tree
 from vboxlab.templates.definition import effective_definition, load_template
 
 from .helpers import install, install_layer
+from .test_definition import write as write_definition
 
 LAYER = """
 name = "dev-demo"
@@ -35,10 +35,7 @@ services = ["ssh.service"]
 
 
 def write(tmp_path, text, folder="dev-demo"):
-    path = tmp_path / folder
-    path.mkdir()
-    (path / "template.toml").write_text(textwrap.dedent(text))
-    return path
+    return write_definition(tmp_path, text, folder)
 
 
 @pytest.fixture
@@ -241,3 +238,31 @@ def test_sync_pushes_the_bases_first_and_pulls_a_missing_base_first(repo, tmp_pa
     assert [b.template.name for b in empty.built("top").bases] == ["layer", "base"]
     assert any("is a layer over layer 1.0.0: pulling that first" in s for s in said)
     check_template_disks(empty.built("top"))
+
+
+def test_staged_changes_list_new_files_deletions_and_replaced_folders(tmp_path):
+    """An overlayfs upper folder as apt leaves it: new files, a whiteout (a deleted file),
+    an opaque folder (replaced whole); the guest's command empties, deletes, unpacks."""
+    import os
+
+    from vboxlab.templates.layer_stage import StagedChanges, _walk, apply_commands
+
+    if os.geteuid() != 0:
+        missing_capability("whiteouts and trusted.* attributes need root")
+    upper = tmp_path / "upper"
+    (upper / "usr/bin").mkdir(parents=True)
+    (upper / "usr/bin/tool").write_text("#!/bin/sh\n")
+    (upper / "usr/lib").mkdir()
+    (upper / "usr/lib/current").symlink_to("/usr/lib/x86_64-linux-gnu")
+    os.mknod(upper / "usr/bin/old", 0o600 | 0o020000, os.makedev(0, 0))  # a whiteout
+    (upper / "etc/conf.d").mkdir(parents=True)
+    os.setxattr(upper / "etc/conf.d", "trusted.overlay.opaque", b"y")
+    entries, deleted, opaque = _walk(upper)
+    assert sorted(entries) == ["etc", "etc/conf.d", "usr", "usr/bin", "usr/bin/tool", "usr/lib",
+                               "usr/lib/current"]
+    assert deleted == ["/usr/bin/old"] and opaque == ["/etc/conf.d"]
+    script = apply_commands(StagedChanges(tmp_path / "c.tar", tuple(deleted), tuple(opaque)),
+                            "/run/x/changes.tar", "/run/x/deleted")
+    assert "if [ -d /etc/conf.d ]; then find /etc/conf.d -mindepth 1 -delete; fi" in script
+    assert "xargs -0 -r rm -rf -- < /run/x/deleted" in script
+    assert "--xattrs --xattrs-include='*'" in script

@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +32,23 @@ from vboxlab.templates import layer_stage
 from vboxlab.templates.chain import backing_name, base_record
 from vboxlab.templates.definition import Template
 from vboxlab.templates.initramfs import Progress
-from vboxlab.templates.layer_stage import apply_commands, can_stage_natively, stage_packages
+from vboxlab.templates.layer_stage import (
+    StagedChanges,
+    apply_commands,
+    can_stage_natively,
+    stage_packages,
+)
 
 if TYPE_CHECKING:
     from vboxlab.machine import Machine
     from vboxlab.templates.repository import BuiltTemplate, TemplateRepository
 
 RECIPE_VERSION = "1"
-#: memory of the build VM (MiB): apt's downloads and lists live in a tmpfs, not on the layer
-BUILD_MEMORY = 1536
+#: memory of the build VM (MiB): apt's downloads and lists and the packages' changes live in
+#: a tmpfs, not on the layer (QEMU takes from the host only what the guest touches)
+BUILD_MEMORY = 3072
+#: how much of the build VM's memory each tmpfs may use (%)
+TMPFS_SHARE = 75
 #: seconds for each step in the guest (package installs under TCG take minutes)
 STEP_TIMEOUT = 1800
 #: where apt keeps downloads and lists during the build: RAM, so the layer never holds them
@@ -89,27 +98,35 @@ def build_layer(template: Template, base: BuiltTemplate, scratch: Path,
     files = template.folder / build.files
     growth = build.disk_size_mb if "disk_size_mb" in build.model_fields_set else 0
     # a lab like any other (in the state folder: `vboxlab clean` finds it if we are killed)
-    with Lab(repository=repository, boot_timeout=300) as lab:
-        staged = None
+    with Lab(repository=repository, boot_timeout=300) as lab, \
+            ThreadPoolExecutor(1, thread_name_prefix="stage") as host:
+        staging: Future[StagedChanges] | None = None
         if build.packages:
             why_not = can_stage_natively(base)
-            if why_not is None:
-                staged = stage_packages(base, build.packages, scratch / "stage", report)
+            if why_not is None:  # on the host while the base boots
+                staging = host.submit(stage_packages, base, build.packages, scratch / "stage",
+                                      report)
             else:
                 report(f"the packages are installed in the guest (slower): {why_not}")
         report(f"booting its base {base_label} with the new layer as its disk")
+        memory = max(BUILD_MEMORY, template.definition.resources.memory)
         vm = lab.vm("build", template=f"{base.template.name}@{base.template.version}",
-                    memory=max(BUILD_MEMORY, template.definition.resources.memory,
-                               1024 + 2 * (staged.archive.stat().st_size >> 20 if staged
-                                           else 0)),
-                    cpus=max(2, template.definition.resources.cpus), restrict=False)
+                    memory=memory, cpus=max(2, template.definition.resources.cpus),
+                    restrict=False)
         if growth:
             report(f"growing the root filesystem by {growth} MiB")
             _grow(vm, growth)
         # apt's downloads and what is copied in live in memory: the layer never holds them
-        _guest(vm, f"mkdir -p {STAGING} && " + " && ".join(f"mount -t tmpfs -o size=60% tmpfs {d}"
-                               for d in (*APT_TMPFS, STAGING)) + f" && chmod 700 {STAGING}",
-               "putting apt's downloads in memory")
+        _guest(vm, f"mkdir -p {STAGING} && " + " && ".join(
+            f"mount -t tmpfs -o size={TMPFS_SHARE}% tmpfs {d}" for d in (*APT_TMPFS, STAGING))
+            + f" && chmod 700 {STAGING}", "putting apt's downloads in memory")
+        staged = staging.result() if staging is not None else None
+        if staged is not None and staged.archive.stat().st_size > \
+                (memory << 20) * TMPFS_SHARE // 100 - (256 << 20):
+            raise BuildError(f"{template.name}: the packages' changes "
+                             f"({staged.archive.stat().st_size >> 20} MiB) do not fit in the "
+                             f"build VM's memory ({memory} MiB); give the layer more "
+                             "[resources] memory or split it into two layers")
         before = set(_installed(vm))
         if staged is not None:
             report(f"applying the packages' changes ({staged.archive.stat().st_size >> 20} "
