@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -33,13 +34,19 @@ def repository():
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, repository):
+    """One VM of each environment, booted side by side."""
     with Lab(base=tmp_path_factory.mktemp("layers"), repository=repository,
-             boot_timeout=240) as the_lab:
+             boot_timeout=300) as the_lab:
+        with ThreadPoolExecutor(len(ENVIRONMENTS)) as pool:
+            booting = [pool.submit(the_lab.vm, name.removeprefix("dev-"), template=name)
+                       for name in ENVIRONMENTS]
+            for future in booting:
+                future.result()
         yield the_lab
 
 
 def test_dev_python_makes_a_venv_and_runs_a_test_in_it(lab):
-    vm = lab.vm("py", template="dev-python")
+    vm = lab.machines["python"]
     # without pip in the venv: ensurepip takes a minute under TCG; pip itself is there
     vm.succeed("python3 -m venv --without-pip /opt/venv && pip3 --version", timeout=180)
     vm.succeed("mkdir -p /src && cat > /src/test_sum.py <<'EOF'\n"
@@ -57,7 +64,7 @@ def test_dev_python_makes_a_venv_and_runs_a_test_in_it(lab):
 
 
 def test_dev_web_serves_a_page_that_reads_a_row_from_the_database(lab):
-    vm = lab.vm("web", template="dev-web")
+    vm = lab.machines["web"]
     vm.wait_for_unit("postgresql.service", timeout=120)
     vm.wait_for_unit("nginx.service", timeout=60)
     vm.succeed("runuser -u www-data -- psql -q -d app -c \"INSERT INTO greetings (message) "
@@ -72,7 +79,7 @@ def test_dev_web_serves_a_page_that_reads_a_row_from_the_database(lab):
 
 
 def test_dev_c_builds_a_program_and_valgrind_finds_its_leak(lab):
-    vm = lab.vm("c", template="dev-c")
+    vm = lab.machines["c"]
     program = textwrap.dedent("""\
         #include <stdio.h>
         #include <stdlib.h>
@@ -98,7 +105,7 @@ def test_dev_c_builds_a_program_and_valgrind_finds_its_leak(lab):
 
 
 def test_dev_node_runs_a_script_and_npm_works(lab):
-    vm = lab.vm("node", template="dev-node")
+    vm = lab.machines["node"]
     vm.succeed("mkdir -p /app && cd /app && npm init -y >/dev/null", timeout=240)
     vm.succeed("cat > /app/index.js <<'EOF'\n"
                "const os = require('os');\n"
@@ -128,7 +135,7 @@ def test_each_environment_is_a_small_layer_over_debian_12(repository, name):
 def test_booting_a_layer_never_writes_its_base(repository, lab):
     base = repository.built("dev-node").bases[0]
     before = base.disk.stat()
-    vm = lab.machines.get("node") or lab.vm("node", template="dev-node")
+    vm = lab.machines["node"]
     vm.succeed("dd if=/dev/zero of=/var/tmp/fill bs=1M count=8 && sync")
     after = base.disk.stat()
     assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
