@@ -256,7 +256,9 @@ class TemplateStore:
         data = json.dumps(entry, sort_keys=True).encode()
         record = {"entry": entry,
                   "signature": signer.sign("log", data) if signer is not None else None}
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+        # microseconds too: names sort in the order the entries were made
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + \
+            f".{int(now * 1e6) % 1_000_000:06d}"
         self.write_small(self.path("log", f"{stamp}-{secrets.token_hex(6)}.json"),
                              (json.dumps(record, sort_keys=True) + "\n").encode())
 
