@@ -366,8 +366,10 @@ class TemplateStore:
                   else None)
         files: dict[str, str] = manifest["files"]
         base = manifest.get("base")
-        if isinstance(base, dict) and isinstance(base.get("name"), str) and \
-                isinstance(base.get("version"), str) and depth < MAX_LAYERS and not any(
+        if isinstance(base, dict) and is_valid_name(base.get("name")) and \
+                isinstance(base.get("version"), str) and \
+                re.fullmatch(r"\d{1,9}\.\d{1,9}\.\d{1,9}", base["version"]) and \
+                depth < MAX_LAYERS and not any(
                     b.template.version == base["version"]
                     for b in repository.installed(base["name"])):
             progress(f"{name} {version} is a layer over {base['name']} {base['version']}: "
