@@ -131,6 +131,7 @@ bench: setup templates
 	$(BIN)/python benchmarks/channels.py --output $(REPORTS)/bench-channels.json
 	$(BIN)/python benchmarks/snapshots.py --output $(REPORTS)/bench-snapshots.json
 	$(BIN)/python benchmarks/fabric.py --output $(REPORTS)/bench-fabric.json
+	$(BIN)/python benchmarks/scale.py --output $(REPORTS)/bench-scale.json
 	$(BIN)/python benchmarks/media.py --output $(REPORTS)/bench-media.json
 	$(BIN)/python benchmarks/templates.py --output $(REPORTS)/bench-templates.json
 	$(BIN)/python benchmarks/console.py --output $(REPORTS)/bench-console.json

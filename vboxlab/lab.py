@@ -27,13 +27,21 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vboxlab import procs
 from vboxlab.boottimeline import BootTimeline
+from vboxlab.bringup import (
+    BootStep,
+    BringUpError,
+    bring_up,
+    check_parallel,
+    default_parallel,
+    terminal,
+)
 from vboxlab.errors import ConfigError, HostError, MachineNotFound, VboxlabError
 from vboxlab.kernelargs import check_kernel_args
 from vboxlab.keys import KeyPair, load_or_create
@@ -84,7 +92,7 @@ class Lab:
                  accel: str = "auto", repository: TemplateRepository | None = None,
                  boot_timeout: float = 90.0, channel: str = "auto", name: str | None = None,
                  role: str = "session", libvirt_uri: str | None = None,
-                 hosts: dict[str, str] | None = None) -> None:
+                 hosts: dict[str, str] | None = None, parallel: int | None = None) -> None:
         self.base = private_dir(Path(base) if base is not None else state_base())
         self.id = check_name(name, "lab") if name is not None else new_lab_id(worker)
         self.dir = self.base / self.id
@@ -97,6 +105,10 @@ class Lab:
         self.default_template = template
         self.default_provider = provider
         self.boot_timeout = boot_timeout
+        #: how many VMs may boot at once (``--lab-parallel``); None: the host's cores, or
+        #: fewer if its free memory holds fewer
+        self.parallel = check_parallel(parallel, "lab parallel") if parallel is not None \
+            else None
         self.repository = repository or TemplateRepository()
         if channel not in ("auto", "ssh"):
             raise ConfigError(f"command channel {channel!r}: use auto (the template's agent "
@@ -287,6 +299,60 @@ class Lab:
         return self.vm(name, provider="netns", nics=nics, hosts=hosts, routes=routes,
                        forward=forward)
 
+    #: what :meth:`vms` takes for each machine (:meth:`vm`'s keyword arguments)
+    VM_SETTINGS = frozenset({"template", "memory", "cpus", "rollback", "nics", "hosts", "routes",
+                             "forward", "media", "provider", "restrict", "kernel_args"})
+
+    def vms(self, machines: Mapping[str, Mapping[str, Any]], *,
+            parallel: int | None = None) -> dict[str, Machine]:
+        """Create and boot several machines side by side; returns them by name.
+
+        ``lab.vms({"web": {"template": "dev-web"}, "db": {"memory": 512}})``: each
+        value holds :meth:`vm`'s keyword arguments. At most ``parallel`` VMs boot at
+        once (default: the lab's limit). If one fails, the others are stopped and
+        removed, and :class:`~vboxlab.bringup.BringUpError` names it, says why and
+        shows its console's last lines.
+        """
+        steps = []
+        for name, settings in machines.items():
+            if not isinstance(settings, Mapping):
+                raise ConfigError(f"lab.vms: {name}: give a dict of settings (like "
+                                  f"{{'template': 'tiny'}}), not {settings!r}")
+            unknown = sorted(set(settings) - self.VM_SETTINGS)
+            if unknown:
+                raise ConfigError(f"lab.vms: {name}: unknown setting {unknown[0]!r}; use "
+                                  f"{', '.join(sorted(self.VM_SETTINGS))}")
+            options = dict(settings)
+            steps.append(BootStep(name, lambda name=name, options=options:  # type: ignore[misc]
+                                  self.create(name, **options),
+                                  counted=options.get("provider") != "netns"))
+        memory = max((self._memory_of(s.get("template"), s.get("memory"))
+                      for s in machines.values()), default=0)
+        try:
+            return self._bring_up(steps, memory, parallel)
+        except BringUpError as exc:
+            for machine in exc.created:
+                if machine.name in self.machines:
+                    self.remove_vm(machine.name)
+            raise
+
+    def _memory_of(self, template: str | None, memory: int | None) -> int:
+        """A machine's memory in MiB, for the bring-up limit (256 if it cannot be known yet)."""
+        if memory:
+            return int(memory)
+        try:
+            built = self.repository.built(template or self.default_template)
+        except VboxlabError:
+            return 256  # create() reports the problem with the machine's name
+        return built.template.definition.resources.memory
+
+    def _bring_up(self, steps: Sequence[BootStep], memory: int,
+                  parallel: int | None = None) -> dict[str, Machine]:
+        limit = check_parallel(parallel, "parallel") if parallel is not None else \
+            self.parallel or default_parallel(memory, host_memory_available_mb())
+        return bring_up(steps, parallel=limit, log=self.log, wait_ready=self._wait_ready,
+                        progress_stream=terminal())
+
     def boot(self, machine: Machine) -> None:
         """Start a created machine, wait until it answers, and announce it."""
         started = time.monotonic()
@@ -401,7 +467,7 @@ class Lab:
         """
         from vboxlab.net.fabric import Fabric
         from vboxlab.net.network import Network
-        from vboxlab.net.plan import fabric_settings, plan_network
+        from vboxlab.net.plan import NodePlan, fabric_settings, plan_network
 
         if not isinstance(topology, Topology):
             topology = load_topology(topology)  # a bad file is reported before anything else
@@ -434,35 +500,57 @@ class Lab:
             remote_hosts = sorted({where[n.name] or "" for n in plan.nodes
                                    if where[n.name] and n.nics})
             fabric: Fabric | FabricSet = FabricSet(local) if remote_hosts else local
-            machines: dict[str, Machine] = {}
+            created: list[str] = []
             try:
                 local.start()
                 remote_fabrics = self._start_remote_fabrics(fabric, remote_hosts, plan, where)
                 fabric.seed(seed)
                 for trunk in plan.trunks:
                     fabric.add_trunk(trunk.id, trunk.segment_a, trunk.segment_b)
-                started = time.monotonic()
-                for node in plan.nodes:  # all start, then all are waited for: boots overlap
-                    on_host = remote_fabrics.get(where[node.name] or "")
-                    nics = tuple(NicSpec(n.name, n.mac, n.address, udp=self._remote_port(
-                        on_host, n.port, n.segment) if on_host else None) for n in node.nics)
-                    machine = self.create(
-                        node.name, provider=node.provider, host_uri=node.host_uri,
-                        template=node.template, memory=node.memory, cpus=node.cpus, nics=nics,
-                        hosts=plan.hosts, routes=node.routes, forward=node.forward)
-                    machines[node.name] = machine
-                    machine.power_on()
-                    handed = [n for n, spec in zip(node.nics, nics, strict=True)
-                              if spec.udp is None]
-                    for nic, fd in zip(handed, machine.handle.fabric_fds(), strict=True):
-                        fabric.add_port(nic.port, fd, nic.segment)
+                settings: dict[str, dict[str, float | int | str]] = {}
                 for link in plan.links:
-                    fabric.set(link.a_to_b_dir, **fabric_settings(link.a_to_b))
-                    fabric.set(link.b_to_a_dir, **fabric_settings(link.b_to_a))
-                for machine in machines.values():
-                    self._wait_ready(machine, started)
+                    settings[link.a_to_b_dir] = fabric_settings(link.a_to_b)
+                    settings[link.b_to_a_dir] = fabric_settings(link.b_to_a)
+                for direction, values in settings.items():
+                    if direction.startswith("t"):  # trunks exist now; ports with their node
+                        fabric.set(direction, **values)
+
+                def step(node: NodePlan) -> BootStep:
+                    """One node: created with its NICs; its ports join the fabric (with their
+                    links' settings) as soon as it starts, before it is waited for."""
+                    on_host = remote_fabrics.get(where[node.name] or "")
+                    specs: list[NicSpec] = []
+
+                    def create() -> Machine:
+                        specs.extend(NicSpec(n.name, n.mac, n.address, udp=self._remote_port(
+                            on_host, n.port, n.segment) if on_host else None)
+                            for n in node.nics)
+                        machine = self.create(
+                            node.name, provider=node.provider, host_uri=node.host_uri,
+                            template=node.template, memory=node.memory, cpus=node.cpus,
+                            nics=specs, hosts=plan.hosts, routes=node.routes,
+                            forward=node.forward)
+                        created.append(node.name)
+                        return machine
+
+                    def started(machine: Machine) -> None:
+                        handed = [n for n, spec in zip(node.nics, specs, strict=True)
+                                  if spec.udp is None]
+                        for nic, fd in zip(handed, machine.handle.fabric_fds(), strict=True):
+                            fabric.add_port(nic.port, fd, nic.segment)
+                        for nic in node.nics:
+                            for direction in (f"p{nic.port}.in", f"p{nic.port}.out"):
+                                if direction in settings:
+                                    fabric.set(direction, **settings[direction])
+
+                    return BootStep(node.name, create, started,
+                                    counted=node.provider != "netns")
+
+                memory = max((self._memory_of(n.template, n.memory) for n in plan.nodes
+                              if n.provider != "netns"), default=0)
+                machines = self._bring_up([step(node) for node in plan.nodes], memory)
             except BaseException:
-                self._teardown_network(list(machines), fabric)
+                self._teardown_network(created, fabric)
                 raise
             built = Network(topology, plan, fabric, machines, seed=seed, state_dir=self.dir,
                             on_close=self._network_closed)

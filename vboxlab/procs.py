@@ -155,7 +155,26 @@ def spawn(argv: Sequence[str], *, tied: bool, stderr: IO[bytes],
                                 stderr=stderr, cwd=cwd, start_new_session=True,
                                 pass_fds=tuple(pass_fds))
 
-    return _spawner.call(start) if tied else start()
+    if not tied:
+        return start()
+    proc = _spawner.call(start)
+    _wait_until_tied(proc, command[0])
+    return proc
+
+
+def _wait_until_tied(proc: subprocess.Popen[bytes], setpriv: str, timeout: float = 10.0) -> None:
+    """Return once setpriv has set the parent-death signal and run the program.
+
+    Until then the tie does not exist: an owner killed in that window (a few
+    milliseconds, longer on a loaded host) would leave the child running. The
+    child's argv changes from setpriv's to the program's at that moment.
+    """
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        argv = cmdline(proc.pid)
+        if argv and argv[0] != setpriv:
+            return
+        time.sleep(0.001)
 
 
 def kill(pid: int, started: int | None, grace: float = 0.0) -> bool:

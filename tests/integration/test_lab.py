@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from vboxlab.bringup import BringUpError
 from vboxlab.errors import (
     BootTimeout,
     ConfigError,
@@ -21,8 +22,8 @@ from .helpers import qemu_pids
 
 def test_two_machines_talk_through_a_forwarded_port(base):
     with Lab(base=base) as lab:
-        web = lab.vm("web")
-        client = lab.vm("client", memory=192)
+        machines = lab.vms({"web": {}, "client": {"memory": 192}})  # booted side by side
+        web, client = machines["web"], machines["client"]
         web.succeed("mkdir -p /tmp/www && echo served-by-web > /tmp/www/index.html")
         web.succeed("httpd -p 80 -h /tmp/www")
         web.wait_for_port(80)
@@ -33,11 +34,29 @@ def test_two_machines_talk_through_a_forwarded_port(base):
             assert response.read() == b"served-by-web\n"
         assert client.succeed("free -m | awk '/Mem:/ {print $2}'").strip() != ""
         assert set(lab.machines) == {"web", "client"}
+        log = (lab.dir / "lab.log").read_text()
+        assert "bring-up: 2 machines, at most" in log
+        assert "bring-up: web ready" in log and "bring-up: client ready" in log
         # the kernel booted is the template's, unpacked once for PVH direct boot
         started = [line for line in (lab.dir / "lab.log").read_text().splitlines()
                    if "starting" in line and "-kernel" in line]
         assert len(started) == 2 and all("/kernels/" in line and line.split(
             "-kernel ")[1].split()[0].endswith("/vmlinux") for line in started)
+
+
+def test_a_machine_failing_among_others_stops_them_and_shows_its_console(base):
+    with Lab(base=base, boot_timeout=120) as lab:
+        with pytest.raises(BringUpError) as info:
+            lab.vms({"good": {}, "broken": {"kernel_args": "rdinit=/bin/false"},
+                     "later": {}}, parallel=2)
+        message = str(info.value)
+        assert info.value.machine == "broken"
+        assert message.startswith("broken did not come up")
+        assert "Attempted to kill init" in message  # the kernel's own words, from its console
+        assert lab.machines == {}  # the set was removed, nothing half up
+        assert qemu_pids(str(lab.dir)) == []
+        log = (lab.dir / "lab.log").read_text()
+        assert "bring-up: broken failed" in log
 
 
 def test_unknown_template_lists_the_known_ones(base):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,11 +36,7 @@ def lab(tmp_path_factory, repository):
     """One VM of each environment, booted side by side."""
     with Lab(base=tmp_path_factory.mktemp("layers"), repository=repository,
              boot_timeout=300) as the_lab:
-        with ThreadPoolExecutor(len(ENVIRONMENTS)) as pool:
-            booting = [pool.submit(the_lab.vm, name.removeprefix("dev-"), template=name)
-                       for name in ENVIRONMENTS]
-            for future in booting:
-                future.result()
+        the_lab.vms({name.removeprefix("dev-"): {"template": name} for name in ENVIRONMENTS})
         yield the_lab
 
 

@@ -5,7 +5,6 @@ import json
 import subprocess
 import textwrap
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -40,10 +39,8 @@ def debian_and_vulnlab(tmp_path_factory):
             missing_capability(f"template {name} is {status} (`vboxlab templates build {name}` "
                                "as root)")
     with Lab(base=tmp_path_factory.mktemp("weak") / "labs", boot_timeout=240) as lab:
-        with ThreadPoolExecutor(2) as pool:
-            clean = pool.submit(lab.vm, "clean", template="debian-12")
-            weak = pool.submit(lab.vm, "weak", template="vulnlab")
-            machines = clean.result(), weak.result()
+        booted = lab.vms({"clean": {"template": "debian-12"}, "weak": {"template": "vulnlab"}})
+        machines = booted["clean"], booted["weak"]
         machines[1].wait_for_port(31337)
         machines[0].wait_for_unit("ssh.service")  # debian-12 answers before its services run
         yield machines

@@ -42,8 +42,10 @@ def built():
 def test_debian_12_is_a_real_debian_where_apt_works_and_lab_nics_come_up(lab, built):
     built("debian-12")
     wire = lab.wire("deb", "peer", a_address="10.88.0.1/24", b_address="10.88.0.2/24")
-    deb = lab.vm("deb", template="debian-12", nics=[wire.nic("deb")], hosts="10.88.0.2 peer\n")
-    peer = lab.vm("peer", nics=[wire.nic("peer")])
+    machines = lab.vms({"deb": {"template": "debian-12", "nics": [wire.nic("deb")],
+                                "hosts": "10.88.0.2 peer\n"},
+                        "peer": {"nics": [wire.nic("peer")]}})
+    deb, peer = machines["deb"], machines["peer"]
     assert 'VERSION_CODENAME=bookworm' in deb.succeed("cat /etc/os-release")
     assert deb.succeed("cat /proc/1/comm") == "systemd\n"
     assert deb.succeed("systemctl is-system-running --wait").strip() in ("running", "degraded")
@@ -71,8 +73,9 @@ def test_debian_12_is_a_real_debian_where_apt_works_and_lab_nics_come_up(lab, bu
 def test_netlab_has_the_network_tools(lab, built):
     built("netlab")
     wire = lab.wire("nl", "target", a_address="10.89.0.1/24", b_address="10.89.0.2/24")
-    nl = lab.vm("nl", template="netlab", nics=[wire.nic("nl")])
-    target = lab.vm("target", nics=[wire.nic("target")])
+    machines = lab.vms({"nl": {"template": "netlab", "nics": [wire.nic("nl")]},
+                        "target": {"nics": [wire.nic("target")]}})
+    nl, target = machines["nl"], machines["target"]
     target.wait_for_port(22)  # the machine answers over its agent; sshd starts beside it
     scan = nl.succeed("nmap -Pn -sT -p 22,23 10.89.0.2")
     assert "22/tcp open" in scan and "23/tcp closed" in scan
@@ -118,10 +121,10 @@ def test_versions_live_side_by_side_are_pinned_shared_and_pruned(own_repo, tmp_p
     assert repo.outdated() == [("tiny", "1.0.0 (pinned)", "1.1.0", "installed")]
     assert repo.prune() == []  # the pinned one and the newest stay
     with Lab(base=tmp_path / "l1", repository=repo) as lab:
-        old = lab.vm("old")  # the bare name means the pinned version
-        assert old.fail("cat /etc/motd 2>/dev/null") == ""
-        new = lab.vm("new", template="tiny>=1.1,<2")
-        assert new.succeed("cat /etc/motd") == "version 1.1.0\n"
+        # the bare name means the pinned version
+        machines = lab.vms({"old": {}, "new": {"template": "tiny>=1.1,<2"}})
+        assert machines["old"].fail("cat /etc/motd 2>/dev/null") == ""
+        assert machines["new"].succeed("cat /etc/motd") == "version 1.1.0\n"
     # carried to another machine: an archive, imported into an empty repository
     archive = export_template(repo.built("tiny@1.1.0"), tmp_path / "tiny-1.1.0.tar.gz")
     other = TemplateRepository(cache=tmp_path / "other", search=[])

@@ -4,7 +4,6 @@ pytest-testinfra through vm.host, Ansible through vboxlab inventory."""
 import re
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,9 @@ BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 def machines(tmp_path_factory):
     """A tiny and a debian-12 machine, booted side by side, in a lab the CLI can find."""
     base = tmp_path_factory.mktemp("tools") / "labs"
-    with Lab(base=base, accel="tcg") as lab, ThreadPoolExecutor(2) as pool:
-        tiny = pool.submit(lab.vm, "tiny1")
-        deb = pool.submit(lab.vm, "deb1", template="debian-12")
-        tiny_vm, deb_vm = tiny.result(), deb.result()
+    with Lab(base=base, accel="tcg") as lab:
+        booted = lab.vms({"tiny1": {}, "deb1": {"template": "debian-12"}})
+        tiny_vm, deb_vm = booted["tiny1"], booted["deb1"]
         deb_vm.wait_for_unit("ssh.service")
         yield lab, tiny_vm, deb_vm
 

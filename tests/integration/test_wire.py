@@ -12,8 +12,9 @@ def test_two_vms_on_a_direct_wire_reach_each_other_by_name(tmp_path):
     with Lab(base=base) as lab:
         wire = lab.wire("left", "right", a_address="10.250.0.1/30",
                         b_address="10.250.0.2/30")
-        left = lab.vm("left", nics=[wire.nic("left")], hosts=HOSTS)
-        right = lab.vm("right", nics=[wire.nic("right")], hosts=HOSTS)
+        machines = lab.vms({"left": {"nics": [wire.nic("left")], "hosts": HOSTS},
+                            "right": {"nics": [wire.nic("right")], "hosts": HOSTS}})
+        left, right = machines["left"], machines["right"]
         assert "10.250.0.1/30" in left.succeed("ip -4 addr show eth1")
         assert wire.nic("left").mac in left.succeed("cat /sys/class/net/eth1/address")
         left.succeed("ping -c 3 -W 5 right")

@@ -523,3 +523,43 @@ def test_a_fabric_controlled_over_stdio_makes_its_own_udp_ports_and_ends_at_eof(
     proc.stdin.close()
     assert proc.wait(timeout=5) == 0
     proc.stdout.close()
+
+
+def test_a_nic_that_reads_slowly_gets_every_frame_in_order_until_its_port_buffer_overflows(
+        tmp_path):
+    """A full NIC socket makes the fabric hold frames (like a switch's port buffer) and send
+    them, in order, once it is writable; only beyond 4096 held frames are frames dropped,
+    counted as drop_full and not as sent."""
+    import socket
+
+    sender_pair = socket_pair()
+    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    far.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # fills after a few frames
+    fab = Fabric(tmp_path, tied=True)
+    fab.start()
+    try:
+        fab.add_port(0, sender_pair[1].fileno(), 0)
+        fab.add_port(1, far.fileno(), 0)
+        sender = Nic(sender_pair[0], 1)
+        reader = Nic(near, 2)
+        for i in range(300):
+            sender.send(BROADCAST, struct.pack("!I", i) + b"x" * 996)
+        time.sleep(0.3)  # the reader is away; the fabric holds what the socket refuses
+        assert fab.stats()["p1.out"]["drop_full"] == 0
+        got = [struct.unpack("!I", f[14:18])[0] for f in reader.recv_all(quiet=0.5)]
+        assert got == list(range(300))
+        for i in range(6000):  # far more than a port holds
+            sender.send(BROADCAST, struct.pack("!I", i) + b"y" * 96)
+            if i % 500 == 0:
+                time.sleep(0.01)
+        time.sleep(0.5)
+        stats = fab.stats()["p1.out"]
+        assert stats["drop_full"] > 0
+        got = [struct.unpack("!I", f[14:18])[0] for f in reader.recv_all(quiet=0.5)]
+        assert got == sorted(got)  # what arrives keeps its order
+        assert len(got) + stats["drop_full"] == 6000
+        assert stats["tx_packets"] == 300 + len(got)
+    finally:
+        fab.close()
+        for sock in (*sender_pair, near, far):
+            sock.close()

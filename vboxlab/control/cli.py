@@ -31,15 +31,19 @@ def _call(lab_dir: str | None, lab: str, action: str, **args: Any) -> Any:
               help="Command channel: the template's guest agent where it has one, or SSH")
 @click.option("--boot-timeout", type=float, default=120.0, show_default=True,
               help="Seconds each machine may take to answer")
+@click.option("--parallel", type=int, default=None,
+              help="How many VMs may boot at once (default: the host's cores, or fewer if "
+                   "free memory holds fewer)")
 @click.option("--until-pid", type=int, default=None,
               help="Take the lab down when this process ends (CI jobs, test suites)")
 @lab_dir_option
 def up_command(topology_file: Path, name: str | None, seed: int | None, accel: str,
-               channel: str, boot_timeout: float, until_pid: int | None,
-               lab_dir: str | None) -> None:
+               channel: str, boot_timeout: float, parallel: int | None,
+               until_pid: int | None, lab_dir: str | None) -> None:
     """Start a lab from a topology and keep it running after this command returns."""
     ready = up(topology_file, lab_base(lab_dir), name=name, seed=seed, accel=accel,
-               channel=channel, boot_timeout=boot_timeout, until_pid=until_pid,
+               channel=channel, boot_timeout=boot_timeout, parallel=parallel,
+               until_pid=until_pid,
                progress=lambda text: click.echo(f"  {text}", err=True))
     where = f" --lab-dir {lab_dir}" if lab_dir else ""
     click.echo(f"lab {ready['lab']} is up in {ready['took']} s: "

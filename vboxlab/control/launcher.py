@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vboxlab.bringup import check_parallel
 from vboxlab.control.protocol import ControlClient
 from vboxlab.errors import ConfigError, HostError, VboxlabError
 from vboxlab.labdirs import LabRecord, find_lab, list_labs, read_lab, remove_lab
@@ -39,7 +40,7 @@ def _reap() -> None:
 
 def up(topology_path: Path, base: Path, *, name: str | None = None, seed: int | None = None,
        accel: str = "auto", channel: str = "auto", boot_timeout: float = 120.0,
-       until_pid: int | None = None,
+       parallel: int | None = None, until_pid: int | None = None,
        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start a lab from a topology under a supervisor; returns its ``ready`` facts."""
     _reap()
@@ -62,6 +63,8 @@ def up(topology_path: Path, base: Path, *, name: str | None = None, seed: int | 
             "--channel", channel, "--boot-timeout", str(boot_timeout)]
     if seed is not None:
         argv += ["--seed", str(seed)]
+    if parallel is not None:
+        argv += ["--parallel", str(check_parallel(parallel, "--parallel"))]
     if until_pid is not None:
         argv += ["--until-pid", str(until_pid)]
     read_end, write_end = os.pipe()

@@ -79,6 +79,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--accel", default="auto")
     parser.add_argument("--channel", default="auto")
     parser.add_argument("--boot-timeout", type=float, default=120.0)
+    parser.add_argument("--parallel", type=int, default=None)
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--until-pid", type=int, default=None)
     return parser.parse_args(argv)
@@ -111,7 +112,8 @@ def supervise(args: argparse.Namespace, events: _Events) -> int:
     try:
         topology = load_topology(args.topology)
         with Lab(base=args.base, name=args.name, role="up", accel=args.accel,
-                 channel=args.channel, boot_timeout=args.boot_timeout) as lab:
+                 channel=args.channel, boot_timeout=args.boot_timeout,
+                 parallel=args.parallel) as lab:
             stderr = os.open(lab.dir / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                              0o600)
             os.dup2(stderr, 2)  # tracebacks of the supervisor itself land in the lab folder

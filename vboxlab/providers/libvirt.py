@@ -40,7 +40,7 @@ from vboxlab.accel import AccelChoice
 from vboxlab.errors import ConfigError, HostError, MachineDied, NotSupported, ProviderError
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
-from vboxlab.net.wire import socket_pair
+from vboxlab.net.wire import udp_socket_pair
 from vboxlab.providers.base import Capability, MachineSpec, MachineState, ProviderOptions
 from vboxlab.providers.libvirt_xml import MAX_LAB_NICS, UdpNic, domain_name, domain_xml
 from vboxlab.providers.qemu import (
@@ -222,7 +222,7 @@ class LibvirtMachine(QemuMachine):
     def _nic_end(self) -> tuple[socket.socket, str, int]:
         """The fabric's end of one NIC (connected to QEMU's) and the address and port QEMU
         is to bind."""
-        near, far = socket_pair()
+        near, far = udp_socket_pair()
         port = near.getsockname()[1]
         near.close()
         return far, "127.0.0.1", port

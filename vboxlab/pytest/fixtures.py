@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vboxlab.bringup import check_parallel
 from vboxlab.errors import ConfigError, HostError
 from vboxlab.lab import Lab
 from vboxlab.labdirs import clean
@@ -34,6 +35,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     base_path = Path(base) if base else None
     clean(base_path)  # labs of runs that died; never a live run's
     boot_timeout = config.getoption("--lab-boot-timeout") or 90.0
+    parallel = option(config, "parallel")
     the_lab = Lab(base=base_path, provider=option(config, "provider"),
                   template=option(config, "template"), keep=config.getoption("--lab-keep"),
                   worker=worker_id(config), accel=option(config, "accel"),
@@ -41,7 +43,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                   libvirt_uri=config.getoption("--lab-libvirt-uri") or
                   str(config.getini("lab_libvirt_uri")) or None,
                   hosts=parse_hosts(config.getoption("--lab-hosts") or
-                                    list(config.getini("lab_hosts"))))
+                                    list(config.getini("lab_hosts"))),
+                  parallel=check_parallel(parallel, "--lab-parallel") if parallel else None)
     state = state_of(config)
     state.lab = the_lab
     if config.pluginmanager.has_plugin("junitxml"):  # seeds and digests as suite properties

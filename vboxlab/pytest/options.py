@@ -43,6 +43,9 @@ def add_options(parser: pytest.Parser) -> None:
                     help="A hypervisor host topologies' nodes without host: are spread over by "
                          "memory: NAME=local or NAME=qemu+ssh://USER@HOST[:PORT]/system?..."
                          " (repeat for each host)")
+    group.addoption("--lab-parallel", default=None, metavar="N",
+                    help="How many VMs of a topology or lab.vms() may boot at once (default: "
+                         "the host's cores, or fewer if free memory holds fewer)")
     group.addoption("--lab-boot-timeout", default=None, type=float,
                     help="Seconds a VM may take to answer SSH (default: 90)")
     group.addoption("--lab-snapshot-on-failure", action="store_true", default=False,
@@ -68,6 +71,8 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("lab_capture_window", "Default for --lab-capture-window", default="")
     parser.addini("lab_ids", "Default for --lab-ids", default="offline")
     parser.addini("lab_template", "Default for --lab-template", default="tiny")
+    parser.addini("lab_parallel", "Default for --lab-parallel (empty: the host's cores)",
+                  default="")
     parser.addini("lab_accel", "Default for --lab-accel", default="auto")
     parser.addini("lab_channel", "Default for --lab-channel", default="auto")
     parser.addini("lab_libvirt_uri", "Default for --lab-libvirt-uri", default="")

@@ -15,6 +15,7 @@ import contextlib
 import json
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ class Fabric(FabricCommands):
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._reader: Any = None
+        self._command_lock = threading.Lock()  # one command and its reply at a time
         self._log: Any = None
 
     def __repr__(self) -> str:
@@ -194,11 +196,12 @@ class Fabric(FabricCommands):
         if "\n" in line:
             raise FabricError(f"fabric commands are one line: {line!r}")
         try:
-            if fd is None:
-                self._control.sendall(line.encode() + b"\n")
-            else:
-                socket.send_fds(self._control, [line.encode() + b"\n"], [fd])
-            reply = self._reader.readline()
+            with self._command_lock:  # machines brought up side by side add ports at once
+                if fd is None:
+                    self._control.sendall(line.encode() + b"\n")
+                else:
+                    socket.send_fds(self._control, [line.encode() + b"\n"], [fd])
+                reply = self._reader.readline()
         except OSError as exc:
             self.check_alive()
             raise FabricError(f"fabric command {line!r} failed: {exc}") from exc

@@ -1,0 +1,174 @@
+"""Bring-up of labs of many machines, side by side in one run, JSON out.
+
+    python benchmarks/scale.py --output benchmarks/results/scale.json
+
+Each round, for each size N: one tiny VM booted alone (``lab.vm``: "one boot",
+with the CPU seconds QEMU spent until it answered), then a star topology of N
+tiny VMs on one switch (``lab.network``, VMs booting side by side, at most
+``--parallel`` at a time, default the host's cores), compared with N x that
+one boot, so drift hits both alike; medians over the rounds are reported.
+Memory per VM (RSS and PSS of each QEMU process: PSS counts a page shared by k
+processes as 1/k) is read once each lab is up. The largest lab proves itself
+with a ping from its first node to its last. Last, 4 VMs and 32 namespace hosts
+on one switch, and a ping from a VM to the last namespace host.
+
+Targets on a 2-core host: 4 VMs <= 0.6x and 8 VMs <= 0.55x of the sequential
+boots. The figures a 16-core host would give are estimated from the measured
+CPU seconds per boot and the host's CPU per VM (stated as an estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from boot import emit
+
+from vboxlab import procstats
+from vboxlab.lab import Lab
+from vboxlab.machine import Machine
+from vboxlab.net import Topology
+
+
+def cpu_seconds(pid: int) -> float:
+    used = procstats.cpu_seconds(pid)
+    if used is None:
+        raise SystemExit(f"process {pid} is gone")
+    return used
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) of a process in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["Rss"], values["Pss"]
+
+
+def qemu_pid(machine: Machine) -> int:
+    """The QEMU process of a machine (from its machine.json)."""
+    pid = json.loads((machine.state_dir / "machine.json").read_text()).get("pid")
+    if not isinstance(pid, int):
+        raise SystemExit(f"{machine.name}: no QEMU pid (is the provider qemu?)")
+    return pid
+
+
+def single_boots(count: int) -> dict[str, Any]:
+    """``count`` tiny VMs booted one after another: seconds and QEMU CPU seconds each."""
+    seconds, cpu = [], []
+    with tempfile.TemporaryDirectory(prefix="vbl-scale-") as folder, \
+            Lab(base=Path(folder)) as lab:
+        for index in range(count):
+            started = time.perf_counter()
+            machine = lab.vm(f"one{index}")
+            seconds.append(round(time.perf_counter() - started, 2))
+            cpu.append(round(cpu_seconds(qemu_pid(machine)), 2))
+            lab.remove_vm(machine.name)
+    return {"seconds": seconds, "median_s": statistics.median(seconds),
+            "qemu_cpu_s": cpu, "median_qemu_cpu_s": statistics.median(cpu)}
+
+
+def star(size: int, namespaces: int = 0) -> Topology:
+    nodes: dict[str, Any] = {f"vm{i}": {} for i in range(size)}
+    nodes.update({f"ns{i}": {"provider": "netns"} for i in range(namespaces)})
+    return Topology.from_dict({
+        "name": f"star{size}x{namespaces}",
+        "segments": {"lan": {"subnet": "10.77.0.0/16"}},
+        "nodes": nodes,
+        "links": [{"between": [name, "lan"]} for name in nodes]})
+
+
+def bring_up(size: int, namespaces: int, parallel: int | None,
+             ping: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vbl-scale-") as folder, \
+            Lab(base=Path(folder), parallel=parallel) as lab:
+        started, host = time.perf_counter(), time.process_time()
+        network = lab.network(star(size, namespaces))
+        took, host_cpu = time.perf_counter() - started, time.process_time() - host
+        vms = [network.node(f"vm{i}") for i in range(size)]
+        memory = [memory_mb(qemu_pid(vm)) for vm in vms]
+        result: dict[str, Any] = {
+            "vms": size, "namespace_hosts": namespaces, "seconds": round(took, 2),
+            "host_cpu_s": round(host_cpu, 2),
+            "rss_mb_per_vm": round(statistics.mean(m[0] for m in memory), 1),
+            "pss_mb_per_vm": round(statistics.mean(m[1] for m in memory), 1)}
+        if ping:
+            last = f"ns{namespaces - 1}" if namespaces else f"vm{size - 1}"
+            network.node("vm0").succeed(f"ping -c 3 -W 5 {last}")
+            result["ping"] = f"vm0 -> {last}: 3 of 3 answered"
+        return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,2,4,8,16", help="Lab sizes (tiny VMs)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="Rounds; each measures one boot right before each lab")
+    parser.add_argument("--parallel", type=int, default=None,
+                        help="VMs booting at once (default: the lab's, the host's cores)")
+    parser.add_argument("--namespaces", type=int, default=32,
+                        help="Namespace hosts beside 4 VMs (0: skip)")
+    parser.add_argument("--output", type=Path, help="Also write the JSON here")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cores = os.cpu_count() or 1
+    singles: list[dict[str, Any]] = []
+    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+    for _ in range(args.rounds):
+        for size in sizes:  # one boot just before each lab, so drift hits both alike
+            one = single_boots(1)
+            singles.append(one)
+            lab = bring_up(size, 0, args.parallel, ping=size == max(sizes))
+            lab["one_boot_s"] = one["median_s"]
+            lab["ratio_vs_sequential"] = round(lab["seconds"] / (size * one["median_s"]), 3)
+            runs[size].append(lab)
+    one_boot = statistics.median(s["median_s"] for s in singles)
+    one_cpu = statistics.median(s["median_qemu_cpu_s"] for s in singles)
+    labs = []
+    for size in sizes:
+        measured = runs[size]
+        labs.append({
+            "vms": size, "runs": measured,
+            "seconds_median": statistics.median(r["seconds"] for r in measured),
+            "ratio_vs_sequential": statistics.median(r["ratio_vs_sequential"] for r in measured),
+            "rss_mb_per_vm": measured[-1]["rss_mb_per_vm"],
+            "pss_mb_per_vm": measured[-1]["pss_mb_per_vm"],
+            "host_cpu_s_per_vm": round(statistics.median(r["host_cpu_s"] for r in measured)
+                                       / size, 3)})
+    result: dict[str, Any] = {"benchmark": "scale", "cores": cores, "rounds": args.rounds,
+                              "parallel": args.parallel or "default (cores)",
+                              "one_boot_median_s": one_boot, "one_boot_qemu_cpu_s": one_cpu,
+                              "labs": labs}
+    if args.namespaces and os.geteuid() != 0:
+        result["mixed"] = "not measured: namespace hosts need root"
+    elif args.namespaces:
+        result["mixed"] = bring_up(4, args.namespaces, args.parallel, ping=True)
+    by_size = {lab["vms"]: lab for lab in labs}
+    result["met"] = {f"{n}_vms_{limit}": by_size[n]["ratio_vs_sequential"] <= limit
+                     for n, limit in ((4, 0.6), (8, 0.55)) if n in by_size}
+    # an estimate, not a measurement: a tiny boot keeps one core busy for its CPU seconds
+    # (QEMU's CPU equals its wall time here), so with C cores N boots take about
+    # max(one boot, N * cpu / C), plus the host's own work per machine, which runs on this
+    # process's threads (Python: measured here per VM)
+    host_per_vm = statistics.median(lab["host_cpu_s_per_vm"] for lab in labs)
+    result["estimate_16_cores_s"] = {
+        str(n): round(max(one_boot, n * one_cpu / 16) + n * host_per_vm, 1) for n in sizes}
+    result["estimate_note"] = ("estimated from the measured CPU seconds of one boot and the "
+                               "host's CPU per VM, not measured on a 16-core host")
+    emit(result, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

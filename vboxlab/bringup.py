@@ -1,0 +1,225 @@
+"""Bringing up several machines at once: bounded, with progress, failing fast.
+
+A topology's nodes and ``lab.vms({...})`` go through :func:`bring_up`: each
+machine is created, started and waited for on a thread of its own, at most
+``parallel`` VMs booting at a time (a boot under TCG keeps a core busy; namespace
+hosts cost nothing and are not counted). A machine counts against the limit from
+its start until it answers. When one fails, no further machine starts, those
+booting are killed, and the error names the machine, why, and its console's
+last lines. Every step is a line in the lab log; on a terminal a live line per
+machine shows where each one is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO
+
+from vboxlab.errors import ConfigError, VboxlabError
+from vboxlab.machine import Machine
+
+#: the most machines brought up by one call at once, whatever the limit says
+MAX_THREADS = 64
+#: console lines a failure shows (a kernel panic's message and its stack trace)
+CONSOLE_LINES = 45
+
+
+class BringUpError(VboxlabError):
+    """A machine of a set did not come up; the others were stopped."""
+
+    def __init__(self, name: str, reason: BaseException, console: str,
+                 created: Sequence[Machine] = ()) -> None:
+        self.machine = name
+        self.reason = reason
+        #: the machines of the set that were created (ready, killed or never started)
+        self.created = list(created)
+        lines = console.strip().splitlines()
+        if not lines:
+            tail = "\n(its console was empty)"
+        elif lines[-1] in str(reason):
+            tail = ""  # the reason quotes the console already
+        else:
+            tail = f"\nits console's last lines:\n{console}"
+        super().__init__(f"{name} did not come up, so the machines booting with it were "
+                         f"stopped: {reason}{tail}")
+
+
+@dataclass
+class BootStep:
+    """One machine to bring up: ``create`` makes it (not started); ``started`` runs right
+    after it starts (a topology hands its NICs to the fabric there)."""
+
+    name: str
+    create: Callable[[], Machine]
+    started: Callable[[Machine], None] = field(default=lambda machine: None)
+    counted: bool = True  # a VM; a namespace host is not counted against the limit
+
+
+def default_parallel(memory_mb: int, available_mb: int) -> int:
+    """The host's cores, or fewer if its free memory (``available_mb``) holds fewer VMs of
+    ``memory_mb``."""
+    cores = os.cpu_count() or 1
+    fits = available_mb // max(memory_mb, 64)
+    return max(1, min(cores, fits))
+
+
+def check_parallel(value: object, where: str = "parallel") -> int:
+    """A user's limit: a positive integer."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1 or str(value).strip() != str(number):
+        raise ConfigError(f"{where}={value!r}: give how many machines may boot at once, a "
+                          "whole number from 1 (one after another) up")
+    return number
+
+
+class Progress:
+    """Where each machine of a bring-up is: logged at every change; drawn live on a terminal."""
+
+    STATES = ("waiting", "creating", "booting", "answering", "ready", "failed", "stopped")
+
+    def __init__(self, names: Sequence[str], log: logging.Logger, *,
+                 stream: IO[str] | None = None) -> None:
+        self.log = log
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._state = dict.fromkeys(names, ("waiting", 0.0))
+        self._since = dict.fromkeys(names, self.started)
+        self._stream = stream
+        self._drawn = 0
+
+    def set(self, name: str, state: str, detail: str = "") -> None:
+        now = time.monotonic()
+        with self._lock:
+            seconds = now - self._since[name]
+            self._since[name] = now
+            self._state[name] = (state, now - self.started)
+            self.log.info("bring-up: %s %s at %.1f s%s%s", name, state, now - self.started,
+                          f" ({seconds:.1f} s {self._previous(state)})" if state in
+                          ("answering", "ready") else "", f": {detail}" if detail else "")
+            self._draw()
+
+    @staticmethod
+    def _previous(state: str) -> str:
+        return "booting" if state == "answering" else "after it answered"
+
+    def states(self) -> dict[str, str]:
+        with self._lock:
+            return {name: state for name, (state, _) in self._state.items()}
+
+    def _draw(self) -> None:
+        """Redraw one line per machine in place (terminals only)."""
+        if self._stream is None:
+            return
+        lines = [f"  {name:<20} {state:<10} {at:6.1f} s"
+                 for name, (state, at) in self._state.items()]
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        self._stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self._stream.flush()
+        self._drawn = len(lines)
+
+
+def terminal() -> IO[str] | None:
+    """stderr if it is a terminal (and VBOXLAB_PROGRESS is not 0), else None."""
+    if os.environ.get("VBOXLAB_PROGRESS", "1") == "0":
+        return None
+    return sys.stderr if sys.stderr.isatty() else None
+
+
+def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
+             wait_ready: Callable[[Machine, float], None],
+             progress_stream: IO[str] | None = None) -> dict[str, Machine]:
+    """Create, start and wait for every step's machine, ``parallel`` VMs at a time.
+
+    Returns the machines by name, in the steps' order. On a failure raises
+    :class:`BringUpError` after every thread is done; machines already created
+    (ready, killed or never started) are in ``error.created`` for the caller to remove.
+    """
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"machines named twice: {', '.join(twice)}")
+    progress = Progress(names, log, stream=progress_stream)
+    slots = threading.BoundedSemaphore(parallel)
+    failed = threading.Event()
+    lock = threading.Lock()
+    created: dict[str, Machine] = {}
+    booting: set[str] = set()
+    first_failure: list[tuple[str, BaseException]] = []
+    log.info("bring-up: %d machines, at most %d booting at once", len(steps), parallel)
+
+    def stop_the_others(failed_name: str) -> None:
+        with lock:
+            others = [created[n] for n in booting if n != failed_name]
+        for machine in others:
+            try:
+                machine.kill()
+            except Exception:
+                log.exception("could not stop %s", machine.name)
+
+    def one(step: BootStep) -> None:
+        counted = False
+        try:
+            # files (overlay, initrd, keys) are made while others boot: only the boot itself
+            # waits for a slot
+            progress.set(step.name, "creating")
+            machine = step.create()
+            with lock:
+                created[step.name] = machine
+            if step.counted:
+                while not slots.acquire(timeout=0.2):
+                    if failed.is_set():
+                        break
+                else:
+                    counted = True
+            with lock:
+                if not failed.is_set():
+                    booting.add(step.name)
+            if failed.is_set():  # another failed first: this one never starts
+                progress.set(step.name, "stopped", "another machine failed first")
+                return
+            started = time.monotonic()
+            progress.set(step.name, "booting")
+            machine.power_on()
+            step.started(machine)
+            wait_ready(machine, started)
+            progress.set(step.name, "answering")
+            with lock:
+                booting.discard(step.name)
+            progress.set(step.name, "ready")
+        except BaseException as exc:
+            with lock:
+                booting.discard(step.name)
+                first = not first_failure and not failed.is_set()
+                if first:
+                    first_failure.append((step.name, exc))
+            progress.set(step.name, "failed" if first else "stopped", str(exc).splitlines()[0]
+                         if str(exc) else type(exc).__name__)
+            failed.set()
+            if first:
+                stop_the_others(step.name)
+        finally:
+            if counted:
+                slots.release()
+
+    with ThreadPoolExecutor(max_workers=min(len(steps), MAX_THREADS) or 1,
+                            thread_name_prefix="vboxlab-bringup") as pool:
+        for done in [pool.submit(one, step) for step in steps]:
+            done.result()
+    log.info("bring-up: %s in %.1f s", "failed" if first_failure else "all ready",
+             time.monotonic() - progress.started)
+    if first_failure:
+        name, reason = first_failure[0]
+        machine = created.get(name)
+        console = machine.console_tail(CONSOLE_LINES) if machine is not None else ""
+        raise BringUpError(name, reason, console, list(created.values())) from reason
+    return {name: created[name] for name in names}
