@@ -3,11 +3,13 @@
 A topology's nodes and ``lab.vms({...})`` go through :func:`bring_up`: each
 machine is created, started and waited for on a thread of its own, at most
 ``parallel`` VMs booting at a time (a boot under TCG keeps a core busy; namespace
-hosts cost nothing and are not counted). A machine counts against the limit from
-its start until it answers. When one fails, no further machine starts, those
-booting are killed, and the error names the machine, why, and its console's
-last lines. Every step is a line in the lab log; on a terminal a live line per
-machine shows where each one is.
+hosts cost nothing and are not counted). Machines are created (their files
+made) before they wait for a slot, so that work overlaps others' boots; a
+machine counts against the limit from its start until it answers, and is
+configured (boot timeline, after-boot step, hooks) after it gave its slot back.
+When one fails, no further machine starts, those booting are killed, and the
+error names the machine, why, and its console's last lines. Every step is a
+line in the lab log; on a terminal a live line per machine shows where each is.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def check_parallel(value: object, where: str = "parallel") -> int:
 class Progress:
     """Where each machine of a bring-up is: logged at every change; drawn live on a terminal."""
 
-    STATES = ("waiting", "creating", "booting", "answering", "ready", "failed", "stopped")
+    STATES = ("waiting", "creating", "booting", "answering", "configured", "failed", "stopped")
 
     def __init__(self, names: Sequence[str], log: logging.Logger, *,
                  stream: IO[str] | None = None) -> None:
@@ -105,7 +107,7 @@ class Progress:
             self._state[name] = (state, now - self.started)
             self.log.info("bring-up: %s %s at %.1f s%s%s", name, state, now - self.started,
                           f" ({seconds:.1f} s {self._previous(state)})" if state in
-                          ("answering", "ready") else "", f": {detail}" if detail else "")
+                          ("answering", "configured") else "", f": {detail}" if detail else "")
             self._draw()
 
     @staticmethod
@@ -136,9 +138,11 @@ def terminal() -> IO[str] | None:
 
 
 def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
-             wait_ready: Callable[[Machine, float], None],
+             wait_answer: Callable[[Machine], None],
+             configure: Callable[[Machine, float], None],
              progress_stream: IO[str] | None = None) -> dict[str, Machine]:
-    """Create, start and wait for every step's machine, ``parallel`` VMs at a time.
+    """Create, start and wait for every step's machine, ``parallel`` VMs at a time;
+    ``wait_answer`` waits for one to answer, ``configure`` finishes it (from its start time).
 
     Returns the machines by name, in the steps' order. On a failure raises
     :class:`BringUpError` after every thread is done; machines already created
@@ -191,11 +195,15 @@ def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
             progress.set(step.name, "booting")
             machine.power_on()
             step.started(machine)
-            wait_ready(machine, started)
-            progress.set(step.name, "answering")
+            wait_answer(machine)
             with lock:
                 booting.discard(step.name)
-            progress.set(step.name, "ready")
+            if counted:  # its boot is over: the next one may start while this one is set up
+                slots.release()
+                counted = False
+            progress.set(step.name, "answering")
+            configure(machine, started)
+            progress.set(step.name, "configured")
         except BaseException as exc:
             with lock:
                 booting.discard(step.name)

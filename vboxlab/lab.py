@@ -350,8 +350,8 @@ class Lab:
                   parallel: int | None = None) -> dict[str, Machine]:
         limit = check_parallel(parallel, "parallel") if parallel is not None else \
             self.parallel or default_parallel(memory, host_memory_available_mb())
-        return bring_up(steps, parallel=limit, log=self.log, wait_ready=self._wait_ready,
-                        progress_stream=terminal())
+        return bring_up(steps, parallel=limit, log=self.log, wait_answer=self._wait_answer,
+                        configure=self._configure, progress_stream=terminal())
 
     def boot(self, machine: Machine) -> None:
         """Start a created machine, wait until it answers, and announce it."""
@@ -365,12 +365,21 @@ class Lab:
         self._wait_ready(machine, started)
 
     def _wait_ready(self, machine: Machine, started: float) -> None:
+        self._wait_answer(machine)
+        self._configure(machine, started)
+
+    def _wait_answer(self, machine: Machine) -> None:
+        """Wait until the machine's command channel answers; kill it if it never does."""
         try:
             machine.wait_ready()
         except Exception:
             self.log.exception("%s did not boot", machine.name)
             self._discard(machine)
             raise
+
+    def _configure(self, machine: Machine, started: float) -> None:
+        """A machine that answers: its boot timeline, the provider's after-boot step, and the
+        callbacks (the plugin's hook)."""
         answered = time.monotonic()
         self.log.info("%s answered its command channel %.2f s after start", machine.name,
                       answered - started)

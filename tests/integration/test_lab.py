@@ -36,7 +36,7 @@ def test_two_machines_talk_through_a_forwarded_port(base):
         assert set(lab.machines) == {"web", "client"}
         log = (lab.dir / "lab.log").read_text()
         assert "bring-up: 2 machines, at most" in log
-        assert "bring-up: web ready" in log and "bring-up: client ready" in log
+        assert "bring-up: web configured" in log and "bring-up: client configured" in log
         # the kernel booted is the template's, unpacked once for PVH direct boot
         started = [line for line in (lab.dir / "lab.log").read_text().splitlines()
                    if "starting" in line and "-kernel" in line]

@@ -39,7 +39,7 @@ class Recorder:
         self.now = 0
         self.most = 0
 
-    def __call__(self, machine, started):
+    def __call__(self, machine):
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
@@ -61,6 +61,10 @@ def log():
     return logger
 
 
+def configured(machine, started):
+    """configure for fake machines: nothing to set up."""
+
+
 def steps_for(machines, counted=True):
     return [BootStep(m.name, lambda m=m: m, counted=counted) for m in machines]
 
@@ -69,7 +73,8 @@ def test_no_more_than_the_limit_boot_at_once_and_all_come_up(log):
     machines = [FakeMachine(f"m{i}") for i in range(6)]
     recorder = Recorder()
     started = time.monotonic()
-    got = bring_up(steps_for(machines), parallel=2, log=log, wait_ready=recorder)
+    got = bring_up(steps_for(machines), parallel=2, log=log, wait_answer=recorder,
+                   configure=configured)
     assert list(got) == [m.name for m in machines]
     assert recorder.most == 2
     assert time.monotonic() - started >= 3 * 0.2  # three waves of two
@@ -79,7 +84,8 @@ def test_no_more_than_the_limit_boot_at_once_and_all_come_up(log):
 def test_namespace_hosts_are_not_counted_against_the_limit(log):
     machines = [FakeMachine(f"h{i}") for i in range(5)]
     recorder = Recorder()
-    bring_up(steps_for(machines, counted=False), parallel=1, log=log, wait_ready=recorder)
+    bring_up(steps_for(machines, counted=False), parallel=1, log=log, wait_answer=recorder,
+             configure=configured)
     assert recorder.most == 5
 
 
@@ -89,7 +95,8 @@ def test_a_failing_machine_stops_the_others_and_is_named_with_its_console(log):
     never = FakeMachine("never")
     began = time.monotonic()
     with pytest.raises(BringUpError) as caught:
-        bring_up(steps_for([*slow, bad, never]), parallel=3, log=log, wait_ready=Recorder())
+        bring_up(steps_for([*slow, bad, never]), parallel=3, log=log, wait_answer=Recorder(),
+                 configure=configured)
     assert time.monotonic() - began < 10  # the slow ones were killed, not waited for
     error = caught.value
     assert error.machine == "bad"
@@ -104,12 +111,10 @@ def test_the_step_after_start_runs_before_the_wait(log):
     order = []
     machine = FakeMachine("a")
 
-    def waited(m, started):
-        order.append("wait")
-
     step = BootStep("a", lambda: machine, started=lambda m: order.append("ports"))
-    bring_up([step], parallel=1, log=log, wait_ready=waited)
-    assert order == ["ports", "wait"]
+    bring_up([step], parallel=1, log=log, wait_answer=lambda m: order.append("wait"),
+             configure=lambda m, started: order.append("configure"))
+    assert order == ["ports", "wait", "configure"]
 
 
 def test_progress_lands_in_the_log_and_on_a_terminal(log, caplog):
@@ -140,7 +145,8 @@ def test_a_bad_limit_is_refused_with_what_to_give(value):
 def test_names_given_twice_are_refused(log):
     machines = [FakeMachine("a"), FakeMachine("a")]
     with pytest.raises(ConfigError, match="named twice: a"):
-        bring_up(steps_for(machines), parallel=2, log=log, wait_ready=Recorder())
+        bring_up(steps_for(machines), parallel=2, log=log, wait_answer=Recorder(),
+                 configure=configured)
 
 
 def test_lab_vms_refuses_unknown_settings_before_anything_starts(tmp_path):
