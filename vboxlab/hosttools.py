@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def run(argv: Sequence[str], *, what: str, timeout: float = 600,
 def compile_c(source: Path, name: str, what: str, flags: Sequence[str] = ()) -> Path:
     """``source`` compiled once per content into the user cache; returns the binary.
 
-    Built under a scratch name and renamed, so parallel runs never see half a binary.
+    Built under a scratch name and renamed, so parallel runs (and threads) never see half a
+    binary.
     """
     from vboxlab.paths import cache_dir
 
@@ -77,7 +79,8 @@ def compile_c(source: Path, name: str, what: str, flags: Sequence[str] = ()) -> 
         raise HostError(f"no C compiler found; {what} is compiled on first use. "
                         "Install one with: apt-get install gcc libc6-dev")
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".build-{os.getpid()}")
+    # per process and thread: machines created side by side may compile it at once
+    scratch = target.with_name(f".build-{os.getpid()}-{threading.get_ident()}")
     run([compiler, "-O2", "-Wall", *flags, "-o", str(scratch), str(source)],
         what=f"compiling {what}", error=HostError)
     scratch.replace(target)

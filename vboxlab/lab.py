@@ -350,8 +350,12 @@ class Lab:
                   parallel: int | None = None) -> dict[str, Machine]:
         limit = check_parallel(parallel, "parallel") if parallel is not None else \
             self.parallel or default_parallel(memory, host_memory_available_mb())
-        return bring_up(steps, parallel=limit, log=self.log, wait_answer=self._wait_answer,
-                        configure=self._configure, progress_stream=terminal())
+        machines = bring_up(steps, parallel=limit, log=self.log, wait_answer=self._wait_answer,
+                            configure=self._configure, progress_stream=terminal())
+        with self._lock:  # in the order asked for, not the order threads created them
+            for name in machines:
+                self.machines[name] = self.machines.pop(name)
+        return machines
 
     def boot(self, machine: Machine) -> None:
         """Start a created machine, wait until it answers, and announce it."""
