@@ -31,13 +31,15 @@ from vboxlab.machine import Machine
 MAX_THREADS = 64
 #: console lines a failure shows (a kernel panic's message and its stack trace)
 CONSOLE_LINES = 45
+#: console lines searched for the kernel's panic line (its stack trace may follow it)
+PANIC_LINES = 400
 
 
 class BringUpError(VboxlabError):
     """A machine of a set did not come up; the others were stopped."""
 
     def __init__(self, name: str, reason: BaseException, console: str,
-                 created: Sequence[Machine] = ()) -> None:
+                 created: Sequence[Machine] = (), panic: str = "") -> None:
         self.machine = name
         self.reason = reason
         #: the machines of the set that were created (ready, killed or never started)
@@ -45,10 +47,12 @@ class BringUpError(VboxlabError):
         lines = console.strip().splitlines()
         if not lines:
             tail = "\n(its console was empty)"
-        elif lines[-1] in str(reason):
-            tail = ""  # the reason quotes the console already
+        elif console.strip() in str(reason):
+            tail = ""  # the reason quotes all of it already
         else:
             tail = f"\nits console's last lines:\n{console}"
+        if panic and panic not in tail + str(reason):
+            tail = f"\nits kernel said: {panic}{tail}"
         super().__init__(f"{name} did not come up, so the machines booting with it were "
                          f"stopped: {reason}{tail}")
 
@@ -194,6 +198,9 @@ def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
             started = time.monotonic()
             progress.set(step.name, "booting")
             machine.power_on()
+            if failed.is_set():  # one failed while this one started (its kill came too early)
+                machine.kill()
+                raise VboxlabError("stopped: another machine failed first")
             step.started(machine)
             wait_answer(machine)
             with lock:
@@ -229,5 +236,8 @@ def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
         name, reason = first_failure[0]
         machine = created.get(name)
         console = machine.console_tail(CONSOLE_LINES) if machine is not None else ""
-        raise BringUpError(name, reason, console, list(created.values())) from reason
+        longer = machine.console_tail(PANIC_LINES) if machine is not None else ""
+        panics = [line.strip() for line in longer.splitlines() if "Kernel panic" in line]
+        raise BringUpError(name, reason, console, list(created.values()),
+                           panic=panics[-1] if panics else "") from reason
     return {name: created[name] for name in names}
