@@ -43,6 +43,16 @@ TARGET_ROUND_TRIP_P50_MS = 5.0
 WARM_UP_COMMANDS = 10
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (it must still run)."""
+    from vboxlab import procstats
+
+    used = procstats.cpu_seconds(pid)
+    if used is None:
+        raise SystemExit(f"process {pid} is gone")
+    return used
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import socket
 import statistics
@@ -44,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from boot import emit, percentile
+from boot import cpu_seconds, emit, percentile
 
 from vboxlab.lab import Lab
 from vboxlab.machine import Machine
@@ -216,12 +215,6 @@ SERVE = ("mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/blob bs=1M count=30 2
          " && httpd -p 80 -h /tmp/www")
 PAIR = {"nodes": {"fl": None, "fr": None}, "links": [{"between": ["fl", "fr"]}]}
 BLOB = 30 * 1024 * 1024
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spawn_tool(argv: list[str], log: Path) -> subprocess.Popen[bytes]:

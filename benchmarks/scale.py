@@ -31,19 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from boot import emit
+from boot import cpu_seconds, emit
 
-from vboxlab import procstats
 from vboxlab.lab import Lab
 from vboxlab.machine import Machine
 from vboxlab.net import Topology
-
-
-def cpu_seconds(pid: int) -> float:
-    used = procstats.cpu_seconds(pid)
-    if used is None:
-        raise SystemExit(f"process {pid} is gone")
-    return used
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

@@ -91,8 +91,6 @@ def check_parallel(value: object, where: str = "parallel") -> int:
 class Progress:
     """Where each machine of a bring-up is: logged at every change; drawn live on a terminal."""
 
-    STATES = ("waiting", "creating", "booting", "answering", "configured", "failed", "stopped")
-
     def __init__(self, names: Sequence[str], log: logging.Logger, *,
                  stream: IO[str] | None = None) -> None:
         self.log = log

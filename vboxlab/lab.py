@@ -18,6 +18,7 @@ long as the lab.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -322,10 +323,8 @@ class Lab:
             if unknown:
                 raise ConfigError(f"lab.vms: {name}: unknown setting {unknown[0]!r}; use "
                                   f"{', '.join(sorted(self.VM_SETTINGS))}")
-            options = dict(settings)
-            steps.append(BootStep(name, lambda name=name, options=options:  # type: ignore[misc]
-                                  self.create(name, **options),
-                                  counted=options.get("provider") != "netns"))
+            steps.append(BootStep(name, functools.partial(self.create, name, **settings),
+                                  counted=settings.get("provider") != "netns"))
         memory = max((self._memory_of(s.get("template"), s.get("memory"))
                       for s in machines.values()), default=0)
         try:

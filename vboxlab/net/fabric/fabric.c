@@ -87,7 +87,8 @@
 #define POOL_KEEP 8192     /* free-list buffers kept for reuse (16 MiB) */
 #define FABRIC_NICE -10 /* the scheduling weight it asks for (see main) */
 #define RELEASE_GRAIN_NS 50000
-#define EGRESS_MAX 4096    /* frames a port holds while its NIC's socket is full (a switch's port buffer) */ /* the timer fires this late, so frames due close together go out in one wake-up */
+#define EGRESS_MAX 4096    /* frames a port holds while its NIC's socket is full (a switch's port buffer) */
+#define HELD_MAX_BYTES (64u << 20) /* all ports together: a guest flooding a stalled one cannot grow us */ /* the timer fires this late, so frames due close together go out in one wake-up */
 
 typedef struct frame {
     struct frame *next;
@@ -154,7 +155,6 @@ static int client_fds[MAX_CLIENTS][MAX_PENDING_FDS]; /* descriptors received, ol
 static int client_nfds[MAX_CLIENTS];
 static uint64_t lab_seed = 0x9E3779B97F4A7C15ULL;
 static int running = 1;
-static long queued_frames = 0; /* frames waiting in any dir */
 static int dir_count = 0;      /* dirs in use are 0 .. dir_count-1 */
 
 /* the release heap: dirs with frames waiting, earliest first release on top */
@@ -170,7 +170,8 @@ static int out_ports[MAX_PORTS], out_nports = 0;
 static struct frame *sent_frames = NULL; /* released frames whose bytes wait in outq */
 static struct frame *pool = NULL;        /* free list of POOL_FRAME buffers */
 static int pool_count = 0;
-static uint64_t armed_at = 0;            /* the timer's current deadline (0: disarmed) */
+static uint64_t armed_at = 0;
+static uint64_t held_bytes = 0;          /* bytes of frames ports hold (egress_hold) */            /* the timer's current deadline (0: disarmed) */
 
 /* endpoints: a port p is p; the side of trunk t on segment seg_a is MAX_PORTS + 2t, on seg_b +1 */
 #define EP_TRUNK(t, side) (MAX_PORTS + 2 * (t) + (side))
@@ -403,11 +404,13 @@ static void frame_free(frame_t *f) {
 }
 
 /* a port's NIC socket is full: keep a copy of the frame until it is writable again (up to
-   EGRESS_MAX, then the frame is dropped and counted: the NIC's reader is far behind) */
+   EGRESS_MAX frames, and HELD_MAX_BYTES over all ports; then the frame is dropped and
+   counted: the NIC's reader is far behind) */
 static void egress_hold(int p, const uint8_t *data, uint32_t len) {
     port_t *port = &ports[p];
     dir_t *d = &dirs[port->out];
-    frame_t *f = port->waiting < EGRESS_MAX ? frame_alloc(len) : NULL;
+    frame_t *f = port->waiting < EGRESS_MAX && held_bytes + len <= HELD_MAX_BYTES ?
+        frame_alloc(len) : NULL;
     if (!f) {
         d->drop_full++;
         d->tx_packets--;
@@ -419,6 +422,7 @@ static void egress_hold(int p, const uint8_t *data, uint32_t len) {
     f->next = NULL;
     if (port->wait_tail) port->wait_tail->next = f; else port->wait_head = f;
     port->wait_tail = f;
+    held_bytes += len;
     if (port->waiting++ == 0) { /* tell us when it is writable */
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)p};
         epoll_ctl(epfd, EPOLL_CTL_MOD, port->fd, &ev);
@@ -444,6 +448,7 @@ static void egress_drain(int p) {
             frame_t *f = port->wait_head;
             port->wait_head = f->next;
             port->waiting--;
+            held_bytes -= f->len;
             frame_free(f);
         }
     }
@@ -570,7 +575,6 @@ static void dir_input(int di, const uint8_t *data, uint32_t len, uint32_t hops) 
         if (release < (int64_t)now) release = (int64_t)now;
         f->release = (uint64_t)release;
         d->queued_bytes += len;
-        queued_frames++;
         if (!d->reorder || d->head == NULL) {
             if (!d->reorder && f->release < d->last_release) f->release = d->last_release;
             d->last_release = f->release;
@@ -647,7 +651,6 @@ static uint64_t run_queues(void) {
         d->head = f->next;
         if (!d->head) d->tail = NULL;
         d->queued_bytes -= f->len;
-        queued_frames--;
         heap_update(di);
         deliver(d, f->data, f->len, f->hops); /* may queue it again further on (trunks) */
         f->next = sent_frames;                /* its bytes may wait in outq: freed by flush_out */
