@@ -7,6 +7,10 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 REPORTS ?= reports
 PYTEST_ARGS ?=
+# `make test` runs the suite on this many pytest-xdist workers, a test file each at a time (a
+# file's shared labs stay in one process); a VM under TCG keeps one core busy, so two workers
+# use both cores of a 2-core machine. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 
 # Debian packages the tests and the template build need on the host
 APT_PACKAGES := qemu-system-x86 qemu-utils openssh-client e2fsprogs util-linux iproute2 \
@@ -119,7 +123,8 @@ lint: venv
 
 test: setup templates libvirt lint
 	@mkdir -p $(REPORTS)
-	$(BIN)/pytest --junitxml=$(REPORTS)/test-junit.xml $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --junitxml=$(REPORTS)/test-junit.xml \
+	  $(PYTEST_ARGS)
 	@echo "test report: $(CURDIR)/$(REPORTS)/test-junit.xml"
 
 unit: venv

@@ -88,18 +88,44 @@ def check_parallel(value: object, where: str = "parallel") -> int:
     return number
 
 
+#: what is told of each step: (machine, state, seconds since the set started)
+Listener = Callable[[str, str, float], None]
+
+
+class Board:
+    """One line per machine, redrawn in place on a terminal: its state and since when."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._rows: dict[str, tuple[str, float]] = {}
+        self._drawn = 0
+
+    def update(self, name: str, state: str, at: float) -> None:
+        self._rows[name] = (state, at)
+        lines = [f"  {row:<20} {was:<10} {since:6.1f} s"
+                 for row, (was, since) in self._rows.items()]
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        self._stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self._stream.flush()
+        self._drawn = len(lines)
+
+
 class Progress:
-    """Where each machine of a bring-up is: logged at every change; drawn live on a terminal."""
+    """Where each machine of a bring-up is: logged at every change, told to ``listeners``
+    (``vboxlab up``'s supervisor passes it on), drawn live on a terminal."""
 
     def __init__(self, names: Sequence[str], log: logging.Logger, *,
-                 stream: IO[str] | None = None) -> None:
+                 stream: IO[str] | None = None, listeners: Sequence[Listener] = ()) -> None:
         self.log = log
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._state = dict.fromkeys(names, ("waiting", 0.0))
         self._since = dict.fromkeys(names, self.started)
-        self._stream = stream
-        self._drawn = 0
+        self._board = Board(stream) if stream is not None else None
+        self._listeners = list(listeners)
+        if self._board is not None:
+            for name in names:
+                self._board.update(name, "waiting", 0.0)
 
     def set(self, name: str, state: str, detail: str = "") -> None:
         now = time.monotonic()
@@ -110,7 +136,13 @@ class Progress:
             self.log.info("bring-up: %s %s at %.1f s%s%s", name, state, now - self.started,
                           f" ({seconds:.1f} s {self._previous(state)})" if state in
                           ("answering", "configured") else "", f": {detail}" if detail else "")
-            self._draw()
+            if self._board is not None:
+                self._board.update(name, state, now - self.started)
+            for listener in self._listeners:
+                try:
+                    listener(name, state, now - self.started)
+                except Exception:  # a listener never stops a bring-up
+                    self.log.exception("bring-up progress listener failed")
 
     @staticmethod
     def _previous(state: str) -> str:
@@ -119,17 +151,6 @@ class Progress:
     def states(self) -> dict[str, str]:
         with self._lock:
             return {name: state for name, (state, _) in self._state.items()}
-
-    def _draw(self) -> None:
-        """Redraw one line per machine in place (terminals only)."""
-        if self._stream is None:
-            return
-        lines = [f"  {name:<20} {state:<10} {at:6.1f} s"
-                 for name, (state, at) in self._state.items()]
-        up = f"\x1b[{self._drawn}F" if self._drawn else ""
-        self._stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
-        self._stream.flush()
-        self._drawn = len(lines)
 
 
 def terminal() -> IO[str] | None:
@@ -142,9 +163,11 @@ def terminal() -> IO[str] | None:
 def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
              wait_answer: Callable[[Machine], None],
              configure: Callable[[Machine, float], None],
-             progress_stream: IO[str] | None = None) -> dict[str, Machine]:
+             progress_stream: IO[str] | None = None,
+             listeners: Sequence[Listener] = ()) -> dict[str, Machine]:
     """Create, start and wait for every step's machine, ``parallel`` VMs at a time;
-    ``wait_answer`` waits for one to answer, ``configure`` finishes it (from its start time).
+    ``wait_answer`` waits for one to answer, ``configure`` finishes it (from its start time);
+    ``listeners`` are told each machine's steps.
 
     Returns the machines by name, in the steps' order. On a failure raises
     :class:`BringUpError` after every thread is done; machines already created
@@ -154,7 +177,7 @@ def bring_up(steps: Sequence[BootStep], *, parallel: int, log: logging.Logger,
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"machines named twice: {', '.join(twice)}")
-    progress = Progress(names, log, stream=progress_stream)
+    progress = Progress(names, log, stream=progress_stream, listeners=listeners)
     slots = threading.BoundedSemaphore(parallel)
     failed = threading.Event()
     lock = threading.Lock()

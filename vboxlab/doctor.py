@@ -11,6 +11,7 @@ from pathlib import Path
 from vboxlab.accel import probe_kvm
 from vboxlab.errors import HostError, VboxlabError
 from vboxlab.hosttools import QEMU_BINARY
+from vboxlab.memshare import SWITCH_ON, ksm_state
 from vboxlab.templates import TemplateRepository
 
 
@@ -81,6 +82,18 @@ def _netns() -> Check:
     return Check("netns hosts", True, "namespaces and tap devices available")
 
 
+def _ksm() -> Check:
+    state = ksm_state()
+    if not state.available:
+        return Check("memory sharing (KSM)", False, "this kernel has no KSM: VMs of one "
+                     "template keep their own copies of the pages they have alike")
+    if not state.running:
+        return Check("memory sharing (KSM)", False, "KSM is off: VMs of one template keep "
+                     "their own copies of the pages they have alike",
+                     f"optional, host-wide: {SWITCH_ON}")
+    return Check("memory sharing (KSM)", True, f"KSM runs: {state.saved_mb:.0f} MiB saved now")
+
+
 def run_checks(repository: TemplateRepository | None = None, probe: bool = True) -> list[Check]:
     """Every check, in the order the report prints them."""
     repository = repository or TemplateRepository()
@@ -118,7 +131,7 @@ def run_checks(repository: TemplateRepository | None = None, probe: bool = True)
                         "running as root" if os.geteuid() == 0 else "not root",
                         "" if os.geteuid() == 0 else
                         "only network namespaces and USB writing need root"))
-    checks += [_fabric(), _netns(), _netem()]
+    checks += [_fabric(), _netns(), _netem(), _ksm()]
     try:
         definitions = repository.definitions()
     except VboxlabError as exc:

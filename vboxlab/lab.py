@@ -38,6 +38,7 @@ from vboxlab.boottimeline import BootTimeline
 from vboxlab.bringup import (
     BootStep,
     BringUpError,
+    Listener,
     bring_up,
     check_parallel,
     default_parallel,
@@ -121,6 +122,9 @@ class Lab:
         self.machines: dict[str, Machine] = {}
         #: called with each machine once it first answers (the plugin's hook uses it)
         self.on_machine_ready: list[Callable[[Machine], None]] = []
+        #: called at each bring-up step of a machine: (name, state, seconds since its set
+        #: started); ``vboxlab up`` passes them to the command's live lines
+        self.on_bring_up: list[Listener] = []
         self._wires: list[DirectWire] = []
         self._network: Network | None = None
         self._building_network = False
@@ -350,7 +354,8 @@ class Lab:
         limit = check_parallel(parallel, "parallel") if parallel is not None else \
             self.parallel or default_parallel(memory, host_memory_available_mb())
         machines = bring_up(steps, parallel=limit, log=self.log, wait_answer=self._wait_answer,
-                            configure=self._configure, progress_stream=terminal())
+                            configure=self._configure, progress_stream=terminal(),
+                            listeners=list(self.on_bring_up))
         with self._lock:  # in the order asked for, not the order threads created them
             for name in machines:
                 self.machines[name] = self.machines.pop(name)

@@ -50,7 +50,7 @@ def pair(tmp_path_factory):
     topology.write_text(PAIR)
     started = up(base, topology, "--seed", "7")
     assert "lab pair is up" in started.stdout and "(seed 7)" in started.stdout
-    assert "h1 answered" in started.stderr and "h2 answered" in started.stderr
+    assert "h1 configured at" in started.stderr and "h2 configured at" in started.stderr
     try:
         yield base
     finally:

@@ -136,6 +136,22 @@ def test_progress_lands_in_the_log_and_on_a_terminal(log, caplog):
     assert progress.states() == {"a": "answering", "b": "failed"}
 
 
+def test_listeners_hear_every_step_and_a_failing_one_stops_nothing(log):
+    heard = []
+
+    def broken(name, state, at):
+        raise RuntimeError("listener bug")
+
+    machines = [FakeMachine("a"), FakeMachine("b")]
+    bring_up(steps_for(machines), parallel=2, log=log, wait_answer=Recorder(),
+             configure=configured, listeners=[broken, lambda *step: heard.append(step)])
+    for name in ("a", "b"):
+        states = [state for who, state, _ in heard if who == name]
+        assert states == ["creating", "booting", "answering", "configured"]
+        seconds = [at for who, _, at in heard if who == name]
+        assert seconds == sorted(seconds) and seconds[0] >= 0
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", ""])
 def test_a_bad_limit_is_refused_with_what_to_give(value):
     with pytest.raises(ConfigError, match="whole number from 1"):

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from vboxlab.bringup import Board, terminal
 from vboxlab.cli_options import lab_base, lab_dir_option
 from vboxlab.control.launcher import client, down, status, up
 from vboxlab.labdirs import find_lab
@@ -41,10 +42,19 @@ def up_command(topology_file: Path, name: str | None, seed: int | None, accel: s
                channel: str, boot_timeout: float, parallel: int | None,
                until_pid: int | None, lab_dir: str | None) -> None:
     """Start a lab from a topology and keep it running after this command returns."""
+    stream = terminal()
+    board = Board(stream) if stream is not None else None
+
+    def machine_step(machine: str, state: str, at: float) -> None:
+        if board is not None:  # a live line per machine
+            board.update(machine, state, at)
+        elif state in ("answering", "configured", "failed"):
+            click.echo(f"  {machine} {state} at {at:.1f} s", err=True)
+
     ready = up(topology_file, lab_base(lab_dir), name=name, seed=seed, accel=accel,
                channel=channel, boot_timeout=boot_timeout, parallel=parallel,
                until_pid=until_pid,
-               progress=lambda text: click.echo(f"  {text}", err=True))
+               progress=lambda text: click.echo(f"  {text}", err=True), on_machine=machine_step)
     where = f" --lab-dir {lab_dir}" if lab_dir else ""
     click.echo(f"lab {ready['lab']} is up in {ready['took']} s: "
                f"{', '.join(ready['machines'])} (seed {ready['seed']})")

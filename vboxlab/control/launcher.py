@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vboxlab.bringup import check_parallel
+from vboxlab.bringup import Listener, check_parallel
 from vboxlab.control.protocol import ControlClient
 from vboxlab.errors import ConfigError, HostError, VboxlabError
 from vboxlab.labdirs import LabRecord, find_lab, list_labs, read_lab, remove_lab
@@ -41,8 +41,12 @@ def _reap() -> None:
 def up(topology_path: Path, base: Path, *, name: str | None = None, seed: int | None = None,
        accel: str = "auto", channel: str = "auto", boot_timeout: float = 120.0,
        parallel: int | None = None, until_pid: int | None = None,
-       progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Start a lab from a topology under a supervisor; returns its ``ready`` facts."""
+       progress: Callable[[str], None] | None = None,
+       on_machine: Listener | None = None) -> dict[str, Any]:
+    """Start a lab from a topology under a supervisor; returns its ``ready`` facts.
+
+    ``progress`` is told the supervisor's lines, ``on_machine`` each machine's bring-up
+    steps (name, state, seconds since the machines started)."""
     _reap()
     topology = load_topology(topology_path)  # a bad file is reported before anything starts
     if name is None:
@@ -86,6 +90,10 @@ def up(topology_path: Path, base: Path, *, name: str | None = None, seed: int | 
                     continue
                 if event.get("event") == "progress" and progress is not None:
                     progress(str(event.get("text", "")))
+                elif event.get("event") == "machine" and on_machine is not None:
+                    at = event.get("at")
+                    on_machine(str(event.get("name", "")), str(event.get("state", "")),
+                               float(at) if isinstance(at, int | float) else 0.0)
                 elif event.get("event") == "ready":
                     _SUPERVISORS.append(proc)  # reaped when it ends (no zombie, no warning)
                     return event

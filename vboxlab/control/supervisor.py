@@ -5,7 +5,8 @@ the fabric die with it and ``vboxlab clean`` removes what a SIGKILL leaves),
 builds the topology, serves the control socket, and tears everything down on
 ``down``, SIGTERM, SIGINT or SIGHUP, or when the process named by
 ``--until-pid`` ends. Progress and the outcome of the start go to the
-``--ready-fd`` pipe as JSON lines (``progress``, then ``ready`` or ``error``),
+``--ready-fd`` pipe as JSON lines (``progress`` and each machine's bring-up steps,
+``machine``; then ``ready`` or ``error``),
 which ``vboxlab up`` prints; after that the lab log is the only output.
 """
 
@@ -31,7 +32,6 @@ from vboxlab.errors import VboxlabError
 from vboxlab.lab import Lab
 from vboxlab.labdirs import CONTROL_SOCKET
 from vboxlab.labstatus import TOPOLOGY_COPY, UP_FACTS
-from vboxlab.machine import Machine
 from vboxlab.net.topology import load_topology
 
 #: how often the supervisor looks whether ``--until-pid`` still runs
@@ -43,21 +43,28 @@ class _Stop(BaseException):
 
 
 class _Events:
-    """JSON lines to ``vboxlab up`` while it waits; silent once it stopped listening."""
+    """JSON lines to ``vboxlab up`` while it waits (from any thread: machines come up on
+    threads of their own); silent once it stopped listening."""
 
     def __init__(self, pipe: IO[str] | None) -> None:
         self._pipe = pipe
+        self._lock = threading.Lock()
 
     def send(self, event: str, **fields: Any) -> None:
-        if self._pipe is None:
-            return
-        try:
-            self._pipe.write(json.dumps({"event": event, **fields}) + "\n")
-            self._pipe.flush()
-        except OSError:  # vboxlab up was interrupted: the lab goes on
-            self.close()
+        with self._lock:
+            if self._pipe is None:
+                return
+            try:
+                self._pipe.write(json.dumps({"event": event, **fields}) + "\n")
+                self._pipe.flush()
+            except OSError:  # vboxlab up was interrupted: the lab goes on
+                self._close()
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._pipe is not None:
             with contextlib.suppress(OSError):
                 self._pipe.close()
@@ -124,12 +131,8 @@ def supervise(args: argparse.Namespace, events: _Events) -> int:
                      "seed": args.seed, "supervisor": os.getpid()}
             _write_private(lab.dir / UP_FACTS, json.dumps(facts, indent=2) + "\n")
             started = time.monotonic()
-
-            def answered(machine: Machine) -> None:
-                events.send("progress", text=f"{machine.name} answered "
-                                             f"({time.monotonic() - started:.1f} s)")
-
-            lab.on_machine_ready.append(answered)
+            lab.on_bring_up.append(lambda machine, state, at: events.send(
+                "machine", name=machine, state=state, at=round(at, 1)))
             events.send("progress", text=f"lab {lab.id}: starting {len(topology.nodes)} "
                                          f"machines of topology {topology.name}")
             network = lab.network(topology, seed=args.seed)
