@@ -95,13 +95,18 @@ Listener = Callable[[str, str, float], None]
 class Board:
     """One line per machine, redrawn in place on a terminal: its state and since when."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], names: Sequence[str] = ()) -> None:
         self._stream = stream
-        self._rows: dict[str, tuple[str, float]] = {}
+        self._rows: dict[str, tuple[str, float]] = dict.fromkeys(names, ("waiting", 0.0))
         self._drawn = 0
+        if self._rows:
+            self._draw()
 
     def update(self, name: str, state: str, at: float) -> None:
         self._rows[name] = (state, at)
+        self._draw()
+
+    def _draw(self) -> None:
         lines = [f"  {row:<20} {was:<10} {since:6.1f} s"
                  for row, (was, since) in self._rows.items()]
         up = f"\x1b[{self._drawn}F" if self._drawn else ""
@@ -121,11 +126,8 @@ class Progress:
         self._lock = threading.Lock()
         self._state = dict.fromkeys(names, ("waiting", 0.0))
         self._since = dict.fromkeys(names, self.started)
-        self._board = Board(stream) if stream is not None else None
+        self._board = Board(stream, names) if stream is not None else None
         self._listeners = list(listeners)
-        if self._board is not None:
-            for name in names:
-                self._board.update(name, "waiting", 0.0)
 
     def set(self, name: str, state: str, detail: str = "") -> None:
         now = time.monotonic()
