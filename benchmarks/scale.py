@@ -9,7 +9,8 @@ side by side, at most ``--parallel`` at a time, default the host's cores),
 compared with N x the mean of those two boots, so drift hits both alike; medians
 over the rounds are reported.
 Memory per VM (RSS and PSS of each QEMU process: PSS counts a page shared by k
-processes as 1/k) is read once each lab is up; for 4, 8 and the largest lab also
+processes as 1/k; and of its mapping of the initrd, with the number of distinct
+initrd files the lab's QEMUs map) is read once each lab is up; for 4, 8 and the largest lab also
 with the kernel's same-page merging (KSM) switched on until it has scanned twice
 (``--no-ksm``: not), and KSM put back as it was. The largest lab proves itself
 with a ping from its first node to its last. Last, 4 VMs and 32 namespace hosts
@@ -50,6 +51,24 @@ def memory_mb(pid: int) -> tuple[float, float]:
         if key in ("Rss", "Pss"):
             values[key] = int(rest.split()[0]) / 1024
     return values["Rss"], values["Pss"]
+
+
+def initrd_mapping(pid: int, path: str) -> tuple[str, float, float]:
+    """(inode, RSS MiB, PSS MiB) of a process's mapping of the file ``path`` (its initrd)."""
+    inode, rss, pss, inside = "", 0.0, 0.0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and "-" in fields[0] and not fields[0].endswith(":"):
+            inside = len(fields) >= 6 and fields[5] == path
+            if inside:
+                inode = f"{fields[3]}:{fields[4]}"
+        elif inside and fields[0] in ("Rss:", "Pss:"):
+            value = int(fields[1]) / 1024
+            if fields[0] == "Rss:":
+                rss += value
+            else:
+                pss += value
+    return inode, rss, pss
 
 
 def qemu_pid(machine: Machine) -> int:
@@ -122,11 +141,16 @@ def bring_up(size: int, namespaces: int, parallel: int | None,
         took, host_cpu = time.perf_counter() - started, time.process_time() - host
         vms = [network.node(f"vm{i}") for i in range(size)]
         memory = [memory_mb(qemu_pid(vm)) for vm in vms]
+        initrds = [initrd_mapping(qemu_pid(vm), str(vm.handle.launch.initrd)) for vm in vms]
         result: dict[str, Any] = {
             "vms": size, "namespace_hosts": namespaces, "seconds": round(took, 2),
             "host_cpu_s": round(host_cpu, 2),
             "rss_mb_per_vm": round(statistics.mean(m[0] for m in memory), 1),
-            "pss_mb_per_vm": round(statistics.mean(m[1] for m in memory), 1)}
+            "pss_mb_per_vm": round(statistics.mean(m[1] for m in memory), 1),
+            # the template's initrd: one file (inode) mapped by every QEMU, its pages shared
+            "initrd_files_mapped": len({inode for inode, _, _ in initrds}),
+            "initrd_rss_mb_per_vm": round(statistics.mean(i[1] for i in initrds), 1),
+            "initrd_pss_mb_per_vm": round(statistics.mean(i[2] for i in initrds), 2)}
         if ping:
             last = f"ns{namespaces - 1}" if namespaces else f"vm{size - 1}"
             network.node("vm0").succeed(f"ping -c 3 -W 5 {last}")
@@ -174,6 +198,9 @@ def main() -> int:
             "ratio_vs_sequential": statistics.median(r["ratio_vs_sequential"] for r in measured),
             "rss_mb_per_vm": measured[-1]["rss_mb_per_vm"],
             "pss_mb_per_vm": measured[-1]["pss_mb_per_vm"],
+            "initrd_files_mapped": measured[-1]["initrd_files_mapped"],
+            "initrd_rss_mb_per_vm": measured[-1]["initrd_rss_mb_per_vm"],
+            "initrd_pss_mb_per_vm": measured[-1]["initrd_pss_mb_per_vm"],
             **({"with_ksm": measured[-1]["with_ksm"]} if "with_ksm" in measured[-1] else {}),
             "host_cpu_s_per_vm": round(statistics.median(r["host_cpu_s"] for r in measured)
                                        / size, 3)})

@@ -92,11 +92,27 @@ def test_a_lab_folder_too_deep_for_sockets_fails_before_starting(tmp_path):
     assert qemu_pids(str(deep)) == []
 
 
-def test_private_key_files_are_0600(base):
+def test_vms_share_the_templates_initrd_and_get_their_own_keys_in_0600_files(base):
     with Lab(base=base) as lab:
-        lab.vm("keys")
+        first, second = lab.vms({"keys": {}, "keys2": {}}).values()
         assert os.stat(lab.dir / "id_ed25519").st_mode & 0o777 == 0o600
-        assert os.stat(lab.dir / "keys" / "initrd.img").st_mode & 0o777 == 0o600
+        launches = [first.handle.launch, second.handle.launch]
+        shared = Path(launches[0].initrd)
+        assert all(Path(launch.initrd) == shared for launch in launches)
+        for vm, launch in zip((first, second), launches, strict=True):
+            own = Path(launch.vm_files)
+            assert own.parent == lab.dir / vm.name and os.stat(own).st_mode & 0o777 == 0o600
+            key = own.read_bytes().split(b"-----BEGIN OPENSSH PRIVATE KEY-----")[1][:200]
+            assert len(key) == 200 and key not in shared.read_bytes()  # no secret is shared
+            assert vm.succeed("hostname") == f"{vm.name}\n"  # unpacked from fw_cfg
+        # QEMU maps the initrd: one file, so its pages are in memory once for all VMs
+        mapped = set()
+        for pid in qemu_pids(str(lab.dir)):
+            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            mapped |= {line.split()[4] for line in lines if line.endswith(str(shared))}
+        assert len(mapped) == 1 and mapped != {"0"}  # one inode, in both processes
+        assert sum(str(shared) in Path(f"/proc/{pid}/maps").read_text()
+                   for pid in qemu_pids(str(lab.dir))) == 2
 
 
 def test_qemu_listens_on_loopback_only(base):

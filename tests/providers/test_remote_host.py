@@ -37,12 +37,13 @@ def test_the_console_is_streamed_home_and_files_go_once(rlab, host):
     first = rlab.vm("r1")
     assert "Linux version" in first.console_log.read_text()  # the guest's serial console
     sent = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
-    assert len(sent) == 2  # the template's disk and its kernel, named by their SHA-256
+    assert len(sent) == 3  # the template's disk, kernel and initrd, named by their SHA-256
     second = rlab.vm("r2")
     assert second.succeed("hostname") == "r2\n"
     assert {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()} == sent  # not sent again
     machine_dir = host.home / REMOTE_ROOT / "labs" / rlab.id / "r2"
-    assert (machine_dir / "disk.qcow2").is_file() and (machine_dir / "initrd.img").is_file()
+    assert (machine_dir / "disk.qcow2").is_file() and (machine_dir / "vm-files.cpio").is_file()
+    assert not (machine_dir / "initrd.img").exists()  # the shared blob serves every machine
     rlab.remove_vm("r2")
     assert not machine_dir.exists()
 

@@ -31,6 +31,14 @@ def test_the_domain_boots_the_same_kernel_disk_console_and_agent():
     assert args[1].startswith("user,id=n0,hostfwd=tcp:127.0.0.1:0-:22")
 
 
+def test_the_vms_own_files_are_a_fw_cfg_entry_beside_the_shared_initrd():
+    root = parsed(initrd="/cache/initrds/tiny-0123.cpio", vm_files="/labs/x/vm/vm-files.cpio")
+    assert root.findtext("os/initrd") == "/cache/initrds/tiny-0123.cpio"
+    entry = root.find("sysinfo[@type='fwcfg']/entry")
+    assert entry.attrib == {"name": "opt/org.vboxlab/vm", "file": "/labs/x/vm/vm-files.cpio"}
+    assert parsed().find("sysinfo") is None  # a VM whose initrd holds its files
+
+
 def test_paths_are_escaped_never_markup():
     root = parsed(overlay="/labs/a'<b>&\"c/disk.qcow2", console="/labs/<x>/console.log")
     assert root.find("devices/disk/source").get("file") == "/labs/a'<b>&\"c/disk.qcow2"

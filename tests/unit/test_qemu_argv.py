@@ -25,6 +25,15 @@ def test_the_agent_port_is_a_virtserialport_on_the_labs_socket():
     assert "virtserialport" not in " ".join(build_argv(launch()))
 
 
+def test_the_vms_own_files_come_through_fw_cfg_with_commas_escaped():
+    argv = build_argv(launch(initrd="/c/tiny.cpio", vm_files="/l/a,b/vm-files.cpio"))
+    assert option_after(argv, "-initrd") == ["/c/tiny.cpio"]
+    assert option_after(argv, "-fw_cfg") == ["name=opt/org.vboxlab/vm,file=/l/a,,b/vm-files.cpio"]
+    assert option_after(build_argv(launch()), "-fw_cfg") == []
+    media = launch(vm_files="/l/w/vm-files.cpio", media=LaunchMedia("/m/b.iso", "cdrom", "bios"))
+    assert option_after(build_argv(media), "-fw_cfg") == []  # media carry the files themselves
+
+
 def test_cpu_and_kernel_firmware_and_what_boot_media_keep():
     argv = build_argv(launch(cpu="qemu64,+rdrand", kernel_firmware="/usr/share/qemu/qboot.rom"))
     assert option_after(argv, "-cpu") == ["qemu64,+rdrand"]

@@ -53,6 +53,7 @@ PORT_NAME = "org.vboxlab.agent.0"
 #: how often HELLO is repeated while waiting for the agent (a frame the guest
 #: half-read before a restore may swallow one)
 HELLO_INTERVAL = 0.25
+EXIT_GRACE = 5.0  # seconds a closed socket waits for QEMU to be seen gone
 #: requests for file transfers (the data flows as fast as the port allows)
 FILE_TIMEOUT = 300.0
 #: files read at once by read_files
@@ -178,6 +179,7 @@ class AgentChannel:
                 return
             self._check_alive()
             if not self.connected:
+                self._await_exit()
                 raise ChannelError(f"{self.name}: QEMU closed the agent socket "
                                    f"{self.socket_path} before the agent answered")
             if time.monotonic() >= deadline:
@@ -247,9 +249,20 @@ class AgentChannel:
             with self._send_lock:
                 sock.sendall(data)
         except OSError as exc:
-            self._check_alive()
+            self._await_exit()
             raise ChannelError(f"{self.name}: writing to the agent socket failed: "
                                f"{exc.strerror or exc}") from exc
+
+    def _await_exit(self, grace: float = EXIT_GRACE) -> None:
+        """The socket closed: QEMU closes it as it exits, so give the process ``grace``
+        seconds to be seen gone (``check_alive`` then raises ``MachineDied`` with the
+        console's tail, which says why) before the caller reports a closed channel."""
+        end = time.monotonic() + grace
+        while True:
+            self._check_alive()
+            if time.monotonic() >= end:
+                return
+            time.sleep(0.05)
 
     def _read_loop(self, sock: socket.socket) -> None:
         reader = FrameReader()

@@ -139,8 +139,11 @@ def _manifest(image: Path, fmt: str, name: str, version: str, boot: BootFiles,
         checked = TemplateDefinition.model_validate(definition)
     except Exception as exc:
         raise ConfigError(f"template {name} {version}: {exc}") from None
+    # the like template's initrd reads its VMs' files from fw_cfg: so does the import's copy
+    shares_initrd = boot.like is not None and boot.initrd == boot.like.initrd
     extra = {k: v for k, v in (boot.like.manifest.items() if boot.like else ())
-             if k in ("kernel_version", "modules") and boot.firmware == "kernel"}
+             if boot.firmware == "kernel" and (k in ("kernel_version", "modules") or
+                                               (k == "vm_files" and shares_initrd))}
     return {
         "name": name, "version": version, "description": checked.description,
         "inputs_digest": image_digest,

@@ -1,16 +1,16 @@
 """The libvirt provider (``--lab-provider libvirt``): lab VMs as libvirt domains.
 
-A machine is prepared exactly as a QEMU one (overlay over the template's image,
-its own initrd with keys and the guest agent) and then run by ``libvirtd`` as a
-*transient* domain (:mod:`vboxlab.providers.libvirt_xml`). Domains of a lab
-that dies with its owner are started with ``AUTODESTROY``: libvirt destroys them
-when this process's connection closes, SIGKILL included, and each domain is in
-the lab's ledger so ``vboxlab clean`` removes any that are left. Commands go
-over the same guest agent socket (or SSH through the user network's forward);
-snapshots are taken and deleted through libvirt's snapshot API (internal:
-memory, devices and disk in the overlay) and loaded with QEMU's own ``loadvm``
-through libvirt's monitor (5x faster than ``revertToSnapshot`` here, and it
-also loads a snapshot libvirt no longer knows, taken before a stop).
+A machine is prepared exactly as a QEMU one (overlay over the template's image, its own
+files with keys, given through fw_cfg beside the template's shared initrd) and then run
+by ``libvirtd`` as a *transient* domain (:mod:`vboxlab.providers.libvirt_xml`). Domains
+of a lab that dies with its owner are started with ``AUTODESTROY``: libvirt destroys
+them when this process's connection closes, SIGKILL included, and each domain is in the
+lab's ledger so ``vboxlab clean`` removes any that are left. Commands go over the same
+guest agent socket (or SSH through the user network's forward); snapshots are taken and
+deleted through libvirt's snapshot API (internal: memory, devices and disk in the
+overlay) and loaded with QEMU's own ``loadvm`` through libvirt's monitor (5x faster than
+``revertToSnapshot`` here, and it also loads a snapshot libvirt no longer knows, taken
+before a stop).
 
 Lab NICs join the fabric as ``<interface type='udp'>``: each NIC gets a pair
 of UDP sockets on 127.0.0.1 like a QEMU NIC, but its near end is closed and its

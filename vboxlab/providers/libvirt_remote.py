@@ -1,9 +1,9 @@
 """A libvirt machine on a remote host (``--lab-libvirt-uri qemu+ssh://USER@HOST/system``).
 
-The machine is prepared here as every QEMU machine is (its own initrd with keys),
+The machine is prepared here as every QEMU machine is (its own files with keys),
 then its files go to the host (:class:`~vboxlab.providers.remote_host.RemoteHost`):
-the template's disk and kernel as content-addressed blobs, uploaded once per
-host and reused by every later machine; its initrd into its folder there; its
+the template's disk, kernel and shared initrd as content-addressed blobs, uploaded
+once per host and reused by every later machine; its own files into its folder there; its
 overlay made there with the host's ``qemu-img``. The domain is the local one's
 with the host's paths, and differs in three ways:
 
@@ -76,8 +76,9 @@ class RemoteLibvirtMachine(LibvirtMachine):
         """Made on the host, in :meth:`prepare`, once the template's disk is there."""
 
     def prepare(self, spec: MachineSpec) -> None:
-        """The initrd here (as any QEMU machine's), then everything the domain reads on the
-        host: template blobs (once per host), the initrd, the overlay."""
+        """The VM's files here (as any QEMU machine's), then everything the domain reads on
+        the host: template blobs and the shared initrd (once per host), the VM's own files
+        (or its own initrd), the overlay."""
         assert spec.template is not None
         super().prepare(spec)
         remote, built = self.remote, spec.template
@@ -98,8 +99,16 @@ class RemoteLibvirtMachine(LibvirtMachine):
         kernel_file = Path(self.launch.kernel)
         kernel = remote.upload_blob(kernel_file, file_digest(kernel_file),
                                     label=f"the kernel of {what}")
-        initrd = posixpath.join(self.remote_dir, "initrd.img")
-        remote.put(self.initrd, initrd)
+        if self.launch.vm_files is not None:  # the shared initrd once per host, files per VM
+            initrd = remote.upload_blob(self.initrd, file_digest(self.initrd),
+                                        label=f"the initrd of {what}")
+            own = posixpath.join(self.remote_dir, "vm-files.cpio")
+            remote.put(Path(self.launch.vm_files), own)
+            vm_files: str | None = own
+        else:
+            initrd = posixpath.join(self.remote_dir, "initrd.img")
+            vm_files = None
+            remote.put(self.initrd, initrd)
         overlay = posixpath.join(self.remote_dir, "disk.qcow2")
         qemu_img = remote.which("qemu-img", "to create overlays")
         # -u with the size: the blob's own header names its base by a path that exists only
@@ -114,6 +123,7 @@ class RemoteLibvirtMachine(LibvirtMachine):
         self._remote_launch = dataclasses.replace(
             self.launch, binary=remote.which("qemu-system-x86_64", "to run VMs"),
             overlay=overlay, base_disk=base, base_chain=chain, kernel=kernel, initrd=initrd,
+            vm_files=vm_files,
             console=posixpath.join(self.remote_dir, "console.log"), kernel_firmware=firmware,
             agent=None)
 
@@ -129,21 +139,32 @@ class RemoteLibvirtMachine(LibvirtMachine):
         lv = _libvirt()
         domain = connection.createXML(xml, lv.VIR_DOMAIN_START_AUTODESTROY |
                                       lv.VIR_DOMAIN_START_PAUSED)
+        console: libvirt.virConnect | None = None
+        mirrored = False
         try:
-            stream = connection.newStream(0)
-            domain.openConsole(None, stream, 0)
-            self._console = threading.Thread(target=self._mirror_console, args=(stream,),
+            # a connection of its own: a blocking stream read shares a connection badly (an
+            # API call on it from another thread could wait for ever behind the read)
+            console = lv.open(self.remote.target.libvirt_uri())
+            stream = console.newStream(0)
+            console.lookupByUUID(domain.UUID()).openConsole(None, stream, 0)
+            self._console = threading.Thread(target=self._mirror_console,
+                                             args=(console, stream),
                                              name=f"console-{self.name}", daemon=True)
             self._console.start()
+            mirrored = True
             domain.resume()
         except BaseException:
             with contextlib.suppress(lv.libvirtError):
                 domain.destroy()
+            if console is not None and not mirrored:
+                with contextlib.suppress(lv.libvirtError):
+                    console.close()
             raise
         return domain
 
-    def _mirror_console(self, stream: libvirt.virStream) -> None:
-        """Append what the guest writes on its serial console to ``console.log``."""
+    def _mirror_console(self, console: libvirt.virConnect, stream: libvirt.virStream) -> None:
+        """Append what the guest writes on its serial console to ``console.log`` until the
+        domain ends; then close the console's connection."""
         lv = _libvirt()
         with self.console_log.open("ab") as out:
             while True:
@@ -157,6 +178,8 @@ class RemoteLibvirtMachine(LibvirtMachine):
                 out.flush()
         with contextlib.suppress(lv.libvirtError):
             stream.abort()
+        with contextlib.suppress(lv.libvirtError):
+            console.close()
 
     def _started(self) -> None:
         assert self._ssh_port is not None

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vboxlab.providers.qemu_argv import QemuLaunch
+from vboxlab.providers.qemu_argv import FW_CFG_NAME, QemuLaunch
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 #: the user-mode network's id (``hostfwd_add`` names it)
@@ -88,6 +88,9 @@ def domain_xml(launch: QemuLaunch, name: str, *, owner: str, loadvm: str | None 
     _sub(os_, "kernel", launch.kernel)
     _sub(os_, "initrd", launch.initrd)
     _sub(os_, "cmdline", launch.cmdline)
+    if launch.vm_files is not None:  # the VM's own files, beside the template's shared initrd
+        sysinfo = _sub(domain, "sysinfo", type="fwcfg")
+        _sub(sysinfo, "entry", name=FW_CFG_NAME, file=launch.vm_files)
     machine_features = _sub(domain, "features")  # without <acpi/>: -no-acpi, and no poweroff
     _sub(machine_features, "acpi")
     _sub(machine_features, "apic")

@@ -1,7 +1,7 @@
 """A VM's own files as a cloud-init NoCloud seed, for templates whose disk boots itself.
 
 A kernel-booted template gets its host key, authorized key, names and lab
-addresses in an extra initrd (see :func:`vboxlab.providers.qemu._vm_files`).
+addresses in an extra initrd (see :func:`vboxlab.providers.vmfiles.vm_files`).
 A disk that boots with its own bootloader (a cloud image) reads them the way
 cloud images do: from a ``cidata`` volume holding ``user-data`` (cloud-config:
 the host key pinned by vboxlab under ``ssh_keys``, the lab's key under

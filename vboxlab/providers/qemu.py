@@ -2,8 +2,9 @@
 
 Each VM gets, in its work folder: a qcow2 overlay over the template's disk (the
 template is opened read-only with an explicit, empty backing chain and is never
-written), an initramfs made of the template's archive plus a small per-VM
-archive (host key, authorized key, hostname, lab interfaces), the serial
+written), its own files (host key, authorized key, hostname, lab interfaces) as a
+small archive that QEMU hands over through fw_cfg beside the template's shared
+initrd (or appended to a copy of it, see :mod:`vboxlab.providers.vmfiles`), the serial
 console in ``console.log``, QEMU's stderr in ``qemu.log``, the QMP socket and
 ``machine.json`` (the launch description, pid and forwards). SSH reaches the
 guest through a user-mode network forward bound to 127.0.0.1 on a port the
@@ -21,6 +22,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -34,7 +36,6 @@ import paramiko
 
 from vboxlab import procs
 from vboxlab.accel import AccelChoice, choose
-from vboxlab.agent import GUEST_PATH, agent_binary
 from vboxlab.channels.agent import AgentChannel
 from vboxlab.channels.ssh import SSHChannel
 from vboxlab.errors import ConfigError, HostError, MachineDied, NotSupported, ProviderError
@@ -55,8 +56,16 @@ from vboxlab.providers.qemu_argv import (
     build_argv,
 )
 from vboxlab.providers.qmp import QmpConnection, run_job, snapshot_args
+from vboxlab.providers.vmfiles import (
+    agent_files,
+    cpio_of,
+    prefix_for,
+    shared_initrd,
+    uses_fw_cfg,
+    vm_files,
+    write_initrd,
+)
 from vboxlab.templates.chain import check_template_disks, disk_chain
-from vboxlab.templates.cpio import CpioWriter
 from vboxlab.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -167,6 +176,11 @@ class QemuProvider:
         if self.channel == "auto" and definition.access.channels[0] == "agent" and not disk_boot:
             agent = str(work / "agent.sock")
         kernel: str | None = None if disk_boot else str(built.kernel)
+        # the template's initrd shared by its VMs, each VM's own files through fw_cfg
+        fw_cfg = kernel is not None and media is None and uses_fw_cfg(built)
+        initrd = None if disk_boot else str(work / "initrd.img")
+        if fw_cfg:
+            initrd = str(shared_initrd(built, agent=agent is not None))
         if media is None and kernel is not None:
             try:  # no decompression in the guest: 4 s less under TCG
                 kernel = str(direct_kernel(built.kernel))
@@ -178,7 +192,7 @@ class QemuProvider:
             base_format=str(built.manifest.get("disk_format", "qcow2")),
             console=str(work / "console.log"), qmp=str(qmp_path),
             ssh_port=definition.access.port, kernel=kernel,
-            initrd=None if disk_boot else str(work / "initrd.img"),
+            initrd=initrd, vm_files=str(work / "vm-files.cpio") if fw_cfg else None,
             cmdline=f"{definition.boot.cmdline} {spec.kernel_args}".strip(), media=media,
             nics=tuple(LaunchNic(n.name, n.mac, "vde" if n.vde else "fd", n.vde)
                        for n in spec.nics),
@@ -289,23 +303,18 @@ class QemuMachine:
             (self.workdir / "console.log").touch()
             (self.workdir / "known_hosts.pub").write_text(self._host_key_line + "\n")
             return
-        extra = io.BytesIO()
-        cpio = CpioWriter(extra)
-        prefix = "vboxlab/root/" if spec.template.template.definition.boot.files_into == \
-            "rootfs" else ""
-        for name, data, mode in _vm_files(spec, agent=self.launch.agent is not None):
-            if prefix:
-                cpio.add_tree_dirs(str(Path(prefix + name).parent))
-            cpio.add_file(prefix + name, data, mode)
-        cpio.close()
-        self._ledger.add("file", f"initrd {self.name}", path=str(self.initrd))
-        with self.initrd.open("wb") as out, spec.template.initrd.open("rb") as base:
-            shutil.copyfileobj(base, out, 1 << 20)
-            # the kernel reads a following cpio only at a 4-byte boundary (zeros are skipped):
-            # a compressed base (Debian's zstd initrd) ends anywhere
-            out.write(b"\0" * (-out.tell() % 512))
-            out.write(extra.getvalue())
-        self.initrd.chmod(0o600)  # it holds the VM's private host key
+        own = vm_files(spec)
+        if self.launch.vm_files is not None:  # the shared initrd, and these through fw_cfg
+            path = Path(self.launch.vm_files)
+            self._ledger.add("file", f"files of {self.name}", path=str(path))
+            with path.open("wb") as out:
+                os.fchmod(out.fileno(), 0o600)  # it holds the VM's private host key
+                out.write(cpio_of(own))
+        else:
+            if self.launch.agent is not None:
+                own += agent_files()
+            self._ledger.add("file", f"initrd {self.name}", path=str(self.initrd))
+            write_initrd(self.initrd, spec.template.initrd, cpio_of(own, prefix_for(spec.template)))
         (self.workdir / "console.log").touch()
         (self.workdir / "known_hosts.pub").write_text(self._host_key_line + "\n")
 
@@ -702,26 +711,3 @@ def _uefi_code() -> str:
     from vboxlab.media.bootloaders import ovmf_firmware
 
     return str(ovmf_firmware())
-
-
-def _vm_files(spec: MachineSpec, *, agent: bool) -> list[tuple[str, bytes, int]]:
-    """A VM's own files: host key, authorized key, names, lab interfaces and routes, and the
-    guest agent (built by this host, so it always speaks this host's protocol)."""
-    assert spec.host_key is not None
-    files = [
-        ("etc/ssh/ssh_host_ed25519_key", spec.host_key.private_openssh, 0o600),
-        ("etc/ssh/ssh_host_ed25519_key.pub", spec.host_key.public_line.encode() + b"\n", 0o644),
-        ("etc/ssh/authorized_keys", spec.authorized_key.encode() + b"\n", 0o644),
-        ("etc/hostname", spec.name.encode() + b"\n", 0o644),
-        ("etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {spec.name}\n{spec.hosts}".encode(),
-         0o644),
-        ("etc/vboxlab/interfaces", "".join(f"{nic.name} {nic.address or '-'} {nic.mac}\n"
-                                           for nic in spec.nics).encode(), 0o644),
-        ("etc/vboxlab/routes", "".join(f"{network} {via}\n"
-                                       for network, via in spec.routes).encode(), 0o644),
-    ]
-    if spec.forward:
-        files.append(("etc/vboxlab/forward", b"1\n", 0o644))
-    if agent:
-        files.append((GUEST_PATH, agent_binary().read_bytes(), 0o755))
-    return files

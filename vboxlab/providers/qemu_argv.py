@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 DISK_NODE = "disk0"
+#: the fw_cfg entry a VM's own files come in (QEMU allows 55 bytes; "opt/" names are users')
+FW_CFG_NAME = "opt/org.vboxlab/vm"
+#: where a guest reads that entry (the qemu_fw_cfg module's sysfs)
+FW_CFG_GUEST_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{FW_CFG_NAME}/raw"
 BASE_NODE = "base0"
 
 
@@ -87,6 +91,8 @@ class QemuLaunch:
     seed: str | None = None
     #: a layered template: the qcow2 disks under ``base_disk``, nearest first
     base_chain: tuple[str, ...] = ()
+    #: the VM's own files (a cpio) given through fw_cfg; None: they are in ``initrd``
+    vm_files: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,8 +129,10 @@ def _boot(launch: QemuLaunch) -> list[str]:
         if launch.kernel is None or launch.initrd is None:
             raise ValueError(f"{launch.name}: neither a kernel nor boot media to boot from")
         firmware = ["-bios", launch.kernel_firmware] if launch.kernel_firmware else []
+        own = [] if launch.vm_files is None else \
+            ["-fw_cfg", f"name={FW_CFG_NAME},file={opt(launch.vm_files)}"]
         return [*firmware, "-kernel", launch.kernel, "-initrd", launch.initrd,
-                "-append", launch.cmdline]
+                "-append", launch.cmdline, *own]
     argv = ["-bios", media.ovmf] if media.firmware == "uefi" and media.ovmf else []
     drive = f"if=none,id=media0,format=raw,readonly=on,file={opt(media.path)}"
     if media.kind == "cdrom":

@@ -263,6 +263,7 @@ def _localise_machine(folder: Path, name: str, old_dir: str | None, target: Path
                       built: BuiltTemplate) -> None:
     """Point a restored machine's record at this host's paths and template."""
     from vboxlab.providers.direct_kernel import NoDirectBoot, direct_kernel
+    from vboxlab.providers.vmfiles import shared_initrd
 
     info_path = folder / "machine.json"
     info = json.loads(info_path.read_text())
@@ -273,14 +274,18 @@ def _localise_machine(folder: Path, name: str, old_dir: str | None, target: Path
             return str(target) + path[len(old_dir):]
         return path
 
-    for key in ("overlay", "console", "qmp", "initrd", "agent", "seed"):
+    # a VM whose own files come through fw_cfg boots the template's shared initrd, made here
+    own = ("vm_files",) if launch.get("vm_files") is not None else ("initrd",)
+    for key in ("overlay", "console", "qmp", "agent", "seed", *own):
         launch[key] = moved(launch.get(key))
     info["qmp"] = moved(info.get("qmp"))
-    for key in ("overlay", "console", "qmp", "initrd", "agent", "seed"):
+    for key in ("overlay", "console", "qmp", "agent", "seed", *own):
         value = launch.get(key)
         if value is not None and not str(value).startswith(str(target) + "/"):
             raise SyncError(f"machine {name}: {key} {value!r} lies outside the lab folder; "
                             "refusing the backup")
+    if launch.get("vm_files") is not None:
+        launch["initrd"] = str(shared_initrd(built, agent=launch.get("agent") is not None))
     launch["base_disk"] = str(built.disk)
     launch["base_format"] = "qcow2"
     launch["base_chain"] = list(disk_chain(built))

@@ -7,7 +7,9 @@ is installed on the host). The image holds:
 * ``initrd.cpio``: busybox with its applet links, each of ``binaries`` with the
   shared libraries it needs (found from the ELF headers), the kernel modules in
   ``modules`` with their dependencies (in load order, listed in
-  ``/etc/vboxlab/modules``), and the template's ``rootfs/`` folder;
+  ``/etc/vboxlab/modules``), and the template's ``rootfs/`` folder; its ``/init``
+  unpacks the VM's own files from QEMU's fw_cfg (``qemu_fw_cfg`` module) and then
+  runs busybox init, so one initrd serves every VM of the template;
 * ``disk.qcow2``: an empty ext4 data disk that VMs see as ``/dev/vda``.
 """
 
@@ -26,6 +28,7 @@ from elftools.elf.elffile import ELFFile
 
 from vboxlab.errors import BuildError
 from vboxlab.hosttools import require, run
+from vboxlab.providers.qemu_argv import FW_CFG_GUEST_PATH
 from vboxlab.templates import debs
 from vboxlab.templates.cpio import CpioWriter
 from vboxlab.templates.definition import Template
@@ -33,7 +36,25 @@ from vboxlab.templates.elf import library_closure
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
+#: /init: the VM's own files (see vboxlab.providers.vmfiles) into /, then busybox init
+INIT = """\
+#!/bin/sh
+# vboxlab: unpack this VM's own files (host key, authorized key, names, lab interfaces) from
+# QEMU's fw_cfg, then hand over to busybox init (which runs the template's inittab)
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+{insmods}
+if [ -r {blob} ]; then
+    cpio -i -d -m -u < {blob} 2>/dev/null || echo "vboxlab: VM files not unpacked" >/dev/console
+elif [ ! -f /etc/ssh/ssh_host_ed25519_key ]; then  # boot media carry them in the initrd
+    echo "vboxlab: no VM files in fw_cfg ({blob})" >/dev/console
+fi
+umount /sys
+umount /proc
+exec /bin/busybox init
+"""
 Progress = Callable[[str], None]
 
 
@@ -149,7 +170,6 @@ def build_image(template: Template, packages: list[debs.Package], out: Path, deb
     if not busybox.is_file():
         raise BuildError("busybox not found in the packages; add busybox-static to build.packages")
     cpio.add_file("bin/busybox", busybox.read_bytes(), 0o755)
-    cpio.add_symlink("init", "/bin/busybox")
     provided = {b.lstrip("/") for b in build.binaries}
     for applet in _busybox_applets(busybox):
         if applet != "bin/busybox" and applet not in provided:
@@ -177,6 +197,13 @@ def build_image(template: Template, packages: list[debs.Package], out: Path, deb
     cpio.add_file("etc/vboxlab/modules",
                   "".join(f"/lib/modules/{kver}/{rel}\n" for rel in modules).encode())
     cpio.add_file("etc/vboxlab/template", f"{template.name} {template.version}\n".encode())
+    early = [m for m in _module_order(modroot, ("qemu_fw_cfg",)) if m not in modules]
+    for rel in early:
+        target = f"lib/modules/{kver}/{rel}"
+        cpio.add_tree_dirs(str(Path(target).parent))
+        cpio.add_file(target, (modroot / rel).read_bytes())
+    insmods = "\n".join(f"insmod /lib/modules/{kver}/{rel}" for rel in early)
+    cpio.add_file("init", INIT.format(insmods=insmods, blob=FW_CFG_GUEST_PATH).encode(), 0o755)
 
     files = template.folder / build.files
     if files.is_dir():
@@ -203,4 +230,5 @@ def build_image(template: Template, packages: list[debs.Package], out: Path, deb
     raw.unlink()
     shutil.rmtree(scratch)
     subprocess.run(["sync"], check=False)
-    return {"kernel_version": kver, "modules": ",".join(Path(m).name for m in modules)}
+    return {"kernel_version": kver, "modules": ",".join(Path(m).name for m in modules),
+            "vm_files": "fw_cfg"}

@@ -188,7 +188,8 @@ def build_layer(template: Template, base: BuiltTemplate, scratch: Path,
             "layer": {"packages": list(build.packages), "files": build.files
                       if files.is_dir() else None, "commands": list(build.commands),
                       "services": list(build.services), "grown_mb": growth},
-            "layer_bytes": layer.stat().st_size}
+            "layer_bytes": layer.stat().st_size,
+            **({"vm_files": base.manifest["vm_files"]} if "vm_files" in base.manifest else {})}
 
 
 def _guest(vm: Machine, command: str, what: str) -> str:

@@ -301,6 +301,9 @@ class TemplateRepository:
             trash = folder.with_name(f".removing-{version}-{os.getpid()}")
             folder.rename(trash)  # gone from listings at once, even if the delete is cut short
             shutil.rmtree(trash)
+            # the initrds its VMs shared (see vboxlab.providers.vmfiles)
+            for shared in (self.cache / "initrds").glob(f"{name}-{version}-{'[0-9a-f]' * 16}.cpio"):
+                shared.unlink(missing_ok=True)
             return folder
 
     def prune(self, *, dry_run: bool = False) -> list[BuiltTemplate]:

@@ -6,9 +6,11 @@ lists) into a scratch folder; vboxlab then configures it for labs:
 * no SSH host keys of its own (every VM gets its own, pinned) and key-only login;
 * eth0 on QEMU's user network, configured statically (10.0.2.15), lab NICs
   (eth1, ...), routes and forwarding from ``/etc/vboxlab`` by ``vboxlab-net.service``;
-* an initramfs hook that copies ``/vboxlab/root/`` from the initramfs into the root
-  filesystem before it starts: the per-VM files (host key, authorized key,
-  hostname, hosts, lab interfaces) travel in a small cpio appended to the initrd.
+* an initramfs script that puts the VM's own files (host key, authorized key,
+  hostname, hosts, lab interfaces) into the root filesystem before it starts: it
+  unpacks them from QEMU's fw_cfg (``qemu_fw_cfg`` is in the initramfs), and copies
+  ``/vboxlab/root/`` of the initramfs (the guest agent; on boot media, the VM's files
+  too, appended to the initrd).
 
 The image holds ``vmlinuz`` and ``initrd.cpio`` (from the system's /boot) and
 ``disk.qcow2`` (the root filesystem, made with ``mke2fs -d``, no mounting).
@@ -27,9 +29,10 @@ from typing import Any
 
 from vboxlab.errors import BuildError
 from vboxlab.hosttools import require, run
+from vboxlab.providers.qemu_argv import FW_CFG_GUEST_PATH
 from vboxlab.templates.definition import Template
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 Progress = Callable[[str], None]
 #: always installed: what makes the system bootable, reachable and manageable
 BASE_PACKAGES = ("systemd-sysv", "udev", "openssh-server", "iproute2", "ifupdown",
@@ -52,14 +55,21 @@ INTERFACES = """\
 auto lo
 iface lo inet loopback
 """
-HOOK = """\
+HOOK = f"""\
 #!/bin/sh
-# vboxlab: copy the per-VM files from the initramfs into the root filesystem
+# vboxlab: the VM's own files into the root filesystem: from QEMU's fw_cfg, and what the
+# initramfs carries under /vboxlab/root (the guest agent; boot media: the VM's files too)
 PREREQ=""
-prereqs() { echo "$PREREQ"; }
+prereqs() {{ echo "$PREREQ"; }}
 case "$1" in prereqs) prereqs; exit 0;; esac
 if [ -d /vboxlab/root ]; then
-    cp -a /vboxlab/root/. "${rootmnt}/"
+    cp -a /vboxlab/root/. "${{rootmnt}}/"
+fi
+modprobe -q qemu_fw_cfg
+if [ -r {FW_CFG_GUEST_PATH} ]; then
+    (cd "${{rootmnt}}" && cpio -i < {FW_CFG_GUEST_PATH}) || echo "vboxlab: VM files not unpacked"
+elif [ ! -f "${{rootmnt}}/etc/ssh/ssh_host_ed25519_key" ]; then
+    echo "vboxlab: no VM files in fw_cfg ({FW_CFG_GUEST_PATH})"
 fi
 """
 COPY_HOOK = """\
@@ -70,6 +80,7 @@ prereqs() { echo "$PREREQ"; }
 case "$1" in prereqs) prereqs; exit 0;; esac
 . /usr/share/initramfs-tools/hook-functions
 copy_exec /bin/cp /bin
+manual_add_modules qemu_fw_cfg
 """
 NET_SCRIPT = """\
 #!/bin/sh
@@ -212,7 +223,7 @@ def build_image(template: Template, scratch: Path, cache: Path,
     raw.unlink()
     return {"recipe": "debootstrap", "suite": build.suite, "mirror": build.mirror,
             "installed_packages": len(packages), "packages": packages,
-            "root_size_mb": size_mb}
+            "root_size_mb": size_mb, "vm_files": "fw_cfg"}
 
 
 def _stream(argv: list[str], report: Progress, what: str) -> None:
