@@ -197,11 +197,12 @@ def build_image(template: Template, packages: list[debs.Package], out: Path, deb
     cpio.add_file("etc/vboxlab/modules",
                   "".join(f"/lib/modules/{kver}/{rel}\n" for rel in modules).encode())
     cpio.add_file("etc/vboxlab/template", f"{template.name} {template.version}\n".encode())
-    early = [m for m in _module_order(modroot, ("qemu_fw_cfg",)) if m not in modules]
+    early = _module_order(modroot, ("qemu_fw_cfg",))  # /init loads it (and its deps) first
     for rel in early:
-        target = f"lib/modules/{kver}/{rel}"
-        cpio.add_tree_dirs(str(Path(target).parent))
-        cpio.add_file(target, (modroot / rel).read_bytes())
+        if rel not in modules:  # else it is in the initrd already
+            target = f"lib/modules/{kver}/{rel}"
+            cpio.add_tree_dirs(str(Path(target).parent))
+            cpio.add_file(target, (modroot / rel).read_bytes())
     insmods = "\n".join(f"insmod /lib/modules/{kver}/{rel}" for rel in early)
     cpio.add_file("init", INIT.format(insmods=insmods, blob=FW_CFG_GUEST_PATH).encode(), 0o755)
 
