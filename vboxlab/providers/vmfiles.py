@@ -99,11 +99,12 @@ def shared_initrd(built: BuiltTemplate, *, agent: bool, cache: Path | None = Non
     if not agent:
         return built.initrd
     cache = cache if cache is not None else cache_dir() / "initrds"
-    extra = cpio_of(agent_files(), prefix_for(built))
+    # named by what it is made of, so a VM whose file is already there reads nothing: the
+    # template's initrd digest, the agent build (its path holds its source's digest), where
     identity = hashlib.sha256()
     identity.update((built.manifest.get("files", {}).get("initrd.cpio")
                      or file_sha256(built.initrd)).encode())
-    identity.update(extra)
+    identity.update(f"\0{agent_binary()}\0{prefix_for(built)}".encode())
     # the name TemplateRepository.remove looks for: NAME-VERSION-16 hex digits.cpio
     target = cache / f"{built.template.name}-{built.template.version}-" \
                      f"{identity.hexdigest()[:16]}.cpio"
@@ -113,6 +114,7 @@ def shared_initrd(built: BuiltTemplate, *, agent: bool, cache: Path | None = Non
         if not target.is_file():
             cache.mkdir(parents=True, exist_ok=True, mode=0o700)
             scratch = target.with_name(f".{target.name}.{os.getpid()}")
-            write_initrd(scratch, built.initrd, extra, mode=0o644)
+            write_initrd(scratch, built.initrd, cpio_of(agent_files(), prefix_for(built)),
+                         mode=0o644)
             scratch.replace(target)
     return target
