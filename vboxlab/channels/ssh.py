@@ -165,6 +165,11 @@ class SSHChannel:
             chan.exec_command(command)
             chan.shutdown_write()
             while True:
+                # what the channel had seen is read before its buffers are drained: paramiko's
+                # thread may deliver the output, EOF and exit status between the two, and
+                # checking them after the drain would end the command with its output unread
+                exited, eof = chan.exit_status_ready(), chan.eof_received
+                ended = chan.closed or not transport.is_active()
                 progressed = False
                 while chan.recv_ready():
                     out.append(chan.recv(65536))
@@ -177,10 +182,8 @@ class SSHChannel:
                 # sshd may send the exit status before the last of the output: the command
                 # is done at EOF, or once output has been quiet for a moment after its exit
                 # (a background process it started may hold stdout open for ever)
-                if chan.exit_status_ready() and not progressed and (
-                        chan.eof_received or time.monotonic() - last_data > OUTPUT_GRACE):
-                    break
-                if chan.closed or not transport.is_active():
+                if not progressed and (ended or (exited and (
+                        eof or time.monotonic() - last_data > OUTPUT_GRACE))):
                     break
                 if time.monotonic() > deadline:
                     raise CommandTimeout(
