@@ -100,7 +100,8 @@ def shared_initrd(built: BuiltTemplate, *, agent: bool, cache: Path | None = Non
         return built.initrd
     cache = cache if cache is not None else cache_dir() / "initrds"
     # named by what it is made of, so a VM whose file is already there reads nothing: the
-    # template's initrd digest, the agent build (its path holds its source's digest), where
+    # template's initrd digest, the agent build (its path holds its source's digest) and where
+    # in the initrd the agent goes
     identity = hashlib.sha256()
     identity.update((built.manifest.get("files", {}).get("initrd.cpio")
                      or file_sha256(built.initrd)).encode())
