@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from boot import cpu_seconds, emit
 
-from vboxlab.lab import Lab
+from vboxlab.bringup import default_parallel
+from vboxlab.lab import Lab, host_memory_available_mb
 from vboxlab.machine import Machine
 from vboxlab.memshare import KSM, ksm_state
 from vboxlab.net import Topology
@@ -115,7 +116,8 @@ class Floor:
         self.runs: list[tuple[list[str], Path]] = []
         for machine in machines.values():
             argv = Path(f"/proc/{qemu_pid(machine)}/cmdline").read_bytes().split(b"\0")[:-1]
-            self.runs.append(([a.decode() for a in argv], machine.state_dir / "agent.sock"))
+            agent = machine.handle.launch.agent  # type: ignore[attr-defined]
+            self.runs.append(([a.decode() for a in argv], Path(agent)))
         for machine in machines.values():
             machine.stop()
 
@@ -277,7 +279,14 @@ def main() -> int:
     parser.add_argument("--output", type=Path, help="Also write the JSON here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    floor_sizes = [int(s) for s in args.floor_sizes.split(",") if s]
+    try:
+        floor_sizes = [int(s) for s in args.floor_sizes.split(",") if s]
+    except ValueError:
+        parser.error(f"--floor-sizes {args.floor_sizes!r}: give sizes as 2,4,8 (or '')")
+    if any(size < 1 for size in floor_sizes):
+        parser.error(f"--floor-sizes {args.floor_sizes!r}: sizes must be 1 or more")
+    # the lab's own limit when none is given: the host's cores, fewer if memory is short
+    limit = args.parallel or default_parallel(256, host_memory_available_mb())
     cores = os.cpu_count() or 1
     singles: list[dict[str, Any]] = []
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
@@ -295,7 +304,7 @@ def main() -> int:
                 lab["ratio_vs_sequential"] = round(lab["seconds"] / (size * lab["one_boot_s"]),
                                                    3)
                 if floor is not None and size in floor_sizes:
-                    lab["floor"] = floor_run(floor, size, args.parallel or cores)
+                    lab["floor"] = floor_run(floor, size, limit)
                     lab["vs_floor"] = round(lab["seconds"] / lab["floor"]["seconds"], 3)
                 runs[size].append(lab)
     one_boot = statistics.median(s["median_s"] for s in singles)

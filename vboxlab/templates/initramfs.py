@@ -97,6 +97,22 @@ def _modinfo_depends(path: Path) -> list[str]:
     return []
 
 
+def add_modules(cpio: CpioWriter, modroot: Path, kver: str, modules: list[str]) -> str:
+    """The template's ``modules`` (files relative to ``modroot``, deps first) and
+    ``qemu_fw_cfg`` (with its deps) into the image, each once;
+    ``/etc/vboxlab/modules`` lists what rcS loads. Returns the insmod lines of ``/init``,
+    which loads ``qemu_fw_cfg`` first (rcS would run after ``/init`` looked for the VM's files;
+    a module ``/init`` loaded is left out of rcS's list, where it would fail as loaded)."""
+    early = _module_order(modroot, ("qemu_fw_cfg",))
+    for rel in dict.fromkeys([*modules, *early]):
+        target = f"lib/modules/{kver}/{rel}"
+        cpio.add_tree_dirs(str(Path(target).parent))
+        cpio.add_file(target, (modroot / rel).read_bytes())
+    cpio.add_file("etc/vboxlab/modules", "".join(f"/lib/modules/{kver}/{rel}\n"
+                                                 for rel in modules if rel not in early).encode())
+    return "\n".join(f"insmod /lib/modules/{kver}/{rel}" for rel in early)
+
+
 def _module_order(modroot: Path, wanted: tuple[str, ...]) -> list[str]:
     """Module files (relative to modroot) for ``wanted`` and their deps, deps first.
 
@@ -190,20 +206,8 @@ def build_image(template: Template, packages: list[debs.Package], out: Path, deb
         cpio.add_file(image_path, source.read_bytes(), 0o755)
 
     modules = _module_order(modroot, build.modules)
-    for rel in modules:
-        target = f"lib/modules/{kver}/{rel}"
-        cpio.add_tree_dirs(str(Path(target).parent))
-        cpio.add_file(target, (modroot / rel).read_bytes())
-    cpio.add_file("etc/vboxlab/modules",
-                  "".join(f"/lib/modules/{kver}/{rel}\n" for rel in modules).encode())
+    insmods = add_modules(cpio, modroot, kver, modules)
     cpio.add_file("etc/vboxlab/template", f"{template.name} {template.version}\n".encode())
-    early = _module_order(modroot, ("qemu_fw_cfg",))  # /init loads it (and its deps) first
-    for rel in early:
-        if rel not in modules:  # else it is in the initrd already
-            target = f"lib/modules/{kver}/{rel}"
-            cpio.add_tree_dirs(str(Path(target).parent))
-            cpio.add_file(target, (modroot / rel).read_bytes())
-    insmods = "\n".join(f"insmod /lib/modules/{kver}/{rel}" for rel in early)
     cpio.add_file("init", INIT.format(insmods=insmods, blob=FW_CFG_GUEST_PATH).encode(), 0o755)
 
     files = template.folder / build.files
