@@ -71,3 +71,42 @@ def test_lab_channel_ssh_leaves_the_agent_out(tmp_path):
         assert "virtserialport" not in argv and "agent.sock" not in argv
     with pytest.raises(ConfigError, match=r"command channel .serial."):
         Lab(base=tmp_path / "labs", channel="serial")
+
+
+O_ASYNC = 0o20000  # fdinfo's flags are octal
+
+WATCH_IDLE_AGENT = r"""
+agent=$AGENT
+sleep 1
+for f in /proc/$agent/fd/*; do
+  case $(readlink $f) in /dev/vport*) port=${f##*/};; esac
+done
+grep '^flags' /proc/$agent/fdinfo/$port | cut -f2 > /tmp/idle-flags
+grep '^voluntary_ctxt_switches' /proc/$agent/status | cut -f2 > /tmp/idle-woke
+sleep 2
+grep '^voluntary_ctxt_switches' /proc/$agent/status | cut -f2 >> /tmp/idle-woke
+"""
+
+
+def test_with_no_host_the_agent_sleeps_until_one_comes_and_answers_it(vm, tmp_path):
+    """A kept lab's guests sit with no host on the agent's socket: the agent asks its port
+    for SIGIO and sleeps (it used to look every 10 ms, 15 % of a core per idle TCG guest);
+    a host that comes back is answered, and while one is there no SIGIO comes per message."""
+    script = tmp_path / "watch.sh"
+    script.write_text(WATCH_IDLE_AGENT)
+    vm.copy_to(script, "/tmp/watch.sh")
+    # it outlives this command and watches the agent (the command shell's parent) with no host
+    vm.succeed("AGENT=$PPID sh /tmp/watch.sh </dev/null >/dev/null 2>&1 &")
+    vm.channel.close("the host goes away for the test")
+    time.sleep(4)
+    vm.channel.connect(timeout=30)
+    flags = int(vm.succeed("cat /tmp/idle-flags").strip(), 8)
+    before, after = (int(v) for v in vm.succeed("cat /tmp/idle-woke").split())
+    assert flags & O_ASYNC, "with no host the agent waits for the port's SIGIO"
+    # 2 s with no host: 200 wake-ups when it looked every 10 ms; now the 1 s safety net
+    assert after - before <= 10, f"the agent woke {after - before} times in 2 s with no host"
+    assert vm.succeed("echo back") == "back\n"
+    port_flags = vm.succeed(
+        "for f in /proc/$PPID/fd/*; do case $(readlink $f) in /dev/vport*)"
+        " grep '^flags' /proc/$PPID/fdinfo/${f##*/} | cut -f2;; esac; done")
+    assert not int(port_flags.strip(), 8) & O_ASYNC, "a connected host gets no SIGIO per message"

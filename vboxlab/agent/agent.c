@@ -43,6 +43,8 @@
 #define MAX_COMMANDS 64
 #define MAX_WRITES 16
 #define OUTPUT_GRACE_MS 300
+#define PORT_POLL_MS 10    /* no host and no SIGIO from the port: look for one this often */
+#define PORT_WAIT_MS 1000  /* no host, SIGIO asked for: look anyway this often (a safety net) */
 #define PROTOCOL "1"
 
 enum {
@@ -74,6 +76,7 @@ struct upload {
 static int port = -1;
 static int host_connected = 1;
 static long long port_retry_at; /* while no host is connected: when to look again */
+static int port_async;          /* O_ASYNC is on: the port sends SIGIO when a host comes */
 static struct command commands[MAX_COMMANDS];
 static struct upload uploads[MAX_WRITES];
 static uint32_t crc_table[256];
@@ -616,6 +619,20 @@ static void parse(void)
     inlen -= at;
 }
 
+/* ask the port for SIGIO (virtio_console sends it when the host side opens or closes, and
+   for each message while it is on), or stop asking; 1 if the port now does as asked */
+static int port_notify(int on)
+{
+    if (port_async == on)
+        return 1;
+    int flags = fcntl(port, F_GETFL);
+    if (flags < 0 || (on && fcntl(port, F_SETOWN, getpid()) < 0) ||
+        fcntl(port, F_SETFL, on ? flags | O_ASYNC : flags & ~O_ASYNC) < 0)
+        return 0;
+    port_async = on;
+    return 1;
+}
+
 static int open_port(void)
 {
     for (;;) {
@@ -669,11 +686,12 @@ int main(int argc, char **argv)
     scratch = malloc(CHUNK);
     if (!inbuf || !scratch)
         return 1;
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
-    int sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    sigset_t caught; /* read from sfd: a child ended; the port's host came (SIGIO) */
+    sigemptyset(&caught);
+    sigaddset(&caught, SIGCHLD);
+    sigaddset(&caught, SIGIO);
+    sigprocmask(SIG_BLOCK, &caught, NULL);
+    int sfd = signalfd(-1, &caught, SFD_NONBLOCK | SFD_CLOEXEC);
     if (sfd < 0)
         return 1;
     if (chdir("/root") < 0 && chdir("/") < 0)
@@ -741,13 +759,18 @@ int main(int argc, char **argv)
         }
         if (fds[0].revents) {
             struct signalfd_siginfo info;
-            while (read(sfd, &info, sizeof info) == sizeof info) {
-            }
+            int host_came = 0;
+            while (read(sfd, &info, sizeof info) == sizeof info)
+                host_came |= info.ssi_signo == SIGIO;
             reap();
+            if (host_came) /* look at the port now, not at the next retry */
+                port_retry_at = now_ms();
         }
         if (host_connected && fds[1].revents) {
             ssize_t n = read(port, inbuf + inlen, HEADER + MAX_PAYLOAD);
             if (n > 0) {
+                if (port_async)
+                    port_notify(0); /* a host is here: no SIGIO for each of its messages */
                 inlen += (size_t)n;
                 parse();
                 if (inlen >= HEADER + MAX_PAYLOAD) /* never a whole frame: start over */
@@ -755,8 +778,16 @@ int main(int argc, char **argv)
             } else if (own_fd >= 0 && (n == 0 || (fds[1].revents & POLLHUP))) {
                 return 0; /* the socket's peer is gone */
             } else if (n == 0 || (fds[1].revents & POLLHUP)) {
-                host_connected = 0; /* no host on the socket: wait for one */
-                port_retry_at = now_ms() + 10;
+                /* no host on the socket: wait for one. The port's SIGIO says when one comes
+                   (look once more right after asking for it: a host that came meanwhile sent
+                   none); a port that cannot send it is looked at every PORT_POLL_MS */
+                host_connected = 0;
+                int wait = PORT_POLL_MS;
+                if (port_async)
+                    wait = PORT_WAIT_MS;
+                else if (port_notify(1))
+                    wait = 0;
+                port_retry_at = now_ms() + wait;
             }
         }
     }
