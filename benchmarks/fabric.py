@@ -6,11 +6,12 @@ Fidelity is measured with sockets standing in for NICs (no VM noise): delay
 error (mean, p99) against the configured delay, random loss against its binomial
 99 % interval, achieved vs configured rate for 1, 10 and 100 Mbit/s.
 
-Speed (interleaved): six set-ups are booted side by side, each a pair of tiny
+Speed (interleaved): set-ups are booted side by side, each a pair of tiny
 guests fetching 30 MB over HTTP: a direct QEMU-to-QEMU cable, the fabric
-(``lab.network``) clean and with 1 ms + 0.01 % loss each way (the same pair,
-its link changed between transfers), vde_switch, and two vde_switches joined by
-wirefilter (clean and with the same impairment; Debian vde2). Each round runs
+(``lab.network``) clean, with 1 ms + 0.01 % loss each way, and with each half of
+that alone (the same pair, its link changed between transfers), vde_switch, and
+two vde_switches joined by wirefilter (clean and with the same impairment;
+Debian vde2). Each round runs
 every set-up once, in an order rotated round by round, so drift of this shared
 machine hits all of them alike; ratios are taken within each round and reported
 as medians with their spread, with the CPU seconds per GB of the switch
@@ -324,7 +325,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def vm_throughput(runs: int, delay_ms: float, loss: float) -> dict[str, object]:
-    """The six set-ups booted side by side, one transfer each per round, in a rotating order."""
+    """The set-ups booted side by side, one transfer each per round, in a rotating order."""
     with tempfile.TemporaryDirectory(prefix="vbl-") as folder, Lab(base=Path(folder)) as lab:
         vde = VdeSwitches(lab.dir)
         try:
@@ -351,6 +352,12 @@ def vm_throughput(runs: int, delay_ms: float, loss: float) -> dict[str, object]:
                       lambda: link.set(delay="0ms", loss="0%")),
                 Setup("fabric_impaired", network.node("fl"), "fr", lambda: [fabric_pid],
                       lambda: link.set(delay=f"{delay_ms}ms", loss=f"{loss * 100}%")),
+                # each half of the impairment alone: what the delay and the loss cost by
+                # themselves, against what they cost together
+                Setup("fabric_delay_only", network.node("fl"), "fr", lambda: [fabric_pid],
+                      lambda: link.set(delay=f"{delay_ms}ms", loss="0%")),
+                Setup("fabric_loss_only", network.node("fl"), "fr", lambda: [fabric_pid],
+                      lambda: link.set(delay="0ms", loss=f"{loss * 100}%")),
                 Setup("vde_switch", switched, "10.250.9.2", switch_pids("vde1")),
                 Setup("vde_wirefilter_clean", filtered, "10.250.9.2", switch_pids("vde2", "vde3"),
                       lambda: vde.wirefilter(left, right, [])),
@@ -381,8 +388,8 @@ def vm_throughput(runs: int, delay_ms: float, loss: float) -> dict[str, object]:
     result["ratios"] = ratios
     result["cpu_seconds_per_gb"] = {
         name: round(statistics.median(by_name[name].cpu) / (BLOB / 1e9), 2)
-        for name in ("fabric_clean", "fabric_impaired", "vde_switch", "vde_wirefilter_clean",
-                     "vde_wirefilter_impaired")}
+        for name in ("fabric_clean", "fabric_impaired", "fabric_delay_only", "fabric_loss_only",
+                     "vde_switch", "vde_wirefilter_clean", "vde_wirefilter_impaired")}
 
     def median_ratio(key: str) -> float:
         return float(ratios[key]["median"])
