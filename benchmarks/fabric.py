@@ -3,8 +3,9 @@
     python benchmarks/fabric.py --runs 5 --output benchmarks/results/fabric.json
 
 Fidelity is measured with sockets standing in for NICs (no VM noise): delay
-error (mean, p99) against the configured delay, random loss against its binomial
-99 % interval, achieved vs configured rate for 1, 10 and 100 Mbit/s.
+error (mean, p99, max of ``--delay-samples`` frames) against the configured
+delay, random loss against its binomial 99 % interval, achieved vs configured
+rate for 1, 10 and 100 Mbit/s.
 
 Speed (interleaved): set-ups are booted side by side, each a pair of tiny
 guests fetching 30 MB over HTTP: a direct QEMU-to-QEMU cable, the fabric
@@ -27,7 +28,9 @@ within +-10 %; fabric clean >= 0.95x direct and >= 1.1x vde_switch; impaired
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import shutil
 import socket
 import statistics
@@ -59,6 +62,7 @@ from vboxlab.providers.base import NicSpec
 BROADCAST = b"\xff" * 6
 SO_TIMESTAMPNS = 35  # Linux, asm-generic/socket.h (not exported by Python's socket module)
 SRC = bytes([0x52, 0x54, 0, 0, 0, 1])
+FABRIC_NICE = -10  # the weight the fabric asks for (fabric.c), given to the host's sleeps too
 
 
 def frame(payload: bytes) -> bytes:
@@ -92,12 +96,16 @@ class Bench:
             far.close()
 
 
-def one_way_ms(bench: Bench, count: int) -> list[float]:
+def one_way_ms(bench: Bench, count: int, host_sleep_ms: float = 0) -> tuple[list[float],
+                                                                             list[float]]:
     """One-way times of ``count`` frames: from just before the send to the kernel's receive
-    timestamp of the frame (SO_TIMESTAMPNS), so this process's own wake-up is not counted."""
+    timestamp of the frame (SO_TIMESTAMPNS), so this process's own wake-up is not counted.
+    With ``host_sleep_ms``, each frame is followed by a plain sleep that long, and how late
+    this process woke from it is the second list: the host's own timer lateness, measured
+    beside the fabric's."""
     bench.rx.settimeout(2)
     bench.rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    samples = []
+    samples, late = [], []
     for _ in range(count):
         sent = time.time_ns()
         bench.tx.send(frame(b"d" * 64))
@@ -105,21 +113,40 @@ def one_way_ms(bench: Bench, count: int) -> list[float]:
         arrived = next(struct.unpack("qq", data[:16]) for level, kind, data in ancillary
                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS)
         samples.append((arrived[0] * 1_000_000_000 + arrived[1] - sent) / 1e6)
+        if host_sleep_ms:
+            started = time.monotonic_ns()
+            time.sleep(host_sleep_ms / 1000)
+            late.append((time.monotonic_ns() - started) / 1e6 - host_sleep_ms)
         time.sleep(0.002)
-    return samples
+    return samples, late
 
 
-def delay_fidelity(bench: Bench) -> dict[str, object]:
-    base = statistics.median(one_way_ms(bench, 100))
+def delay_fidelity(bench: Bench, samples: int) -> dict[str, object]:
+    """Delay error at 1, 10 and 50 ms over ``samples`` frames each (the p99 of 200 is the
+    2nd-worst frame: one hiccup of the host moves it), and beside it how late this process
+    wakes from a plain sleep of the same length at the fabric's priority: the host's floor."""
+    base = statistics.median(one_way_ms(bench, 100)[0])
     results = {}
-    for delay_ms in (1, 10, 50):
-        bench.fabric.set("p0.in", delay_ns=delay_ms * 1_000_000)
-        errors = [abs(s - base - delay_ms) for s in one_way_ms(bench, 200)]
-        allowed = max(0.5, 0.02 * delay_ms)
-        results[f"{delay_ms}ms"] = {"error_mean_ms": round(statistics.mean(errors), 3),
-                                    "error_p99_ms": round(percentile(errors, 0.99), 3),
-                                    "allowed_ms": allowed,
-                                    "met": percentile(errors, 0.99) <= allowed}
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    with contextlib.suppress(PermissionError):  # as the fabric does when it may (root)
+        os.setpriority(os.PRIO_PROCESS, 0, FABRIC_NICE)
+    try:
+        for delay_ms in (1, 10, 50):
+            bench.fabric.set("p0.in", delay_ns=delay_ms * 1_000_000)
+            times, late = one_way_ms(bench, samples, host_sleep_ms=delay_ms)
+            errors = [abs(s - base - delay_ms) for s in times]
+            allowed = max(0.5, 0.02 * delay_ms)
+            results[f"{delay_ms}ms"] = {"samples": samples,
+                                        "error_mean_ms": round(statistics.mean(errors), 3),
+                                        "error_p99_ms": round(percentile(errors, 0.99), 3),
+                                        "error_max_ms": round(max(errors), 3),
+                                        "host_sleep_late_p50_ms": round(statistics.median(late), 3),
+                                        "host_sleep_late_p99_ms": round(percentile(late, 0.99), 3),
+                                        "allowed_ms": allowed,
+                                        "met": percentile(errors, 0.99) <= allowed}
+    finally:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
     bench.fabric.set("p0.in", delay_ns=0)
     return {"socket_baseline_ms": round(base, 3), "delays": results}
 
@@ -464,6 +491,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="Transfers per VM link")
     parser.add_argument("--delay-ms", type=float, default=1.0, help="Impaired link, each way")
     parser.add_argument("--loss", type=float, default=0.0001, help="Impaired link, each way")
+    parser.add_argument("--delay-samples", type=int, default=1000,
+                        help="Frames timed at each delay for the fidelity part (p99 of them)")
     parser.add_argument("--pairs", type=int, default=10,
                         help="Guest pairs for the many-links measurement (0: skip it)")
     parser.add_argument("--parts", default="fidelity,throughput,many_links",
@@ -475,12 +504,15 @@ def main() -> int:
     if unknown:
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))}; "
                      "choose from fidelity, throughput, many_links")
+    if args.delay_samples < 100:
+        parser.error(f"--delay-samples {args.delay_samples}: give 100 or more (a p99 needs them)")
     result: dict[str, object] = {"benchmark": "fabric"}
     if "fidelity" in parts:
         with tempfile.TemporaryDirectory(prefix="vbl-fab-") as folder:
             bench = Bench(Path(folder))
             try:
-                result.update({"delay": delay_fidelity(bench), "loss": loss_fidelity(bench),
+                result.update({"delay": delay_fidelity(bench, args.delay_samples),
+                               "loss": loss_fidelity(bench),
                                "rate": rate_fidelity(bench)})
             finally:
                 bench.close()
