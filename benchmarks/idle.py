@@ -66,7 +66,6 @@ def make_kept_lab(base: Path, vms: int, window: float) -> dict[str, object]:
 def measure(vms: int, window: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vbl-idle-") as folder:
         base = Path(folder)
-        made: dict[str, object] = {}
         try:
             made = json.loads(subprocess.run(
                 [sys.executable, __file__, "--make-lab", str(base), str(vms), str(window)],

@@ -124,8 +124,7 @@ class Floor:
     @staticmethod
     def _ready(sock_path: Path, started: float, timeout: float = 180) -> socket.socket:
         """Until the guest agent's first bytes (its READY) come out of QEMU's socket; the
-        socket is kept open, as vboxlab keeps it (a guest agent with no host on its port
-        looks for one every 10 ms, which would cost the other guests CPU)."""
+        socket is kept open, as a lab keeps it."""
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -286,7 +285,7 @@ def main() -> int:
     if any(size < 1 for size in floor_sizes):
         parser.error(f"--floor-sizes {args.floor_sizes!r}: sizes must be 1 or more")
     # the lab's own limit when none is given: the host's cores, fewer if memory is short
-    limit = args.parallel or default_parallel(256, host_memory_available_mb())
+    parallel_limit = args.parallel or default_parallel(256, host_memory_available_mb())
     cores = os.cpu_count() or 1
     singles: list[dict[str, Any]] = []
     runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
@@ -304,7 +303,7 @@ def main() -> int:
                 lab["ratio_vs_sequential"] = round(lab["seconds"] / (size * lab["one_boot_s"]),
                                                    3)
                 if floor is not None and size in floor_sizes:
-                    lab["floor"] = floor_run(floor, size, limit)
+                    lab["floor"] = floor_run(floor, size, parallel_limit)
                     lab["vs_floor"] = round(lab["seconds"] / lab["floor"]["seconds"], 3)
                 runs[size].append(lab)
     one_boot = statistics.median(s["median_s"] for s in singles)

@@ -75,16 +75,16 @@ def test_lab_channel_ssh_leaves_the_agent_out(tmp_path):
 
 O_ASYNC = 0o20000  # fdinfo's flags are octal
 
-WATCH_IDLE_AGENT = r"""
-agent=$AGENT
+# the open flags of the agent's virtio-serial port (the agent's pid in $AGENT)
+PORT_FLAGS = ("for f in /proc/$AGENT/fd/*; do case $(readlink $f) in /dev/vport*)"
+              " grep '^flags' /proc/$AGENT/fdinfo/${f##*/} | cut -f2;; esac; done")
+
+WATCH_IDLE_AGENT = f"""
 sleep 1
-for f in /proc/$agent/fd/*; do
-  case $(readlink $f) in /dev/vport*) port=${f##*/};; esac
-done
-grep '^flags' /proc/$agent/fdinfo/$port | cut -f2 > /tmp/idle-flags
-grep '^voluntary_ctxt_switches' /proc/$agent/status | cut -f2 > /tmp/idle-woke
+{PORT_FLAGS} > /tmp/idle-flags
+grep '^voluntary_ctxt_switches' /proc/$AGENT/status | cut -f2 > /tmp/idle-woke
 sleep 2
-grep '^voluntary_ctxt_switches' /proc/$agent/status | cut -f2 >> /tmp/idle-woke
+grep '^voluntary_ctxt_switches' /proc/$AGENT/status | cut -f2 >> /tmp/idle-woke
 """
 
 
@@ -106,7 +106,5 @@ def test_with_no_host_the_agent_sleeps_until_one_comes_and_answers_it(vm, tmp_pa
     # 2 s with no host: 200 wake-ups when it looked every 10 ms; now the 1 s safety net
     assert after - before <= 10, f"the agent woke {after - before} times in 2 s with no host"
     assert vm.succeed("echo back") == "back\n"
-    port_flags = vm.succeed(
-        "for f in /proc/$PPID/fd/*; do case $(readlink $f) in /dev/vport*)"
-        " grep '^flags' /proc/$PPID/fdinfo/${f##*/} | cut -f2;; esac; done")
+    port_flags = vm.succeed(f"AGENT=$PPID; {PORT_FLAGS}")
     assert not int(port_flags.strip(), 8) & O_ASYNC, "a connected host gets no SIGIO per message"
