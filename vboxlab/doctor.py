@@ -68,6 +68,19 @@ def _fabric() -> Check:
                  "impairment, any user, VMs and netns hosts")
 
 
+def _vhost_user(qemu: str | None) -> Check:
+    name = "vhost-user data path"
+    if qemu is None:
+        return Check(name, False, "no QEMU", "apt-get install qemu-system-x86")
+    backends = subprocess.run([qemu, "-netdev", "help"], capture_output=True, text=True,
+                              timeout=10, check=False).stdout.split()
+    if "vhost-user" not in backends:
+        return Check(name, False, "this QEMU has no vhost-user netdev: topologies with "
+                     "`datapath: vhost-user` cannot start", "apt-get install qemu-system-x86")
+    return Check(name, True, "`datapath: vhost-user`: the fabric reads and writes guests' rings "
+                 "(faster; guest memory is shared, so KSM does not merge it)")
+
+
 def _netns() -> Check:
     from vboxlab.providers.netns import require_root
 
@@ -131,7 +144,7 @@ def run_checks(repository: TemplateRepository | None = None, probe: bool = True)
                         "running as root" if os.geteuid() == 0 else "not root",
                         "" if os.geteuid() == 0 else
                         "only network namespaces and USB writing need root"))
-    checks += [_fabric(), _netns(), _netem(), _ksm()]
+    checks += [_fabric(), _vhost_user(qemu), _netns(), _netem(), _ksm()]
     try:
         definitions = repository.definitions()
     except VboxlabError as exc:

@@ -61,15 +61,17 @@ def run(argv: Sequence[str], *, what: str, timeout: float = 600,
     return proc.stdout
 
 
-def compile_c(source: Path, name: str, what: str, flags: Sequence[str] = ()) -> Path:
-    """``source`` compiled once per content into the user cache; returns the binary.
+def compile_c(source: Path, name: str, what: str, flags: Sequence[str] = (),
+              others: Sequence[Path] = ()) -> Path:
+    """``source`` (with ``others``: more C files and the headers they include) compiled once
+    per content into the user cache; returns the binary.
 
     Built under a scratch name and renamed, so parallel runs (and threads) never see half a
     binary.
     """
     from vboxlab.paths import cache_dir
 
-    text = source.read_bytes()
+    text = b"".join(path.read_bytes() for path in (source, *others))
     digest = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:16]
     target = cache_dir() / name / digest / name
     if target.is_file():
@@ -81,7 +83,8 @@ def compile_c(source: Path, name: str, what: str, flags: Sequence[str] = ()) -> 
     target.parent.mkdir(parents=True, exist_ok=True)
     # per process and thread: machines created side by side may compile it at once
     scratch = target.with_name(f".build-{os.getpid()}-{threading.get_ident()}")
-    run([compiler, "-O2", "-Wall", *flags, "-o", str(scratch), str(source)],
+    units = [str(path) for path in (source, *others) if path.suffix == ".c"]
+    run([compiler, "-O2", "-Wall", *flags, "-o", str(scratch), *units],
         what=f"compiling {what}", error=HostError)
     scratch.replace(target)
     return target

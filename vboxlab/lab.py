@@ -537,10 +537,13 @@ class Lab:
                     links' settings) as soon as it starts, before it is waited for."""
                     on_host = remote_fabrics.get(where[node.name] or "")
                     specs: list[NicSpec] = []
+                    vhost = topology.spec.datapath == "vhost-user" and \
+                        node.provider == "qemu" and where[node.name] is None
 
                     def create() -> Machine:
                         specs.extend(NicSpec(n.name, n.mac, n.address, udp=self._remote_port(
-                            on_host, n.port, n.segment) if on_host else None)
+                            on_host, n.port, n.segment) if on_host else None,
+                            vhost=self._vhost_port(local, n.port, n.segment) if vhost else None)
                             for n in node.nics)
                         machine = self.create(
                             node.name, provider=node.provider, host_uri=node.host_uri,
@@ -552,7 +555,7 @@ class Lab:
 
                     def started(machine: Machine) -> None:
                         handed = [n for n, spec in zip(node.nics, specs, strict=True)
-                                  if spec.udp is None]
+                                  if spec.udp is None and spec.vhost is None]
                         for nic, fd in zip(handed, machine.handle.fabric_fds(), strict=True):
                             fabric.add_port(nic.port, fd, nic.segment)
                         for nic in node.nics:
@@ -577,6 +580,14 @@ class Lab:
         finally:
             with self._lock:
                 self._building_network = False
+
+    def _vhost_port(self, fabric: Fabric, port: int, segment: int) -> str:
+        """A vhost-user port of this machine's fabric: the socket its QEMU connects to."""
+        folder = self.dir / "vhost"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"p{port}.sock"
+        fabric.add_vport(port, segment, path)
+        return str(path)
 
     def _remote_host_of(self, provider: str, host_uri: str | None) -> str | None:
         """The remote host a node runs on: its ``host:``, or the lab's libvirt URI for a

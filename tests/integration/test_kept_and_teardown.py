@@ -38,6 +38,41 @@ def test_a_kept_vm_with_lab_nics_is_restored_unplugged_or_not_at_all(pytester, b
     assert list(base.iterdir()) == []
 
 
+WIRED_VHOST = """
+    from vboxlab.net import Topology
+
+
+    def test_wired_and_broken(lab):
+        lab.network(Topology.from_dict({"datapath": "vhost-user",
+                                        "nodes": {"wired": None, "peer": None},
+                                        "links": [{"between": ["wired", "peer"]}]}))
+        lab.node("wired").succeed("ping -c 1 -W 2 peer")
+        assert False, "broken on purpose"
+"""
+
+
+def test_a_kept_vm_of_the_vhost_user_path_is_not_restored_unplugged(pytester, base):
+    """QEMU restores a vhost-user NIC only onto a vhost-user back end: refused, with why."""
+    pytester.makepyfile(WIRED_VHOST)
+    result = pytester.runpytest_subprocess("--lab-dir", str(base), "-p", "no:cacheprovider",
+                                           "--lab-snapshot-on-failure")
+    result.assert_outcomes(failed=1)
+    found = re.search(r"vboxlab snapshots restore (\S+) wired (\S+)", result.stdout.str())
+    lab, snapshot = found.group(1), found.group(2)
+    where = ["--lab-dir", str(base)]
+    try:
+        refused = cli("snapshots", "restore", lab, "wired", snapshot, "--unplugged", *where,
+                      check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "eth1 on the fabric's vhost-user data path" in refused.stderr
+        assert "saved image requires vnet_hdr=on" in refused.stderr
+        assert qemu_pids(str(base)) == []  # refused before QEMU started
+    finally:
+        cli("clean", "--lab", lab, *where)
+    assert qemu_pids(str(base)) == []
+    assert list(base.iterdir()) == []
+
+
 TEARDOWN = """
     from pathlib import Path
 

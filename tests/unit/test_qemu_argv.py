@@ -1,6 +1,13 @@
 """QEMU's command line as a pure function of the launch: the agent port, CPU and firmware."""
 
-from vboxlab.providers.qemu_argv import AGENT_PORT, LaunchMedia, QemuLaunch, build_argv
+from vboxlab.providers.qemu_argv import (
+    AGENT_PORT,
+    LaunchMedia,
+    LaunchNic,
+    NicWiring,
+    QemuLaunch,
+    build_argv,
+)
 
 
 def launch(**changes):
@@ -48,3 +55,29 @@ def test_cpu_and_kernel_firmware_and_what_boot_media_keep():
     for key in ("agent", "cpu", "kernel_firmware"):
         old.pop(key)
     assert QemuLaunch.from_dict(old) == launch()
+
+
+def test_a_vhost_user_nic_shares_guest_memory_and_connects_to_the_fabrics_socket():
+    nics = (LaunchNic("eth1", "52:54:00:00:00:01", "vhost-user", vhost="/l/a,b/vhost/p3.sock"),
+            LaunchNic("eth2", "52:54:00:00:00:02", "fd"))
+    argv = build_argv(launch(nics=nics), NicWiring(fds=(9,)))
+    assert option_after(argv, "-machine") == ["q35,memory-backend=ram0"]
+    assert option_after(argv, "-object") == [
+        "memory-backend-memfd,id=ram0,size=256M,share=on"]
+    assert "socket,id=vu0,path=/l/a,,b/vhost/p3.sock,reconnect=1" in option_after(argv, "-chardev")
+    assert option_after(argv, "-netdev")[1:] == ["vhost-user,id=lab0,chardev=vu0",
+                                                 "dgram,id=lab1,local.type=fd,local.str=9"]
+    devices = option_after(argv, "-device")
+    # without KVM, QEMU 7.2 crashes when a vhost NIC's MSI-X vectors are unmasked: INTx
+    assert "virtio-net-pci,netdev=lab0,mac=52:54:00:00:00:01,vectors=0" in devices
+    assert "virtio-net-pci,netdev=lab1,mac=52:54:00:00:00:02" in devices
+    kvm = build_argv(launch(nics=nics, accel="kvm"), NicWiring(fds=(9,)))
+    assert "virtio-net-pci,netdev=lab0,mac=52:54:00:00:00:01" in option_after(kvm, "-device")
+    # unplugged (the fabric is gone): no socket to connect to, the same memory and device
+    unplugged = build_argv(launch(nics=nics), NicWiring(unplugged=True))
+    assert option_after(unplugged, "-machine") == ["q35,memory-backend=ram0"]
+    assert "virtio-net-pci,netdev=lab0,mac=52:54:00:00:00:01,vectors=0" in \
+        option_after(unplugged, "-device")
+    assert not any("vu0" in value for value in option_after(unplugged, "-chardev"))
+    # a machine without vhost-user NICs keeps private memory (KSM can merge it)
+    assert option_after(build_argv(launch()), "-object") == []

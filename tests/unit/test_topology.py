@@ -144,6 +144,10 @@ def test_trunked_segments_share_a_subnet():
     ("""
      nodes: {Bad_Name: {}}
      """, 2, "use 1-20 lower-case letters"),
+    ("""
+     nodes: {a: {}}
+     datapath: vhost
+     """, 3, "datapath: Input should be 'sockets' or 'vhost-user' (got 'vhost')"),
 ])
 def test_errors_name_the_file_the_line_and_the_value(tmp_path, text, line, message):
     path = write(tmp_path, text)

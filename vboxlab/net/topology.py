@@ -227,6 +227,9 @@ class TopologyFile(_Strict):
     routing: Literal["static", "none"] = "static"
     #: hypervisor hosts nodes may be placed on: NAME -> "local" or a libvirt qemu+ssh:// URI
     hosts: dict[str, str] = Field(default_factory=dict)
+    #: how this machine's QEMU nodes meet the fabric: datagram sockets (QEMU's network code
+    #: moves each frame), or vhost-user (the fabric reads and writes the guests' rings)
+    datapath: Literal["sockets", "vhost-user"] = "sockets"
 
     @field_validator("nodes", "segments", "hosts")
     @classmethod

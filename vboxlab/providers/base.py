@@ -68,7 +68,9 @@ class NicSpec:
     the machine runs, hands the fabric its descriptor (``fabric_fds``). With
     ``fd`` the NIC uses that datagram socket instead (a direct wire to another
     VM); with ``vde`` (a vde_switch socket folder) it plugs into that switch, for
-    comparisons such as benchmarks/fabric.py.
+    comparisons such as benchmarks/fabric.py; with ``vhost`` it is a fabric port the
+    fabric already listens for at that path (vhost-user: QEMU connects, the fabric reads
+    and writes the guest's rings in its memory; the qemu provider only).
     """
 
     name: str
@@ -79,10 +81,11 @@ class NicSpec:
     #: a port of a fabric on the machine's own (remote) host: (the UDP port QEMU binds on
     #: that host's 127.0.0.1, the fabric port's); the machine then hands this one nothing
     udp: tuple[int, int] | None = None
+    vhost: str | None = None
 
     @property
     def is_fabric_port(self) -> bool:
-        return self.fd is None and self.vde is None and self.udp is None
+        return self.fd is None and self.vde is None and self.udp is None and self.vhost is None
 
 
 @dataclass(frozen=True)

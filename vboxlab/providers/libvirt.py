@@ -207,11 +207,11 @@ class LibvirtMachine(QemuMachine):
             if nic.udp is not None:  # a port of the fabric on the machine's own host
                 self._udp_nics.append(UdpNic(nic.mac, nic.udp[0], nic.udp[1]))
                 continue
-            if nic.vde is not None or nic.fd is not None:
+            if nic.vde is not None or nic.fd is not None or nic.vhost is not None:
                 raise NotSupported(
                     f"{spec.name}: NIC {nic.name}: libvirt machines join lab networks through "
-                    "the fabric (a topology); direct wires and vde switches need the qemu "
-                    "provider")
+                    "the fabric's sockets (a topology); direct wires, vde switches and "
+                    "vhost-user NICs need the qemu provider")
             far, qemu_address, qemu_port = self._nic_end()
             fabric_address, fabric_port = far.getsockname()
             self._udp_nics.append(UdpNic(nic.mac, qemu_port, fabric_port, qemu_address,

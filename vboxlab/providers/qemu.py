@@ -44,7 +44,13 @@ from vboxlab.keys import public_key_from_line
 from vboxlab.ledger import Ledger
 from vboxlab.logs import tail
 from vboxlab.net.wire import socket_pair
-from vboxlab.providers.base import Capability, MachineSpec, MachineState, ProviderOptions
+from vboxlab.providers.base import (
+    Capability,
+    MachineSpec,
+    MachineState,
+    NicSpec,
+    ProviderOptions,
+)
 from vboxlab.providers.direct_kernel import NoDirectBoot, direct_kernel
 from vboxlab.providers.nocloud import write_seed
 from vboxlab.providers.qemu_argv import (
@@ -194,8 +200,7 @@ class QemuProvider:
             ssh_port=definition.access.port, kernel=kernel,
             initrd=initrd, vm_files=str(work / "vm-files.cpio") if fw_cfg else None,
             cmdline=f"{definition.boot.cmdline} {spec.kernel_args}".strip(), media=media,
-            nics=tuple(LaunchNic(n.name, n.mac, "vde" if n.vde else "fd", n.vde)
-                       for n in spec.nics),
+            nics=tuple(LaunchNic(n.name, n.mac, _backend(n), n.vde, n.vhost) for n in spec.nics),
             restrict=spec.restrict, agent=agent,
             cpu=TCG_CPU if accel.accel == "tcg" else None,
             kernel_firmware=str(QBOOT) if media is None and QBOOT.is_file() and not disk_boot
@@ -283,7 +288,7 @@ class QemuMachine:
     def wire(self, spec: MachineSpec) -> None:
         """Make the sockets of this VM's lab NICs (fabric ports get a pair each)."""
         for nic in spec.nics:
-            if nic.vde is not None:
+            if nic.vde is not None or nic.vhost is not None:
                 continue
             if nic.fd is not None:
                 self._nic_fds.append(nic.fd)
@@ -393,7 +398,7 @@ class QemuMachine:
         return f"vboxlab ssh {lab_id} {self.name} --lab-dir {base}"
 
     def _wiring(self) -> NicWiring:
-        fd_nics = [n for n in self.launch.nics if n.backend == "fd"]
+        fd_nics = [n for n in self.launch.nics if n.backend in ("fd", "vhost-user")]
         if not fd_nics:
             return NicWiring()
         if self._adopted:
@@ -417,6 +422,14 @@ class QemuMachine:
         if self.state() is MachineState.RUNNING:
             raise ProviderError(f"{self.name} is already running")
         wiring = self._wiring()
+        vhost = [n.name for n in self.launch.nics if n.backend == "vhost-user"]
+        if loadvm is not None and wiring.unplugged and vhost:
+            raise NotSupported(
+                f"{self.name}: snapshot {loadvm!r} was taken with {', '.join(vhost)} on the "
+                "fabric's vhost-user data path, and QEMU restores a NIC only onto the same kind "
+                "of back end (\"saved image requires vnet_hdr=on\"), which needs the lab's "
+                "network running: restore it while its network runs (in the test run that "
+                "built it, or in a `vboxlab up` lab)")
         argv = build_argv(self.launch, wiring, loadvm=loadvm)
         self.qmp_path.unlink(missing_ok=True)
         self._proc_rid = self._ledger.add("process", f"qemu {self.name}")
@@ -711,3 +724,10 @@ def _uefi_code() -> str:
     from vboxlab.media.bootloaders import ovmf_firmware
 
     return str(ovmf_firmware())
+
+
+def _backend(nic: NicSpec) -> str:
+    """How QEMU reaches a lab NIC's other end (qemu_argv.LaunchNic.backend)."""
+    if nic.vde is not None:
+        return "vde"
+    return "fd" if nic.vhost is None else "vhost-user"

@@ -43,8 +43,10 @@ class LaunchNic:
 
     name: str
     mac: str
-    backend: str = "fd"  # "fd": a datagram socket passed in; "vde": a vde_switch
+    backend: str = "fd"  # "fd": a datagram socket passed in; "vde": a vde_switch;
+    # "vhost-user": the fabric's socket at ``vhost``, which QEMU connects to
     vde: str | None = None
+    vhost: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,13 +186,21 @@ def _nics(launch: QemuLaunch, wiring: NicWiring) -> list[str]:
             backend = f"vde,id=lab{index},sock={opt(nic.vde)}"
         elif wiring.unplugged:
             backend = f"hubport,id=lab{index},hubid={1000 + index}"
+        elif nic.backend == "vhost-user":
+            # QEMU connects at start and again after the fabric restarts (reconnect, s)
+            argv += ["-chardev", f"socket,id=vu{index},path={opt(nic.vhost)},reconnect=1"]
+            backend = f"vhost-user,id=lab{index},chardev=vu{index}"
         else:
             fd = next(fds, None)
             if fd is None:
                 raise ValueError(f"{launch.name}: no socket for lab NIC {nic.name}")
             backend = f"dgram,id=lab{index},local.type=fd,local.str={fd}"
+        # QEMU 7.2 dereferences a NULL irqfd table when a vhost NIC's MSI-X vectors are
+        # unmasked without KVM (a SIGSEGV as the guest's driver starts): legacy INTx there
+        # (unplugged too: the device stays the one its snapshots were taken of)
+        intx = ",vectors=0" if nic.backend == "vhost-user" and launch.accel != "kvm" else ""
         argv += ["-netdev", backend,
-                 "-device", f"virtio-net-pci,netdev=lab{index},mac={opt(nic.mac)}"]
+                 "-device", f"virtio-net-pci,netdev=lab{index},mac={opt(nic.mac)}{intx}"]
     return argv
 
 
@@ -206,13 +216,23 @@ def _agent(launch: QemuLaunch) -> list[str]:
             "-device", f"virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}"]
 
 
+def shares_memory(launch: QemuLaunch) -> bool:
+    """Guest RAM is a shared memfd when a vhost-user NIC's fabric maps it (unplugged too: a
+    snapshot's RAM is named after its memory backend)."""
+    return any(n.backend == "vhost-user" for n in launch.nics)
+
+
 def build_argv(launch: QemuLaunch, wiring: NicWiring = NicWiring(), *,
                loadvm: str | None = None) -> list[str]:
     """QEMU's argv for ``launch``; with ``loadvm``, it resumes from that snapshot."""
     restrict = "on" if launch.restrict else "off"
+    shared = shares_memory(launch)
     argv = [
         launch.binary, "-name", f"{opt(launch.name)},process=vboxlab-{opt(launch.name)}",
-        "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", launch.accel,
+        "-nodefaults", "-no-user-config",
+        "-machine", "q35,memory-backend=ram0" if shared else "q35", "-accel", launch.accel,
+        *(["-object", f"memory-backend-memfd,id=ram0,size={launch.memory}M,share=on"]
+          if shared else []),
         "-m", str(launch.memory), "-smp", str(launch.cpus), "-display", "none",
         *_boot(launch),
         "-chardev", f"file,id=con,path={opt(launch.console)},append=on",

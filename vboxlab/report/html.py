@@ -20,7 +20,8 @@ from vboxlab.report.manifest import RunManifest, read_manifest, write_manifest
 from vboxlab.report.records import TestRecord
 
 REPORT_PAGE = "index.html"
-DROP_KEYS = ("drop_loss", "drop_queue", "drop_down", "drop_mtu", "drop_hops", "drop_full")
+DROP_KEYS = ("drop_loss", "drop_queue", "drop_down", "drop_mtu", "drop_hops", "drop_full",
+             "drop_bad")
 
 
 @dataclass

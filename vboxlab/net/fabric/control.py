@@ -6,7 +6,8 @@ compiled on first use with the host's C compiler into the user cache, keyed by
 the source's hash, so a wheel needs no build step. Ports: each NIC's fabric-side
 descriptor (one end of a pair of UDP sockets whose other end is QEMU's
 ``-netdev dgram``, or a namespace host's tap) is sent to the running fabric with
-its ``port`` command (SCM_RIGHTS), so ports can be added at any time.
+its ``port`` command (SCM_RIGHTS), so ports can be added at any time; a vhost-user
+port (``vport``) is a socket the fabric listens on for the NIC's QEMU instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from vboxlab.ledger import Ledger
 from vboxlab.waiting import wait_until
 
 SOURCE = Path(__file__).with_name("fabric.c")
+#: the vhost-user back end fabric.c links in (a NIC whose rings the fabric reads directly)
+VHOST_SOURCES = (Path(__file__).with_name("vhost_user.c"), Path(__file__).with_name("vhost_user.h"))
 
 
 class FabricError(VboxlabError):
@@ -67,7 +70,7 @@ class CaptureRing:
 
 def build_binary() -> Path:
     """The compiled fabric, built once per source version."""
-    return compile_c(SOURCE, "vboxlab-fabric", "the network fabric")
+    return compile_c(SOURCE, "vboxlab-fabric", "the network fabric", others=VHOST_SOURCES)
 
 
 class FabricCommands:
@@ -82,6 +85,11 @@ class FabricCommands:
         connected to the peer unless ``peer_port`` is 0; returns the socket's port."""
         return int(self.command(f"uport {port} {segment} {address} {peer_address} "
                                 f"{peer_port}"))
+
+    def add_vport(self, port: int, segment: int, path: Path) -> None:
+        """A vhost-user port: the fabric listens at ``path`` for the NIC's QEMU (``-netdev
+        vhost-user``) and moves frames in and out of the guest's rings in its memory."""
+        self.command(f"vport {port} {segment} {path}")
 
     def connect_port(self, port: int, peer_address: str, peer_port: int) -> None:
         """Connect a port made by :meth:`add_uport` to its peer."""

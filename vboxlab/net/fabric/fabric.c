@@ -3,7 +3,11 @@
  *
  * QEMU NICs (-netdev dgram) exchange Ethernet frames as UDP datagrams with this
  * process over connected sockets it inherits; network-namespace hosts hand it the
- * file descriptor of their tap device instead (one frame per read and write). Each segment is a learning switch;
+ * file descriptor of their tap device instead (one frame per read and write); a
+ * vhost-user port ("vport") listens for its QEMU (-netdev vhost-user), which shares
+ * the guest's memory, and the fabric then takes frames from the guest's transmit
+ * ring and puts them into receive rings itself (vhost_user.c: no system call per
+ * frame, and QEMU's network code is off the path). Each segment is a learning switch;
  * trunks join segments. Every direction of every link (a NIC into its switch,
  * the switch out to the NIC, each way of a trunk) is a "dir" with its own
  * impairments: delay, jitter (with or without reordering), random and
@@ -44,7 +48,7 @@
  * (never early; at most that much later than their delay). Flooding walks the
  * segment's own endpoints.
  *
- * Build: cc -O2 -o vboxlab-fabric fabric.c   (no dependencies beyond libc)
+ * Build: cc -O2 -o vboxlab-fabric fabric.c vhost_user.c   (no dependencies beyond libc)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -67,6 +71,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "vhost_user.h"
+
 #define MAX_PORTS 256
 #define MAX_TRUNKS 128
 #define MAX_SEGS 256
@@ -80,6 +86,7 @@
 #define MAX_TEES 64
 #define TEE_BUFFER (4 << 20)
 #define TAG_TEE 3000000
+#define TAG_VU 4000000 /* + 4 * port + kind: 0 listening, 1 connection, 2 rx kick, 3 tx kick */
 #define MAX_SEG_EPS (MAX_PORTS + 2 * MAX_TRUNKS)
 #define OUT_MAX 1024       /* frames waiting for the next batched send */
 #define SEND_BATCH 64      /* frames per sendmmsg */
@@ -114,6 +121,7 @@ typedef struct {
     /* counters */
     uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes;
     uint64_t drop_loss, drop_queue, drop_down, drop_mtu, drop_hops, drop_full, duplicated, corrupted;
+    uint64_t drop_bad; /* a vhost-user guest's malformed descriptors: frames it sent, buffers it gave */
     FILE *pcap;
     char *pcap_path;                      /* the capture's file while one is on */
     uint64_t ring_bytes, ring_ns;         /* ring limits (0: none) */
@@ -131,6 +139,8 @@ typedef struct {
     int used, fd, seg, in, out, tap; /* in: NIC->switch, out: switch->NIC; tap: fd is a tap device */
     struct frame *wait_head, *wait_tail; /* frames its full socket refused, oldest first */
     uint32_t waiting;                    /* how many (EGRESS_MAX at most) */
+    vu_dev_t *vu;                        /* a vhost-user port: fd listens for its QEMU */
+    char *path;                          /* ... at this path (removed when the fabric ends) */
 } port_t;
 typedef struct { int used, seg_a, seg_b, ab, ba; } trunk_t;
 typedef struct { uint8_t mac[6]; int ep; int used; } mac_entry_t;
@@ -403,6 +413,9 @@ static void frame_free(frame_t *f) {
     else free(f);
 }
 
+static void vhost_out(int p, int i);
+static void vhost_wake(vu_dev_t *vu, int q);
+
 /* a port's NIC socket is full: keep a copy of the frame until it is writable again (up to
    EGRESS_MAX frames, and HELD_MAX_BYTES over all ports; then the frame is dropped and
    counted: the NIC's reader is far behind) */
@@ -423,7 +436,9 @@ static void egress_hold(int p, const uint8_t *data, uint32_t len) {
     if (port->wait_tail) port->wait_tail->next = f; else port->wait_head = f;
     port->wait_tail = f;
     held_bytes += len;
-    if (port->waiting++ == 0) { /* tell us when it is writable */
+    if (port->waiting++ == 0 && port->vu) { /* the guest kicks when it adds buffers */
+        if (vu_want_kicks(port->vu, VU_RX, 1)) vhost_wake(port->vu, VU_RX); /* it already did */
+    } else if (port->waiting == 1) { /* tell us when it is writable */
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)p};
         epoll_ctl(epfd, EPOLL_CTL_MOD, port->fd, &ev);
     }
@@ -465,6 +480,7 @@ static void flush_out(void) {
     for (int t = 0; t < out_nports; t++) {
         int p = out_ports[t], i = out_first[p];
         out_first[p] = -1;
+        if (ports[p].vu) { vhost_out(p, i); continue; }
         while (i >= 0) {
             if (ports[p].waiting) { /* behind frames held earlier: keep the order */
                 for (; i >= 0; i = outq[i].next) egress_hold(p, outq[i].data, outq[i].len);
@@ -722,13 +738,14 @@ static void stats(FILE *out) {
         fprintf(out, "%s\"%s\":{\"rx_packets\":%" PRIu64 ",\"rx_bytes\":%" PRIu64
                 ",\"tx_packets\":%" PRIu64 ",\"tx_bytes\":%" PRIu64 ",\"drop_loss\":%" PRIu64
                 ",\"drop_queue\":%" PRIu64 ",\"drop_down\":%" PRIu64 ",\"drop_mtu\":%" PRIu64
-                ",\"drop_hops\":%" PRIu64 ",\"drop_full\":%" PRIu64 ",\"duplicated\":%" PRIu64
+                ",\"drop_hops\":%" PRIu64 ",\"drop_full\":%" PRIu64 ",\"drop_bad\":%" PRIu64
+                ",\"duplicated\":%" PRIu64
                 ",\"corrupted\":%" PRIu64
                 ",\"queued_bytes\":%" PRIu64 ",\"ring_dropped_packets\":%" PRIu64
                 ",\"ring_dropped_bytes\":%" PRIu64 "}",
                 first ? "" : ",", d->name, d->rx_packets, d->rx_bytes, d->tx_packets, d->tx_bytes,
                 d->drop_loss, d->drop_queue, d->drop_down, d->drop_mtu, d->drop_hops, d->drop_full,
-                d->duplicated,
+                d->drop_bad, d->duplicated,
                 d->corrupted, d->queued_bytes, d->ring_dropped_packets, d->ring_dropped_bytes);
         first = 0;
     }
@@ -744,9 +761,12 @@ static int take_fd(int c) {
     return fd;
 }
 
-/* port p on segment s reads and writes fd (a datagram socket or a tap); 0, or -1 with the
-   error written to out (fd closed) */
-static int add_port(int p, int s, int fd, FILE *out) {
+static void vhost_kick_changed(vu_dev_t *vu, int q, int old_fd, int new_fd);
+
+/* port p on segment s reads and writes fd (a datagram socket or a tap), or, with vhost_path,
+   fd is the socket listening there for the port's QEMU (vhost-user); 0, or -1 with the error
+   written to out (fd closed) */
+static int add_port(int p, int s, int fd, const char *vhost_path, FILE *out) {
     char name[32];
     if (p < 0 || p >= MAX_PORTS || s < 0 || s >= MAX_SEGS || ports[p].used) {
         close(fd);
@@ -763,11 +783,18 @@ static int add_port(int p, int s, int fd, FILE *out) {
     int sock_type, tap = 0;
     socklen_t optlen = sizeof sock_type;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &sock_type, &optlen) < 0) tap = errno == ENOTSOCK;
-    ports[p] = (port_t){1, fd, s, in, o, tap, NULL, NULL, 0};
+    ports[p] = (port_t){1, fd, s, in, o, tap, NULL, NULL, 0, NULL, NULL};
     segs[s].used = 1;
     segs[s].eps[segs[s].neps++] = p;
     fcntl(fd, F_SETFL, O_NONBLOCK);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)p};
+    if (vhost_path) {
+        ports[p].vu = malloc(sizeof(vu_dev_t));
+        ports[p].path = strdup(vhost_path);
+        if (!ports[p].vu || !ports[p].path) { perror("fabric: vhost-user port"); exit(1); }
+        vu_init(ports[p].vu, p, vhost_kick_changed);
+        ev.data.u32 = TAG_VU + 4 * (uint32_t)p;
+    }
     epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
     return 0;
 }
@@ -782,7 +809,31 @@ static void handle_command(int c, char *line, FILE *out) {
     if (!strcmp(argv[0], "port") && argc == 3) {            /* port ID SEG, the fd attached */
         int fd = take_fd(c);
         if (fd < 0) { fputs("error port needs its descriptor sent with the command", out); return; }
-        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, out) == 0) fputs("ok", out);
+        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, NULL, out) == 0) fputs("ok", out);
+    } else if (!strcmp(argv[0], "vport") && argc == 4) {    /* vport ID SEG PATH: vhost-user */
+        /* a port whose QEMU connects to PATH (-netdev vhost-user): the fabric reads and
+           writes the guest's rings in its shared memory; a restarted QEMU connects again */
+        struct sockaddr_un addr = {.sun_family = AF_UNIX};
+        if (strlen(argv[3]) >= sizeof addr.sun_path || argv[3][0] != '/') {
+            fprintf(out, "error vport path must be absolute and under %zu bytes", sizeof addr.sun_path);
+            return;
+        }
+        strcpy(addr.sun_path, argv[3]);
+        struct stat st;
+        if (lstat(argv[3], &st) == 0 && !S_ISSOCK(st.st_mode)) {
+            fprintf(out, "error %s exists and is not a socket", argv[3]);
+            return;
+        }
+        unlink(argv[3]);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || chmod(argv[3], 0600) < 0 ||
+            listen(fd, 4) < 0) {
+            fprintf(out, "error vhost-user socket %s: %s", argv[3], strerror(errno));
+            if (fd >= 0) close(fd);
+            return;
+        }
+        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, argv[3], out) == 0) fputs("ok", out);
+        else unlink(argv[3]);
     } else if (!strcmp(argv[0], "uport") && argc == 6) {    /* uport ID SEG ADDR PEER_ADDR PEER_PORT */
         /* a port whose UDP socket the fabric makes itself (a fabric started far from the
            caller, which cannot send it descriptors): bound to ADDR, connected to the peer
@@ -809,11 +860,11 @@ static void handle_command(int c, char *line, FILE *out) {
             if (fd >= 0) close(fd);
             return;
         }
-        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, out) == 0) fprintf(out, "ok %d", ntohs(here.sin_port));
+        if (add_port(atoi(argv[1]), atoi(argv[2]), fd, NULL, out) == 0) fprintf(out, "ok %d", ntohs(here.sin_port));
     } else if (!strcmp(argv[0], "connect") && argc == 4) {  /* connect ID PEER_ADDR PEER_PORT */
         int p = atoi(argv[1]), peer_port = atoi(argv[3]);
         struct sockaddr_in peer = {.sin_family = AF_INET, .sin_port = htons((uint16_t)peer_port)};
-        if (p < 0 || p >= MAX_PORTS || !ports[p].used || ports[p].tap ||
+        if (p < 0 || p >= MAX_PORTS || !ports[p].used || ports[p].tap || ports[p].vu ||
             inet_pton(AF_INET, argv[2], &peer.sin_addr) != 1 || peer_port <= 0 || peer_port > 65535) {
             fputs("error bad port or address", out);
             return;
@@ -995,6 +1046,137 @@ static void client_input(int c) {
     if (client_len[c] >= sizeof client_buf[c] - 1) client_len[c] = 0; /* overlong line: drop */
 }
 
+/* ---- vhost-user ports: frames straight from and into the guests' rings ---- */
+
+static void vhost_kick_changed(vu_dev_t *vu, int q, int old_fd, int new_fd) {
+    if (old_fd >= 0) epoll_ctl(epfd, EPOLL_CTL_DEL, old_fd, NULL);
+    if (new_fd >= 0) {
+        struct epoll_event ev = {.events = EPOLLIN,
+                                 .data.u32 = TAG_VU + 4 * (uint32_t)vu->owner + 2 + (uint32_t)q};
+        epoll_ctl(epfd, EPOLL_CTL_ADD, new_fd, &ev);
+    }
+}
+
+/* look at ring q again on the next turn of the loop (its kick descriptor becomes readable) */
+static void vhost_wake(vu_dev_t *vu, int q) {
+    uint64_t one = 1;
+    if (vu->ring[q].kick_fd >= 0 && write(vu->ring[q].kick_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+        perror("fabric: vhost-user wake");
+}
+
+/* a frame the port's guest could not take counts as dropped there, not as sent: rc -2, its
+   NIC is not running; -3, the buffer it gave was malformed or too small */
+static void vhost_undelivered(int p, uint32_t len, int rc) {
+    dir_t *d = &dirs[ports[p].out];
+    if (rc == -2) d->drop_down++; else d->drop_bad++;
+    d->tx_packets--;
+    d->tx_bytes -= len;
+}
+
+/* frames switched to vhost port p (outq chain from i), into its guest's receive ring; when
+   the guest has no buffer the rest wait, in order, until it adds some */
+static void vhost_out(int p, int i) {
+    port_t *port = &ports[p];
+    for (; i >= 0; i = outq[i].next) {
+        int rc = port->waiting ? -1 : vu_rx_push(port->vu, outq[i].data, outq[i].len);
+        if (rc == -1) egress_hold(p, outq[i].data, outq[i].len);
+        else if (rc < -1) vhost_undelivered(p, outq[i].len, rc);
+    }
+    vu_signal(port->vu, VU_RX);
+}
+
+/* the guest of port p added receive buffers: the frames it held go in, oldest first */
+static void vhost_drain(int p) {
+    port_t *port = &ports[p];
+    while (port->wait_head) {
+        frame_t *f = port->wait_head;
+        int rc = vu_rx_push(port->vu, f->data, f->len);
+        if (rc == -1) break;
+        if (rc < -1) vhost_undelivered(p, f->len, rc);
+        port->wait_head = f->next;
+        port->waiting--;
+        held_bytes -= f->len;
+        frame_free(f);
+    }
+    if (!port->wait_head) {
+        port->wait_tail = NULL;
+        vu_want_kicks(port->vu, VU_RX, 0); /* nothing waits: no kick per refill */
+    }
+    vu_signal(port->vu, VU_RX);
+}
+
+/* what the guest of port p sent, in batches; after 8 batches the others get their turn */
+static void vhost_tx(int p) {
+    static uint8_t scratch[BATCH][MAX_FRAME]; /* frames spread over several descriptors */
+    vu_dev_t *vu = ports[p].vu;
+    for (int round = 0; round < 8; round++) {
+        uint16_t heads[BATCH];
+        const uint8_t *data;
+        uint32_t len;
+        int n = 0;
+        vu_want_kicks(vu, VU_TX, 0);
+        while (n < BATCH && vu_tx_pop(vu, scratch[n], MAX_FRAME, &data, &len, &heads[n])) {
+            dir_input(ports[p].in, data, len, 0);
+            n++;
+        }
+        flush_out(); /* the frames leave before the guest may reuse their buffers */
+        dirs[ports[p].in].drop_bad += vu->bad_frames; /* chains it handed back unread */
+        vu->bad_frames = 0;
+        for (int k = 0; k < n; k++) vu_tx_done(vu, heads[k]);
+        vu_signal(vu, VU_TX);
+        if (n < BATCH && !vu_want_kicks(vu, VU_TX, 1)) return;
+    }
+    vu_want_kicks(vu, VU_TX, 1);
+    vhost_wake(vu, VU_TX);
+}
+
+/* the port's QEMU went away (or broke the protocol): forget its rings and held frames */
+static void vhost_disconnect(int p) {
+    port_t *port = &ports[p];
+    vu_dev_t *vu = port->vu;
+    epoll_ctl(epfd, EPOLL_CTL_DEL, vu->fd, NULL);
+    vu_reset(vu);
+    close(vu->fd);
+    vu->fd = -1;
+    while (port->wait_head) {
+        frame_t *f = port->wait_head;
+        port->wait_head = f->next;
+        vhost_undelivered(p, f->len, -2);
+        held_bytes -= f->len;
+        frame_free(f);
+    }
+    port->wait_tail = NULL;
+    port->waiting = 0;
+}
+
+static void vhost_event(uint32_t tag, uint32_t events) {
+    int p = (int)((tag - TAG_VU) / 4), kind = (int)((tag - TAG_VU) % 4);
+    if (p >= MAX_PORTS || !ports[p].vu) return;
+    vu_dev_t *vu = ports[p].vu;
+    if (kind == 0) { /* a QEMU connects; the newest one wins (a restarted VM) */
+        int fd = accept4(ports[p].fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0) return;
+        if (vu->fd >= 0) vhost_disconnect(p);
+        struct timeval wait = {2, 0}; /* a message's rest must not stall the data path for long */
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof wait);
+        vu->fd = fd;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = TAG_VU + 4 * (uint32_t)p + 1};
+        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    } else if (kind == 1) {
+        if (vu->fd < 0) return;
+        if (!(events & EPOLLIN) || vu_message(vu) < 0) { vhost_disconnect(p); return; }
+        if (ports[p].wait_head && vu_ready(vu, VU_RX)) vhost_drain(p);
+        if (vu_ready(vu, VU_TX)) vhost_tx(p); /* what it sent before its ring was watched */
+    } else {
+        int q = kind - 2;
+        uint64_t count;
+        if (vu->ring[q].kick_fd < 0 || read(vu->ring[q].kick_fd, &count, sizeof count) < 0) return;
+        if (q == VU_TX) vhost_tx(p);
+        else vhost_drain(p);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 && !(argc == 3 && !strcmp(argv[2], "--stdio"))) {
         fprintf(stderr, "usage: %s CONTROL_SOCKET|- [--stdio]\n", argv[0]);
@@ -1082,6 +1264,8 @@ int main(int argc, char **argv) {
                 uint64_t expirations;
                 if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) perror("fabric: timer");
                 armed_at = 0; /* it fired: the next deadline must be armed anew */
+            } else if (tag >= TAG_VU) {
+                vhost_event(tag, events[i].events);
             } else if (tag >= TAG_TEE) {
                 tee_flush((int)(tag - TAG_TEE));
             } else if (tag >= 2000000) {
@@ -1094,6 +1278,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < MAX_DIRS; i++) pcap_close(&dirs[i]);
     for (int i = 0; i < MAX_TEES; i++) tee_close(i);
+    for (int p = 0; p < MAX_PORTS; p++) if (ports[p].path) unlink(ports[p].path);
     if (listening) unlink(argv[1]);
     return 0;
 }
