@@ -57,7 +57,7 @@ from vboxlab.machine import Machine
 from vboxlab.net import Topology
 from vboxlab.net.fabric import Fabric
 from vboxlab.net.fabric.fabricset import FabricSet
-from vboxlab.net.network import Network
+from vboxlab.net.network import LinkHandle, Network
 from vboxlab.net.plan import mac_for
 from vboxlab.net.wire import socket_pair
 from vboxlab.providers.base import NicSpec
@@ -357,6 +357,20 @@ def summary(values: list[float]) -> dict[str, float]:
             "p75": round(percentile(ordered, 0.75), 3)}
 
 
+def impairment_setups(prefix: str, client: Machine, server: str, link: LinkHandle, pid: int,
+                      delay_ms: float, loss: float) -> list[Setup]:
+    """One fabric pair, its link clean, impaired, and with each half of the impairment alone
+    (what the delay and the loss cost by themselves, against what they cost together)."""
+    settings = {"clean": ("0ms", "0%"), "impaired": (f"{delay_ms}ms", f"{loss * 100}%"),
+                "delay_only": (f"{delay_ms}ms", "0%"), "loss_only": ("0ms", f"{loss * 100}%")}
+
+    def change(delay: str, lost: str) -> Callable[[], object]:
+        return lambda: link.set(delay=delay, loss=lost)
+
+    return [Setup(f"{prefix}_{name}", client, server, lambda: [pid], change(*values))
+            for name, values in settings.items()]
+
+
 def vm_throughput(runs: int, delay_ms: float, loss: float) -> dict[str, object]:
     """The set-ups booted side by side, one transfer each per round, in a rotating order."""
     # a lab runs one network: the vhost-user pair has a lab (and a fabric) of its own
@@ -388,24 +402,10 @@ def vm_throughput(runs: int, delay_ms: float, loss: float) -> dict[str, object]:
 
             setups = [
                 Setup("direct", direct, "10.250.9.2", list),
-                Setup("fabric_clean", network.node("fl"), "fr", lambda: [fabric_pid],
-                      lambda: link.set(delay="0ms", loss="0%")),
-                Setup("fabric_impaired", network.node("fl"), "fr", lambda: [fabric_pid],
-                      lambda: link.set(delay=f"{delay_ms}ms", loss=f"{loss * 100}%")),
-                # each half of the impairment alone: what the delay and the loss cost by
-                # themselves, against what they cost together
-                Setup("fabric_delay_only", network.node("fl"), "fr", lambda: [fabric_pid],
-                      lambda: link.set(delay=f"{delay_ms}ms", loss="0%")),
-                Setup("fabric_loss_only", network.node("fl"), "fr", lambda: [fabric_pid],
-                      lambda: link.set(delay="0ms", loss=f"{loss * 100}%")),
-                Setup("vhost_clean", vhost_network.node("ul"), "ur", lambda: [vhost_pid],
-                      lambda: vhost_link.set(delay="0ms", loss="0%")),
-                Setup("vhost_impaired", vhost_network.node("ul"), "ur", lambda: [vhost_pid],
-                      lambda: vhost_link.set(delay=f"{delay_ms}ms", loss=f"{loss * 100}%")),
-                Setup("vhost_delay_only", vhost_network.node("ul"), "ur", lambda: [vhost_pid],
-                      lambda: vhost_link.set(delay=f"{delay_ms}ms", loss="0%")),
-                Setup("vhost_loss_only", vhost_network.node("ul"), "ur", lambda: [vhost_pid],
-                      lambda: vhost_link.set(delay="0ms", loss=f"{loss * 100}%")),
+                *impairment_setups("fabric", network.node("fl"), "fr", link, fabric_pid,
+                                   delay_ms, loss),
+                *impairment_setups("vhost", vhost_network.node("ul"), "ur", vhost_link,
+                                   vhost_pid, delay_ms, loss),
                 Setup("vde_switch", switched, "10.250.9.2", switch_pids("vde1")),
                 Setup("vde_wirefilter_clean", filtered, "10.250.9.2", switch_pids("vde2", "vde3"),
                       lambda: vde.wirefilter(left, right, [])),

@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import struct
+import time
 
 import pytest
 
@@ -95,6 +96,10 @@ class FrontEnd:
             self.send(SET_VRING_KICK, struct.pack("<Q", q), [self.kick[q]])
             self.send(SET_VRING_CALL, struct.pack("<Q", q), [self.call[q]])
             self.send(SET_VRING_ENABLE, struct.pack("<II", q, 1))
+        # one round trip: the fabric handles a connection's messages in order, so every one
+        # above is in effect once this reply is here (a frame sent before might find no ring)
+        self.send(GET_FEATURES)
+        self.reply()
 
     @staticmethod
     def ring(q):
@@ -127,24 +132,30 @@ class FrontEnd:
             self.put_desc(RX, slot, addr, 2048, DESC_WRITE)
             self.make_available(RX, slot)
 
-    def used(self, q, timeout=2.0):
-        """Entries the fabric put in queue q's used ring since last asked: (id, len) each."""
+    def used(self, q, count=1, timeout=2.0):
+        """Entries the fabric put in queue q's used ring since last asked, (id, len) each:
+        waits (for its signals) until there are ``count`` or ``timeout`` passed."""
         _, _, used = self.ring(q)
-        select.select([self.call[q]], [], [], timeout)
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.call[q])
-        index = struct.unpack_from("<H", self.mem, used + 2)[0]
         got = []
-        while self.used_seen[q] != index:
-            slot = self.used_seen[q] % RING
-            got.append(struct.unpack_from("<II", self.mem, used + 4 + 8 * slot))
-            self.used_seen[q] = (self.used_seen[q] + 1) & 0xFFFF
-        return got
+        deadline = time.monotonic() + timeout
+        while True:
+            index = struct.unpack_from("<H", self.mem, used + 2)[0]
+            while self.used_seen[q] != index:
+                slot = self.used_seen[q] % RING
+                got.append(struct.unpack_from("<II", self.mem, used + 4 + 8 * slot))
+                self.used_seen[q] = (self.used_seen[q] + 1) & 0xFFFF
+            left = deadline - time.monotonic()
+            if len(got) >= count or left <= 0:
+                return got
+            select.select([self.call[q]], [], [], left)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self.call[q])
 
-    def received(self, timeout=2.0):
-        """Frames the fabric wrote into receive buffers (header checked and cut off)."""
+    def received(self, count=1, timeout=2.0):
+        """Frames the fabric wrote into receive buffers (header checked and cut off): waits
+        until there are ``count`` or ``timeout`` passed."""
         frames = []
-        for head, length in self.used(RX, timeout):
+        for head, length in self.used(RX, count, timeout):
             addr = BUFFERS + 2048 * (RING + head)
             header = bytes(self.mem[addr:addr + HEADER])
             assert header == bytes(10) + b"\x01\x00", header  # num_buffers 1, no offloads
@@ -155,6 +166,20 @@ class FrontEnd:
         self.sock.close()
         for fd in (*self.kick, *self.call, self.mem_fd):
             os.close(fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+@contextlib.contextmanager
+def guest_on(path, mac_number, *, log_fd=None, **options):
+    """A front end connected to ``path`` that has set the NIC up (then closed)."""
+    with FrontEnd(path, mac_number, **options) as guest:
+        guest.handshake(log_fd=log_fd)
+        yield guest
 
 
 @pytest.fixture
@@ -173,47 +198,30 @@ def vfabric(tmp_path):
 
 def test_frames_cross_between_a_vhost_user_nic_and_a_socket_nic(vfabric):
     fab, nic, path = vfabric
-    guest = FrontEnd(path, 2)
-    try:
-        guest.handshake()
+    with guest_on(path, 2) as guest:
         guest.post_receive_buffers(8)
         guest.transmit(BROADCAST, b"from the guest")
         assert nic.recv_all() == [frame(BROADCAST, guest.mac, b"from the guest")]
         assert guest.used(TX) == [(0, 0)]  # its buffer given back
         for n in range(3):
             nic.send(guest.mac, f"to the guest {n}".encode())
-        got = []
-        for _ in range(10):
-            got += guest.received()
-            if len(got) == 3:
-                break
-        assert got == [frame(guest.mac, nic.mac, f"to the guest {n}".encode()) for n in range(3)]
+        assert guest.received(3) == [frame(guest.mac, nic.mac, f"to the guest {n}".encode())
+                                    for n in range(3)]
         counters = fab.stats()
         assert counters["p1.in"]["rx_packets"] == 1 and counters["p1.out"]["tx_packets"] == 3
-    finally:
-        guest.close()
 
 
 def test_frames_wait_for_receive_buffers_then_arrive_in_order(vfabric):
     fab, nic, path = vfabric
-    guest = FrontEnd(path, 2)
-    try:
-        guest.handshake()
+    with guest_on(path, 2) as guest:
         guest.transmit(BROADCAST)  # the switch learns where the guest is
         nic.recv_all()
         for n in range(5):
             nic.send(guest.mac, bytes([n]) * 60)
         assert guest.received(timeout=0.3) == []  # no buffer yet: the fabric holds them
         guest.post_receive_buffers(8)
-        got = []
-        for _ in range(10):
-            got += guest.received()
-            if len(got) == 5:
-                break
-        assert [f[14 + 2] for f in got] == [0, 1, 2, 3, 4]
+        assert [f[14 + 2] for f in guest.received(5)] == [0, 1, 2, 3, 4]
         assert fab.stats()["p1.out"]["drop_full"] == 0
-    finally:
-        guest.close()
 
 
 def test_frames_the_fabric_writes_are_marked_in_the_dirty_log(vfabric):
@@ -221,27 +229,22 @@ def test_frames_the_fabric_writes_are_marked_in_the_dirty_log(vfabric):
     _, nic, path = vfabric
     log_fd = os.memfd_create("log")
     os.ftruncate(log_fd, MEMORY // 4096 // 8)
-    guest = FrontEnd(path, 2, features=VERSION_1 | PROTOCOL_FEATURES | LOG_ALL)
-    try:
-        guest.handshake(log_fd=log_fd)
+    logging = VERSION_1 | PROTOCOL_FEATURES | LOG_ALL
+    with open(log_fd, "rb") as log_file, \
+            guest_on(path, 2, features=logging, log_fd=log_fd) as guest:
         guest.post_receive_buffers(1)
         nic.send(guest.mac, b"logged")
         assert len(guest.received()) == 1
-        log = os.pread(log_fd, MEMORY // 4096 // 8, 0)
+        log = os.pread(log_file.fileno(), MEMORY // 4096 // 8, 0)
         page = (BUFFERS + 2048 * RING) // 4096
         used_page = FrontEnd.ring(RX)[2] // 4096
         assert log[page // 8] & (1 << page % 8), "the receive buffer's page is not logged"
         assert log[used_page // 8] & (1 << used_page % 8) == 0  # the ring gave no log address
-    finally:
-        guest.close()
-        os.close(log_fd)
 
 
 def test_a_guest_cannot_point_the_fabric_outside_its_memory(vfabric):
     fab, nic, path = vfabric
-    guest = FrontEnd(path, 2)
-    try:
-        guest.handshake()
+    with guest_on(path, 2) as guest:
         guest.put_desc(TX, 1, MEMORY - 8, 64)           # runs past the end of its memory
         guest.make_available(TX, 1)
         guest.put_desc(TX, 2, 1 << 40, 64)              # nowhere
@@ -252,7 +255,7 @@ def test_a_guest_cannot_point_the_fabric_outside_its_memory(vfabric):
         guest.make_available(TX, 4)
         guest.transmit(BROADCAST, b"good", slot=5)
         assert nic.recv_all() == [frame(BROADCAST, guest.mac, b"good")]
-        assert sorted(guest.used(TX)) == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
+        assert sorted(guest.used(TX, 5)) == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0)]
         assert fab.stats()["p1.in"]["drop_bad"] == 4
         # a receive buffer too small for a frame, and one the fabric may not write: dropped
         guest.put_desc(RX, 0, BUFFERS + 2048 * RING, 20, DESC_WRITE)
@@ -261,41 +264,29 @@ def test_a_guest_cannot_point_the_fabric_outside_its_memory(vfabric):
         guest.make_available(RX, 1)
         nic.send(guest.mac, b"too big for 20 bytes")
         nic.send(guest.mac, b"into a read-only buffer")
-        assert sorted(guest.used(RX)) == [(0, 0), (1, 0)]
+        assert sorted(guest.used(RX, 2)) == [(0, 0), (1, 0)]
         assert fab.stats()["p1.out"]["drop_bad"] == 2
         # an avail index beyond the ring breaks the ring: ignored, the fabric goes on
         struct.pack_into("<H", guest.mem, FrontEnd.ring(TX)[1] + 2, guest.avail_idx[TX] + 500)
         os.eventfd_write(guest.kick[TX], 1)
         assert nic.recv_all() == []
         assert "p1.in" in fab.stats()
-    finally:
-        guest.close()
 
 
 def test_a_broken_protocol_ends_only_that_connection_and_qemu_can_connect_again(vfabric):
     fab, nic, path = vfabric
-    bad = FrontEnd(path, 2)
-    try:
+    with FrontEnd(path, 2) as bad:
         bad.send(GET_FEATURES, flags=7)  # version 3: not a vhost-user message
         with pytest.raises(ConnectionError):
             bad.reply()
-    finally:
-        bad.close()
-    shrunk = FrontEnd(path, 2)
-    try:  # a memory table whose region count does not match its descriptors
+    with FrontEnd(path, 2) as shrunk:  # a memory table with fewer descriptors than regions
         shrunk.send(SET_MEM_TABLE, struct.pack("<II", 2, 0) + bytes(64), [shrunk.mem_fd])
         with pytest.raises(ConnectionError):
             shrunk.send(GET_FEATURES)
             shrunk.reply()
-    finally:
-        shrunk.close()
-    guest = FrontEnd(path, 3)  # a restarted QEMU: a fresh start
-    try:
-        guest.handshake()
+    with guest_on(path, 3) as guest:  # a restarted QEMU: a fresh start
         guest.transmit(BROADCAST, b"again")
         assert nic.recv_all() == [frame(BROADCAST, guest.mac, b"again")]
-    finally:
-        guest.close()
     assert fab.stats()["p1.in"]["rx_packets"] == 1
 
 

@@ -1,5 +1,7 @@
 """QEMU's command line as a pure function of the launch: the agent port, CPU and firmware."""
 
+import pytest
+
 from vboxlab.providers.qemu_argv import (
     AGENT_PORT,
     LaunchMedia,
@@ -73,11 +75,15 @@ def test_a_vhost_user_nic_shares_guest_memory_and_connects_to_the_fabrics_socket
     assert "virtio-net-pci,netdev=lab1,mac=52:54:00:00:00:02" in devices
     kvm = build_argv(launch(nics=nics, accel="kvm"), NicWiring(fds=(9,)))
     assert "virtio-net-pci,netdev=lab0,mac=52:54:00:00:00:01" in option_after(kvm, "-device")
-    # unplugged (the fabric is gone): no socket to connect to, the same memory and device
-    unplugged = build_argv(launch(nics=nics), NicWiring(unplugged=True))
+    # unplugged (the fabric is gone): the same memory and device, on a stand-in's socket
+    unplugged = build_argv(launch(nics=nics), NicWiring(unplugged=True, stand_in=("/v/s",)))
     assert option_after(unplugged, "-machine") == ["q35,memory-backend=ram0"]
     assert "virtio-net-pci,netdev=lab0,mac=52:54:00:00:00:01,vectors=0" in \
         option_after(unplugged, "-device")
-    assert not any("vu0" in value for value in option_after(unplugged, "-chardev"))
+    assert "socket,id=vu0,path=/v/s,reconnect=1" in option_after(unplugged, "-chardev")
+    assert option_after(unplugged, "-netdev")[1:] == ["vhost-user,id=lab0,chardev=vu0",
+                                                      "hubport,id=lab1,hubid=1001"]
+    with pytest.raises(ValueError, match="no stand-in socket for lab NIC eth1"):
+        build_argv(launch(nics=nics), NicWiring(unplugged=True))
     # a machine without vhost-user NICs keeps private memory (KSM can merge it)
     assert option_after(build_argv(launch()), "-object") == []

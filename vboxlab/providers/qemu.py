@@ -422,14 +422,8 @@ class QemuMachine:
         if self.state() is MachineState.RUNNING:
             raise ProviderError(f"{self.name} is already running")
         wiring = self._wiring()
-        vhost = [n.name for n in self.launch.nics if n.backend == "vhost-user"]
-        if loadvm is not None and wiring.unplugged and vhost:
-            raise NotSupported(
-                f"{self.name}: snapshot {loadvm!r} was taken with {', '.join(vhost)} on the "
-                "fabric's vhost-user data path, and QEMU restores a NIC only onto the same kind "
-                "of back end (\"saved image requires vnet_hdr=on\"), which needs the lab's "
-                "network running: restore it while its network runs (in the test run that "
-                "built it, or in a `vboxlab up` lab)")
+        if wiring.unplugged and any(n.backend == "vhost-user" for n in self.launch.nics):
+            wiring = dataclasses.replace(wiring, stand_in=self._start_stand_in())
         argv = build_argv(self.launch, wiring, loadvm=loadvm)
         self.qmp_path.unlink(missing_ok=True)
         self._proc_rid = self._ledger.add("process", f"qemu {self.name}")
@@ -462,6 +456,35 @@ class QemuMachine:
             self.kill()
             raise
         self._write_info()
+
+    def _start_stand_in(self) -> tuple[str, ...]:
+        """A fabric of this VM's own for its vhost-user NICs while they are unplugged.
+
+        QEMU restores a vhost-user NIC's state only onto a vhost-user back end ("saved image
+        requires vnet_hdr=on" otherwise), and the lab's fabric ended with its run. This one
+        carries nothing: each port is alone on its segment, both its directions down. Like
+        the VM it outlives this process; the lab's ledger has it, so `vboxlab clean` ends it.
+        """
+        from vboxlab.net.fabric import Fabric
+
+        # in the VM's own folder, beside qmp.sock and agent.sock (a UNIX socket's path is
+        # at most 107 bytes: no deeper)
+        fabric = Fabric(self.workdir, tied=False, ledger=self._ledger)
+        fabric.start()
+        paths = []
+        try:
+            vhost = [n for n in self.launch.nics if n.backend == "vhost-user"]
+            for port, nic in enumerate(vhost):
+                path = self.workdir / f"{nic.name}.vu"
+                fabric.add_vport(port, port, path)
+                fabric.set(f"p{port}.in", up=0)
+                fabric.set(f"p{port}.out", up=0)
+                paths.append(str(path))
+        except BaseException:
+            fabric.close()
+            raise
+        fabric.detach()
+        return tuple(paths)
 
     def _connect_qmp(self) -> QmpConnection | None:
         if not self.qmp_path.exists():

@@ -114,12 +114,15 @@ class NicWiring:
     """How the lab NICs are plugged in for one start of QEMU.
 
     ``fds``: the datagram socket of each ``fd`` NIC, in order. ``unplugged``:
-    no sockets exist (the lab that owned them ended); each NIC is attached to
-    an empty hub of its own and comes up with its link down.
+    no sockets exist (the lab that owned them ended); each datagram NIC is
+    attached to an empty hub of its own, each vhost-user NIC to ``stand_in`` (the
+    sockets of a fabric that carries nothing, in order: QEMU restores a vhost-user
+    NIC only onto a vhost-user back end), and all come up with their link down.
     """
 
     fds: tuple[int, ...] = field(default=())
     unplugged: bool = False
+    stand_in: tuple[str, ...] = field(default=())
 
 
 def _boot(launch: QemuLaunch) -> list[str]:
@@ -181,15 +184,19 @@ def _disk(launch: QemuLaunch) -> list[str]:
 def _nics(launch: QemuLaunch, wiring: NicWiring) -> list[str]:
     argv: list[str] = []
     fds = iter(wiring.fds)
+    stand_in = iter(wiring.stand_in)
     for index, nic in enumerate(launch.nics):
         if nic.backend == "vde":
             backend = f"vde,id=lab{index},sock={opt(nic.vde)}"
+        elif nic.backend == "vhost-user":
+            path = next(stand_in, None) if wiring.unplugged else nic.vhost
+            if path is None:
+                raise ValueError(f"{launch.name}: no stand-in socket for lab NIC {nic.name}")
+            # QEMU connects at start and again after the fabric restarts (reconnect, s)
+            argv += ["-chardev", f"socket,id=vu{index},path={opt(path)},reconnect=1"]
+            backend = f"vhost-user,id=lab{index},chardev=vu{index}"
         elif wiring.unplugged:
             backend = f"hubport,id=lab{index},hubid={1000 + index}"
-        elif nic.backend == "vhost-user":
-            # QEMU connects at start and again after the fabric restarts (reconnect, s)
-            argv += ["-chardev", f"socket,id=vu{index},path={opt(nic.vhost)},reconnect=1"]
-            backend = f"vhost-user,id=lab{index},chardev=vu{index}"
         else:
             fd = next(fds, None)
             if fd is None:
@@ -197,7 +204,6 @@ def _nics(launch: QemuLaunch, wiring: NicWiring) -> list[str]:
             backend = f"dgram,id=lab{index},local.type=fd,local.str={fd}"
         # QEMU 7.2 dereferences a NULL irqfd table when a vhost NIC's MSI-X vectors are
         # unmasked without KVM (a SIGSEGV as the guest's driver starts): legacy INTx there
-        # (unplugged too: the device stays the one its snapshots were taken of)
         intx = ",vectors=0" if nic.backend == "vhost-user" and launch.accel != "kvm" else ""
         argv += ["-netdev", backend,
                  "-device", f"virtio-net-pci,netdev=lab{index},mac={opt(nic.mac)}{intx}"]
@@ -217,8 +223,7 @@ def _agent(launch: QemuLaunch) -> list[str]:
 
 
 def shares_memory(launch: QemuLaunch) -> bool:
-    """Guest RAM is a shared memfd when a vhost-user NIC's fabric maps it (unplugged too: a
-    snapshot's RAM is named after its memory backend)."""
+    """Guest RAM is a shared memfd when a vhost-user NIC's fabric maps it."""
     return any(n.backend == "vhost-user" for n in launch.nics)
 
 
