@@ -4,6 +4,7 @@ paramiko's thread can deliver output, end of file and exit status."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -99,3 +100,37 @@ def test_output_arriving_with_the_exit_status_is_not_lost(arrive_at, stderr):
 def test_a_command_that_never_stops_writing_still_times_out():
     with pytest.raises(CommandTimeout, match=r"did not finish within 0\.5 s"):
         _ssh(ScriptedChannel(b"", b"", 0, endless=True))._run("yes", timeout=0.5)
+
+
+class LateChannel(ScriptedChannel):
+    """The exit status comes ``status_after`` seconds after the command started (a busy
+    guest), and the output, then EOF, only ``output_after`` seconds later than that."""
+
+    def __init__(self, stdout: bytes, status_after: float, output_after: float) -> None:
+        super().__init__(stdout, b"", 0)
+        self._started = time.monotonic()
+        self._status_at = self._started + status_after
+        self._output_at = self._status_at + output_after
+
+    def _arrive(self) -> None:
+        now = time.monotonic()
+        if now >= self._status_at:
+            self._exit = 0
+        if now >= self._output_at and not self.eof_received:
+            self._out, self.eof_received = self._stdout, True
+
+    def recv_ready(self) -> bool:
+        self._arrive()
+        return bool(self._out)
+
+    def exit_status_ready(self) -> bool:
+        self._arrive()
+        return self._exit is not None
+
+
+def test_output_after_a_late_exit_status_is_waited_for():
+    """The grace for output that trails the exit status counts from the status, not from
+    the start of the command (on a busy host the status itself can come seconds late)."""
+    channel = LateChannel(b"before\n", status_after=0.6, output_after=0.15)
+    result = _ssh(channel)._run("cat /root/mark", timeout=10)
+    assert (result.rc, result.stdout) == (0, "before\n")

@@ -160,6 +160,7 @@ class SSHChannel:
         err: list[bytes] = []
         deadline = time.monotonic() + timeout
         last_data = time.monotonic()
+        exited_at: float | None = None  # when the exit status was first seen
         try:
             chan.settimeout(0.2)
             chan.exec_command(command)
@@ -170,6 +171,8 @@ class SSHChannel:
                 # checking them after the drain would end the command with its output unread
                 exited, eof = chan.exit_status_ready(), chan.eof_received
                 ended = chan.closed or not transport.is_active()
+                if exited and exited_at is None:
+                    exited_at = time.monotonic()
                 progressed = False
                 while chan.recv_ready():
                     out.append(chan.recv(65536))
@@ -181,9 +184,13 @@ class SSHChannel:
                     last_data = time.monotonic()
                 # sshd may send the exit status before the last of the output: the command
                 # is done at EOF, or once output has been quiet for a moment after its exit
-                # (a background process it started may hold stdout open for ever)
+                # (a background process it started may hold stdout open for ever). The moment
+                # counts from the exit status too: on a busy host the status may come long
+                # after the command started, with its output still on the way (CI: cat gave
+                # '' with exit 0 right after a restore on libvirt-remote)
+                quiet_since = max(last_data, exited_at or last_data)
                 if not progressed and (ended or (exited and (
-                        eof or time.monotonic() - last_data > OUTPUT_GRACE))):
+                        eof or time.monotonic() - quiet_since > OUTPUT_GRACE))):
                     break
                 if time.monotonic() > deadline:
                     raise CommandTimeout(
