@@ -72,8 +72,12 @@ def _vhost_user(qemu: str | None) -> Check:
     name = "vhost-user data path"
     if qemu is None:
         return Check(name, False, "no QEMU", "apt-get install qemu-system-x86")
-    backends = subprocess.run([qemu, "-netdev", "help"], capture_output=True, text=True,
-                              timeout=10, check=False).stdout.split()
+    try:
+        backends = subprocess.run([qemu, "-netdev", "help"], capture_output=True, text=True,
+                                  timeout=10, check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(name, False, f"could not ask QEMU for its netdevs: {exc}",
+                     "apt-get install --reinstall qemu-system-x86")
     if "vhost-user" not in backends:
         return Check(name, False, "this QEMU has no vhost-user netdev: topologies with "
                      "`datapath: vhost-user` cannot start", "apt-get install qemu-system-x86")

@@ -170,6 +170,10 @@ def test_cli_check_prints_addresses_and_fails_on_errors(tmp_path):
     runner = CliRunner()
     good = runner.invoke(main, ["topology", "check", str(TOPOLOGIES[0])])
     assert good.exit_code == 0 and "eth1" in good.output
+    assert "(data path: sockets)" in good.output.splitlines()[0]
+    fast = write(tmp_path, "datapath: vhost-user\nnodes: {a: {}, b: {}}\nlinks:\n"
+                           "  - between: [a, b]\n")
+    assert "(data path: vhost-user)" in runner.invoke(main, ["topology", "check", str(fast)]).output
     bad = write(tmp_path, "nodes: {a: {}}\nlinks:\n  - between: [a, b]\n")
     result = runner.invoke(main, ["topology", "check", str(bad)])
     assert result.exit_code == 1

@@ -167,7 +167,7 @@ def plan_network(topology: Topology, lab_id: str) -> NetworkPlan:
 def describe(topology: Topology) -> str:
     """A text summary: nodes with interfaces, addresses and routes, then links."""
     plan = plan_network(topology, "describe")
-    out = [f"topology {topology.name}"]
+    out = [f"topology {topology.name} (data path: {topology.spec.datapath})"]
     for node in plan.nodes:
         if node.provider == "netns":  # runs no template: nothing more to say
             out.append(f"  node {node.name} (netns)")
